@@ -28,6 +28,9 @@ java:
 test: setup
 	$(PY) -m pytest -q
 
+synth: setup
+	$(PY) -m infra.cdk.app
+
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
