@@ -46,6 +46,9 @@ class PostBatch(_Message):
     attempt: int = Field(default=1, ge=1)
     # True when this batch is a retry of ids that already counted toward `targeted`.
     retry: bool = False
+    # Set on batches sent to the dead-letter queue: their ids already count as failed, so a redriven
+    # batch moves what it delivers from `failed` to `delivered`/`gone`.
+    dead_lettered: bool = Field(default=False, alias="deadLettered")
     frame: str | None = None
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fanout.errors import ConfigurationError
@@ -38,7 +38,11 @@ class Settings(BaseSettings):
     post_batch_size: int = Field(default=100, ge=1, le=5_000, description="B ids per post batch")
     partition_queue_urls: list[str] = Field(default_factory=list)
     post_queue_urls: list[str] = Field(default_factory=list)
+    post_dead_letter_queue_urls: list[str] = Field(
+        default_factory=list, description="where ids still failing after max_post_attempts go"
+    )
     swarm_function_name: str = "fanout-swarm"
+    swarm_send_concurrency: int = Field(default=32, ge=1, le=1_000, description="SendMessageBatch in flight")
 
     # Connect path
     partition_choices: int = Field(default=3, ge=1, le=64, description="d candidates per connect")
@@ -67,11 +71,14 @@ class Settings(BaseSettings):
     )
     max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, ge=1, le=MAX_FRAME_BYTES)
     idempotency_ttl_seconds: int = Field(default=3600, ge=60)
-    region: str = "us-east-1"
+    region: str = Field(
+        default="us-east-1",
+        validation_alias=AliasChoices("FANOUT_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),
+    )
 
     @model_validator(mode="after")
     def _shards_match(self) -> Settings:
-        for name in ("partition_queue_urls", "post_queue_urls"):
+        for name in ("partition_queue_urls", "post_queue_urls", "post_dead_letter_queue_urls"):
             urls = getattr(self, name)
             if urls and len(urls) != self.shard_count:
                 raise ValueError(f"{name} has {len(urls)} urls but shard_count is {self.shard_count}")

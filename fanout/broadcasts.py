@@ -1,0 +1,65 @@
+"""Starting and reading broadcasts: the operator API's domain (synchronous boto3 clients passed in)."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from fanout.errors import BroadcastNotFound, InvalidInput, RetryableError
+from fanout.frames import build_frame
+from fanout.models import BroadcastRecord, BroadcastStatus, SwarmRequest
+from fanout.settings import Settings
+from fanout.store import BroadcastRequests, now_ms, parse_broadcast
+
+
+def requests_for(settings: Settings) -> BroadcastRequests:
+    return BroadcastRequests(settings.broadcasts_table, settings.idempotency_table)
+
+
+def validate_broadcast_id(broadcast_id: str) -> str:
+    try:
+        return str(uuid.UUID(broadcast_id))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise InvalidInput("broadcastId must be a UUID", field="broadcastId") from exc
+
+
+def start_broadcast(
+    dynamodb: Any, lambda_client: Any, settings: Settings, message: Any, *, idempotency_key: str | None = None
+) -> str:
+    """Store the broadcast (its frame serialized once) and hand it to the swarm; returns its id.
+
+    Raises PayloadTooLarge before anything is written when the frame would exceed 128 KB.
+    """
+    broadcast_id = str(uuid.uuid4())
+    created_at = now_ms()
+    frame = build_frame(broadcast_id, created_at, message, limit=settings.max_frame_bytes)
+    requests = requests_for(settings)
+    dynamodb.put_item(**requests.create(broadcast_id, created_at, frame, idempotency_key))
+    payload = SwarmRequest(broadcast_id=broadcast_id).model_dump_json(by_alias=True)
+    try:
+        lambda_client.invoke(
+            FunctionName=settings.swarm_function_name, InvocationType="Event", Payload=payload
+        )
+    except (ClientError, BotoCoreError) as exc:
+        dynamodb.update_item(**requests.finish(broadcast_id, BroadcastStatus.FAILED, now_ms()))
+        raise RetryableError(f"could not start the swarm for broadcast {broadcast_id}: {exc}") from exc
+    return broadcast_id
+
+
+def get_broadcast(dynamodb: Any, settings: Settings, broadcast_id: str) -> BroadcastRecord:
+    broadcast_id = validate_broadcast_id(broadcast_id)
+    out = dynamodb.get_item(**requests_for(settings).get(broadcast_id))
+    if "Item" not in out:
+        raise BroadcastNotFound(f"no broadcast {broadcast_id}")
+    record, _ = parse_broadcast(out["Item"])
+    return record
+
+
+def message_digest(message: Any) -> str:
+    """A stable digest of a message, to refuse an Idempotency-Key reused with another message."""
+    import hashlib
+
+    return hashlib.sha256(json.dumps(message, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -1,0 +1,25 @@
+"""The broadcast envelope: serialized once per broadcast, checked against the frame limit."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from fanout.errors import InvalidInput, PayloadTooLarge
+
+
+def build_frame(broadcast_id: str, sent_at_ms: int, message: Any, *, limit: int) -> str:
+    """The JSON envelope every connection receives; PayloadTooLarge above `limit` bytes (UTF-8)."""
+    try:
+        frame = json.dumps(
+            {"type": "broadcast", "broadcastId": broadcast_id, "sentAt": sent_at_ms, "data": message},
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+        )
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"message is not serializable as JSON: {exc}", field="message") from exc
+    size = len(frame.encode("utf-8"))
+    if size > limit:
+        raise PayloadTooLarge(size, limit)
+    return frame

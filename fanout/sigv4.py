@@ -1,0 +1,100 @@
+"""SigV4 signing for the post stage's hot path, with the signing key cached for the day.
+
+Why not botocore's ``SigV4Auth``: measured here (../shared/FACTS.md, and `make bench`), botocore's
+signer costs ~200 us of CPU per request on top of the HTTP call, because it rebuilds an AWSRequest,
+re-derives the signing key (four HMACs) and re-hashes the body every time. Every PostToConnection of a
+broadcast has the same body, region and service, so this signer derives the key once per UTC day,
+hashes the body once per frame, and does one SHA-256 and one HMAC per request. Its output is checked
+against botocore's signer byte for byte in tests/unit/test_sigv4.py.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from urllib.parse import quote
+
+_ALGORITHM = "AWS4-HMAC-SHA256"
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str
+    token: str | None = None
+
+
+def _hmac(key: bytes, msg: str) -> bytes:
+    return hmac.new(key, msg.encode("utf-8"), hashlib.sha256).digest()
+
+
+def payload_hash(body: bytes) -> str:
+    return hashlib.sha256(body).hexdigest()
+
+
+class Signer:
+    """Signs requests for one (region, service); call `sign()` per request."""
+
+    def __init__(self, region: str, service: str = "execute-api") -> None:
+        self.region = region
+        self.service = service
+        self._key_cache: tuple[str, str, bytes] | None = None  # (date, secret, key)
+
+    def _signing_key(self, secret: str, date: str) -> bytes:
+        cached = self._key_cache
+        if cached is not None and cached[0] == date and cached[1] == secret:
+            return cached[2]
+        k = _hmac(("AWS4" + secret).encode("utf-8"), date)
+        k = _hmac(k, self.region)
+        k = _hmac(k, self.service)
+        k = _hmac(k, "aws4_request")
+        self._key_cache = (date, secret, k)
+        return k
+
+    def sign(
+        self,
+        *,
+        method: str,
+        host: str,
+        path: str,
+        body_sha256: str,
+        credentials: Credentials,
+        now: datetime | None = None,
+    ) -> dict[str, str]:
+        """Headers to add to the request (Authorization, X-Amz-Date, and the session token if any).
+
+        `path` is the request path as sent on the wire (already URI-encoded once); as botocore does for
+        every service but S3, the canonical URI encodes it once more.
+        """
+        ts = (now or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+        date = ts[:8]
+        headers = {"host": host, "x-amz-date": ts}
+        if credentials.token:
+            headers["x-amz-security-token"] = credentials.token
+        names = sorted(headers)
+        signed_headers = ";".join(names)
+        canonical = "\n".join(
+            (
+                method,
+                quote(path, safe="/~"),
+                "",
+                "".join(f"{n}:{headers[n]}\n" for n in names),
+                signed_headers,
+                body_sha256,
+            )
+        )
+        scope = f"{date}/{self.region}/{self.service}/aws4_request"
+        to_sign = f"{_ALGORITHM}\n{ts}\n{scope}\n{hashlib.sha256(canonical.encode('utf-8')).hexdigest()}"
+        signature = hmac.new(
+            self._signing_key(credentials.secret_key, date), to_sign.encode("utf-8"), hashlib.sha256
+        ).hexdigest()
+        out = {
+            "Authorization": f"{_ALGORITHM} Credential={credentials.access_key}/{scope}, "
+            f"SignedHeaders={signed_headers}, Signature={signature}",
+            "X-Amz-Date": ts,
+        }
+        if credentials.token:
+            out["X-Amz-Security-Token"] = credentials.token
+        return out

@@ -1,0 +1,54 @@
+"""fanout-query: SQS partition tasks → post batches of B connection ids (records of a batch concurrently)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.batch import (
+    AsyncBatchProcessor,
+    EventType,
+    async_process_partial_response,
+)
+from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from fanout.container import Container
+from fanout.models import PartitionTask
+from fanout.settings import get_settings
+from fanout.stages import decode, run_partition_task
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+processor = AsyncBatchProcessor(event_type=EventType.SQS)
+
+
+@lru_cache(maxsize=1)
+def container() -> Container:
+    return Container(get_settings(), metrics=metrics)
+
+
+async def record_handler(record: SQSRecord) -> dict[str, Any]:
+    task: PartitionTask = decode(record.body, PartitionTask)
+    result = await run_partition_task(container().deps, task)
+    logger.debug(
+        "partition queried",
+        broadcastId=task.broadcast_id,
+        partitionId=task.partition_id,
+        targeted=result.targeted,
+        batches=result.batches,
+        replayed=result.replayed,
+    )
+    return {"targeted": result.targeted, "batches": result.batches}
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    container()  # cold start: settings, loop and clients before the batch
+    return async_process_partial_response(
+        event=event, record_handler=record_handler, processor=processor, context=context
+    )

@@ -1,0 +1,45 @@
+"""fanout-swarm: async-invoked by the operator API with {"broadcastId"}; queues one task per partition."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.utilities.typing import LambdaContext
+
+from fanout.container import Container
+from fanout.errors import BroadcastNotFound
+from fanout.models import SwarmRequest
+from fanout.settings import get_settings
+from fanout.stages import run_swarm
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+
+
+@lru_cache(maxsize=1)
+def container() -> Container:
+    return Container(get_settings(), metrics=metrics)
+
+
+@logger.inject_lambda_context(correlation_id_path="broadcastId")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    request = SwarmRequest.model_validate(event)
+    logger.append_keys(broadcastId=request.broadcast_id)
+    c = container()
+    try:
+        result = c.run(run_swarm(c.deps, request.broadcast_id))
+    except BroadcastNotFound:
+        logger.error("swarm for a broadcast that does not exist")
+        return {"broadcastId": request.broadcast_id, "partitions": 0, "tasksSent": 0, "error": "not found"}
+    metrics.add_metric("PartitionTasks", "Count", result.tasks_sent)
+    logger.info("swarm queued partition tasks", partitions=result.partitions, tasks=result.tasks_sent)
+    return {
+        "broadcastId": result.broadcast_id,
+        "partitions": result.partitions,
+        "tasksSent": result.tasks_sent,
+    }
