@@ -8,6 +8,7 @@ the post stage cheap. Powertools' AsyncBatchProcessor runs on this loop (it uses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from contextlib import AsyncExitStack
 from typing import Any
 
@@ -25,8 +26,7 @@ class Container:
         self, settings: Settings, *, metrics: MetricsSink | None = None, poster: bool = False
     ) -> None:
         self.settings = settings
-        self.loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(self.loop)
+        self.loop = thread_loop()
         self._stack = AsyncExitStack()
         self.deps: StageDeps = self.loop.run_until_complete(self._open(metrics or NullMetrics(), poster))
 
@@ -54,5 +54,17 @@ class Container:
         return self.loop.run_until_complete(coro)
 
     def close(self) -> None:
+        """Close the clients; the loop belongs to the thread and stays open."""
         self.loop.run_until_complete(self._stack.aclose())
-        self.loop.close()
+
+
+def thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's event loop, created once; shared by every container in the process (in Lambda there
+    is one function per process, but tests and the local runtime may host several)."""
+    with contextlib.suppress(RuntimeError):
+        loop = asyncio.get_event_loop_policy().get_event_loop()
+        if not loop.is_closed():
+            return loop
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    return loop

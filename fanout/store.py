@@ -76,7 +76,7 @@ class BroadcastRequests:
     def get(self, broadcast_id: str, *, frame: bool = False) -> dict[str, Any]:
         names = [
             "broadcastId",
-            "#s",
+            "status",
             "partitions",
             "partitionsDone",
             "targeted",
@@ -93,8 +93,8 @@ class BroadcastRequests:
             "TableName": self.table,
             "Key": {"broadcastId": {"S": broadcast_id}},
             "ConsistentRead": True,
-            "ProjectionExpression": ", ".join(names),
-            "ExpressionAttributeNames": {"#s": "status"},
+            "ProjectionExpression": ", ".join(f"#a{i}" for i in range(len(names))),
+            "ExpressionAttributeNames": {f"#a{i}": n for i, n in enumerate(names)},
         }
 
     def start(self, broadcast_id: str, partition_ids: list[int]) -> dict[str, Any]:
@@ -102,9 +102,9 @@ class BroadcastRequests:
         return {
             "TableName": self.table,
             "Key": {"broadcastId": {"S": broadcast_id}},
-            "UpdateExpression": "SET #s = :running, partitions = :n, partitionIds = :ids",
+            "UpdateExpression": "SET #s = :running, #p = :n, partitionIds = :ids",
             "ConditionExpression": "#s = :queued",
-            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeNames": {"#s": "status", "#p": "partitions"},
             "ExpressionAttributeValues": {
                 ":running": {"S": BroadcastStatus.RUNNING.value},
                 ":queued": {"S": BroadcastStatus.QUEUED.value},

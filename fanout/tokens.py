@@ -1,0 +1,103 @@
+"""Client tokens: JWTs signed with HS256 (PyJWT), claims ``sub`` (the user), ``exp`` and ``iat``.
+
+Only HS256 is accepted. The algorithm is checked on the header before any signature work, so a
+token that names ``none``, ``RS256`` or anything else is refused with a reason that says so (and a
+public key can never be confused with the shared secret). Every refusal is
+:class:`fanout.errors.Unauthorized` with a short, loggable reason; the token itself is never put in
+the reason.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any
+
+import jwt
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from fanout.errors import Unauthorized
+
+ALGORITHM = "HS256"
+# Clock skew tolerated between the issuer and the verifier for `iat` (seconds). `exp` has none.
+IAT_LEEWAY_SECONDS = 60
+
+
+class TokenClaims(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    sub: str = Field(min_length=1, description="the user")
+    exp: int = Field(description="expiry, epoch seconds")
+    iat: int = Field(description="issued at, epoch seconds")
+
+    @field_validator("exp", "iat", mode="before")
+    @classmethod
+    def _numeric_date(cls, value: Any) -> int:
+        # RFC 7519 NumericDate: a JSON number (not a string, not a boolean); fractions are truncated.
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError("must be a number of seconds since the epoch")
+        return int(value)
+
+
+def issue_token(secret: str, subject: str, ttl_seconds: int = 3600, now: float | None = None) -> str:
+    """A token for `subject`, valid for `ttl_seconds` from `now` (default: the current time)."""
+    if not secret:
+        raise ValueError("a token secret is required")
+    if not subject:
+        raise ValueError("a subject is required")
+    if ttl_seconds <= 0:
+        raise ValueError("ttl_seconds must be positive")
+    issued = int(time.time() if now is None else now)
+    payload = {"sub": subject, "iat": issued, "exp": issued + int(ttl_seconds)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PyJWT warns on short HMAC keys; the caller chose the secret
+        return jwt.encode(payload, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: str, token: str | None, now: float | None = None) -> TokenClaims:
+    """The claims of a valid token; raises Unauthorized(reason) for anything else."""
+    if not secret:
+        raise Unauthorized("no token secret is configured")
+    if not token:
+        raise Unauthorized("missing token")
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.DecodeError as exc:
+        raise Unauthorized("malformed token") from exc
+    alg = header.get("alg")
+    if alg != ALGORITHM:
+        raise Unauthorized(f"wrong algorithm: {alg!r} (only {ALGORITHM} is accepted)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            raw: dict[str, Any] = jwt.decode(
+                token,
+                secret,
+                algorithms=[ALGORITHM],
+                # Time claims are checked below against `now`, so tests can pin the clock.
+                options={
+                    "require": ["exp", "iat", "sub"],
+                    "verify_exp": False,
+                    "verify_iat": False,
+                    "verify_nbf": False,
+                },
+            )
+    except jwt.MissingRequiredClaimError as exc:
+        raise Unauthorized(f"token lacks the {exc.claim!r} claim") from exc
+    except jwt.InvalidSignatureError as exc:
+        raise Unauthorized("bad signature") from exc
+    except jwt.InvalidAlgorithmError as exc:
+        raise Unauthorized("wrong algorithm") from exc
+    except jwt.PyJWTError as exc:
+        raise Unauthorized("malformed token") from exc
+    try:
+        claims = TokenClaims.model_validate(raw)
+    except ValidationError as exc:
+        fields = ", ".join(str(e["loc"][0]) for e in exc.errors() if e["loc"])
+        raise Unauthorized(f"invalid claims: {fields}") from exc
+    current = time.time() if now is None else now
+    if claims.exp <= current:
+        raise Unauthorized("expired token")
+    if claims.iat > current + IAT_LEEWAY_SECONDS:
+        raise Unauthorized("token issued in the future")
+    return claims

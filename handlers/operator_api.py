@@ -1,0 +1,177 @@
+"""fanout-operator-api: the operator HTTP API (payload 2.0), IAM-authorized.
+
+POST /broadcasts {"message": <any JSON>} [Idempotency-Key] → 202 {"broadcastId"}
+GET  /broadcasts/{broadcastId}                             → 200 {state and counts}
+
+In AWS the route is IAM-authorized; the only thing this handler trusts is the IAM principal that API
+Gateway puts in requestContext.authorizer.iam. A request without it is refused with 403.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any
+
+import boto3
+from aws_lambda_powertools import Logger, Metrics, Tracer
+from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
+from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
+from aws_lambda_powertools.event_handler.openapi.params import Header, Path
+from aws_lambda_powertools.utilities.idempotency import (
+    DynamoDBPersistenceLayer,
+    IdempotencyConfig,
+    idempotent_function,
+)
+from aws_lambda_powertools.utilities.idempotency.exceptions import (
+    IdempotencyAlreadyInProgressError,
+    IdempotencyValidationError,
+)
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict, Field, JsonValue
+
+from fanout.broadcasts import get_broadcast, message_digest, start_broadcast
+from fanout.errors import BroadcastNotFound, InvalidInput, PayloadTooLarge, RetryableError
+from fanout.settings import Settings, get_settings
+
+logger = Logger()
+tracer = Tracer()
+metrics = Metrics()
+app = APIGatewayHttpResolver(enable_validation=True)
+
+# The largest request body read at all; a frame above 128 KB is refused later with the exact limit.
+MAX_BODY_BYTES = 1024 * 1024
+
+
+class BroadcastRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    message: JsonValue = Field(description="Any JSON value; delivered as the envelope's `data`")
+
+
+class BroadcastAccepted(BaseModel):
+    broadcastId: str
+
+
+class BroadcastView(BaseModel):
+    broadcastId: str
+    status: str
+    partitions: int
+    targeted: int
+    delivered: int
+    gone: int
+    failed: int
+    createdAt: int
+    completedAt: int | None
+
+
+class Deps:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dynamodb = boto3.client("dynamodb")
+        self.lambda_client = boto3.client("lambda")
+        persistence = DynamoDBPersistenceLayer(
+            table_name=settings.idempotency_table, boto3_session=boto3.Session()
+        )
+        self.config = IdempotencyConfig(
+            event_key_jmespath="key",
+            payload_validation_jmespath="digest",
+            expires_after_seconds=settings.idempotency_ttl_seconds,
+        )
+
+        @idempotent_function(
+            data_keyword_argument="request", config=self.config, persistence_store=persistence
+        )
+        def start_once(request: dict[str, Any], message: Any) -> dict[str, str]:
+            return {"broadcastId": self.start(message, request["key"])}
+
+        self.start_once = start_once
+
+    def start(self, message: Any, key: str | None) -> str:
+        return start_broadcast(self.dynamodb, self.lambda_client, self.settings, message, idempotency_key=key)
+
+
+@lru_cache(maxsize=1)
+def deps() -> Deps:
+    return Deps(get_settings())
+
+
+def _error(status: int, message: str, **extra: Any) -> Response[Any]:
+    return Response(status, "application/json", {"message": message, **extra})
+
+
+def require_iam(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) -> Response[Any]:
+    iam = ((app.current_event.raw_event.get("requestContext") or {}).get("authorizer") or {}).get("iam") or {}
+    if not iam.get("userArn") and not iam.get("callerId"):
+        return _error(403, "IAM authorization is required")
+    logger.append_keys(caller=iam.get("userArn") or iam.get("callerId"))
+    body = app.current_event.raw_event.get("body") or ""
+    if len(body) > MAX_BODY_BYTES * (4 / 3 if app.current_event.is_base64_encoded else 1):
+        return _error(
+            413, f"request body too large; the message frame limit is {get_settings().max_frame_bytes} bytes"
+        )
+    return next_middleware(app)
+
+
+app.use(middlewares=[require_iam])
+
+
+@app.exception_handler(PayloadTooLarge)
+def _too_large(exc: PayloadTooLarge) -> Response[Any]:
+    return _error(413, str(exc), field="message", limit=exc.limit, size=exc.size)
+
+
+@app.exception_handler(InvalidInput)
+def _invalid(exc: InvalidInput) -> Response[Any]:
+    return _error(400, str(exc), field=exc.field)
+
+
+@app.exception_handler(BroadcastNotFound)
+def _not_found(exc: BroadcastNotFound) -> Response[Any]:
+    return _error(404, str(exc))
+
+
+@app.exception_handler(IdempotencyValidationError)
+def _key_reused(exc: IdempotencyValidationError) -> Response[Any]:
+    return _error(
+        422, "this Idempotency-Key was already used with a different message", field="idempotency-key"
+    )
+
+
+@app.exception_handler(IdempotencyAlreadyInProgressError)
+def _key_in_progress(exc: IdempotencyAlreadyInProgressError) -> Response[Any]:
+    return _error(409, "a broadcast with this Idempotency-Key is being started; retry shortly")
+
+
+@app.exception_handler(RetryableError)
+def _unavailable(exc: RetryableError) -> Response[Any]:
+    return _error(503, str(exc))
+
+
+@app.post("/broadcasts")
+def post_broadcast(
+    body: BroadcastRequest,
+    idempotency_key: Annotated[str | None, Header(alias="idempotency-key", max_length=256)] = None,
+) -> Response[BroadcastAccepted]:
+    d = deps()
+    if idempotency_key:
+        d.config.register_lambda_context(app.lambda_context)
+        request = {"key": idempotency_key, "digest": message_digest(body.message)}
+        broadcast_id = d.start_once(request=request, message=body.message)["broadcastId"]
+    else:
+        broadcast_id = d.start(body.message, None)
+    logger.append_keys(broadcastId=broadcast_id)
+    logger.info("broadcast accepted", idempotencyKey=idempotency_key)
+    metrics.add_metric("BroadcastsStarted", "Count", 1)
+    return Response(202, "application/json", BroadcastAccepted(broadcastId=broadcast_id))
+
+
+@app.get("/broadcasts/<broadcast_id>")
+def read_broadcast(broadcast_id: Annotated[str, Path(max_length=64)]) -> BroadcastView:
+    record = get_broadcast(deps().dynamodb, deps().settings, broadcast_id)
+    return BroadcastView(**record.public())
+
+
+@logger.inject_lambda_context(correlation_id_path="requestContext.requestId")
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    return app.resolve(event, context)

@@ -1,0 +1,194 @@
+"""Drives the real pipeline handlers against DynamoDB Local, an SQS endpoint and a fake @connections API."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+
+from fanout.settings import Settings, get_settings
+from infra.local.resources import create_queues, create_tables
+from tests.events import LambdaContextStub, http_api_event, sqs_event
+from tests.fakes import FakeConnectionsApi, FakeLambdaApi
+
+
+def reset_handler_state() -> None:
+    """Forget per-container state (settings, clients, loops) between tests, as a new container would."""
+    import handlers.operator_api
+    import handlers.post
+    import handlers.query
+    import handlers.swarm
+
+    for module in (handlers.swarm, handlers.query, handlers.post):
+        if module.container.cache_info().currsize:
+            module.container().close()
+        module.container.cache_clear()
+    handlers.operator_api.deps.cache_clear()
+    get_settings.cache_clear()
+
+
+@dataclass
+class Pipeline:
+    settings: Settings
+    dynamodb: Any
+    sqs: Any
+    connections: FakeConnectionsApi
+    lambdas: FakeLambdaApi
+    dead_letter_urls: list[str]
+
+    # -- seeding -------------------------------------------------------------------------------------
+    def seed_connections(self, per_partition: dict[int, list[str]]) -> None:
+        now = int(time.time())
+        rows = [
+            {
+                "PutRequest": {
+                    "Item": {
+                        "connectionId": {"S": c},
+                        "partitionId": {"N": str(p)},
+                        "connectedAt": {"N": str(now * 1000)},
+                        "expiresAt": {"N": str(now + 8000)},
+                    }
+                }
+            }
+            for p, ids in per_partition.items()
+            for c in ids
+        ]
+        for start in range(0, len(rows), 25):
+            pending: dict[str, Any] = {self.settings.connections_table: rows[start : start + 25]}
+            while pending:
+                pending = self.dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+        for p, ids in per_partition.items():
+            self.dynamodb.put_item(
+                TableName=self.settings.partitions_table,
+                Item={"partitionId": {"N": str(p)}, "connectionCount": {"N": str(len(ids))}},
+            )
+
+    def connection_rows(self) -> set[str]:
+        ids: set[str] = set()
+        for page in self.dynamodb.get_paginator("scan").paginate(TableName=self.settings.connections_table):
+            ids.update(i["connectionId"]["S"] for i in page["Items"])
+        return ids
+
+    # -- driving handlers ----------------------------------------------------------------------------
+    def api(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any], dict[str, str]]:
+        import handlers.operator_api
+
+        params = None
+        if path.startswith("/broadcasts/"):
+            params = {"broadcast_id": path.rsplit("/", 1)[1]}
+        route = "GET /broadcasts/{broadcast_id}" if params else f"{method} {path}"
+        event = http_api_event(method, path, path_parameters=params, route_key=route, **kwargs)
+        out = handlers.operator_api.handler(event, LambdaContextStub("fanout-operator-api"))
+        body = json.loads(out["body"]) if out.get("body") else {}
+        return out["statusCode"], body, out.get("headers", {})
+
+    def run_swarms(self) -> int:
+        import handlers.swarm
+
+        calls = [inv for inv in self.lambdas.invocations if inv[0] == self.settings.swarm_function_name]
+        self.lambdas.invocations.clear()
+        for _, kind, payload in calls:
+            assert kind == "Event"
+            handlers.swarm.handler(payload, LambdaContextStub("fanout-swarm"))
+        return len(calls)
+
+    def _drain_once(self, urls: list[str], handler: Callable[..., Any], name: str) -> int:
+        handled = 0
+        for url in urls:
+            msgs = self.sqs.receive_message(
+                QueueUrl=url, MaxNumberOfMessages=10, AttributeNames=["All"], WaitTimeSeconds=0
+            ).get("Messages", [])
+            if not msgs:
+                continue
+            arn = self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"][
+                "QueueArn"
+            ]
+            out = handler(sqs_event(msgs, arn), LambdaContextStub(name))
+            failed = {f["itemIdentifier"] for f in out.get("batchItemFailures", [])}
+            done = [m for m in msgs if m["MessageId"] not in failed]
+            if done:
+                self.sqs.delete_message_batch(
+                    QueueUrl=url,
+                    Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(done)],
+                )
+            handled += len(msgs)
+        return handled
+
+    def drain(self, *, idle_rounds: int = 3, timeout: float = 120) -> None:
+        """Run query and post handlers over their queues until nothing arrives for a few rounds."""
+        import handlers.post
+        import handlers.query
+
+        idle = 0
+        deadline = time.monotonic() + timeout
+        while idle < idle_rounds:
+            assert time.monotonic() < deadline, "the pipeline did not drain"
+            n = self._drain_once(self.settings.partition_queue_urls, handlers.query.handler, "fanout-query")
+            n += self._drain_once(self.settings.post_queue_urls, handlers.post.handler, "fanout-post")
+            if n:
+                idle = 0
+            else:
+                idle += 1
+                time.sleep(0.2)
+
+    def broadcast(self, message: Any, **kwargs: Any) -> dict[str, Any]:
+        status, body, _ = self.api("POST", "/broadcasts", body={"message": message}, **kwargs)
+        assert status == 202, body
+        self.run_swarms()
+        self.drain()
+        status, view, _ = self.api("GET", f"/broadcasts/{body['broadcastId']}")
+        assert status == 200, view
+        return view
+
+
+@contextmanager
+def pipeline(
+    dynamodb_endpoint: str, sqs_endpoint: str, monkeypatch: pytest.MonkeyPatch, **overrides: Any
+) -> Iterator[Pipeline]:
+    connections = FakeConnectionsApi().start()
+    lambdas = FakeLambdaApi().start()
+    try:
+        prefix = f"t{uuid.uuid4().hex[:8]}"
+        env = {
+            "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_endpoint,
+            "AWS_ENDPOINT_URL_SQS": sqs_endpoint,
+            "AWS_ENDPOINT_URL_LAMBDA": lambdas.endpoint,
+            "FANOUT_CONNECTIONS_TABLE": f"{prefix}-connections",
+            "FANOUT_PARTITIONS_TABLE": f"{prefix}-partitions",
+            "FANOUT_BROADCASTS_TABLE": f"{prefix}-broadcasts",
+            "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
+            "FANOUT_CONNECTIONS_ENDPOINT": connections.endpoint,
+            "FANOUT_REQUEUE_BASE_DELAY_SECONDS": "0",
+            "FANOUT_RETRY_BASE_SECONDS": "0.001",
+            "FANOUT_RETRY_CAP_SECONDS": "0.01",
+            # As in Lambda: Powertools' AsyncBatchProcessor then runs on the container's event loop
+            # (outside Lambda it would use asyncio.run, a new loop per batch).
+            "LAMBDA_TASK_ROOT": str(Path(__file__).resolve().parents[2]),
+        }
+        env.update({f"FANOUT_{k.upper()}": str(v) for k, v in overrides.items()})
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        get_settings.cache_clear()
+        base = Settings()
+        dynamodb = boto3.client("dynamodb", endpoint_url=dynamodb_endpoint)
+        sqs = boto3.client("sqs", endpoint_url=sqs_endpoint)
+        create_tables(dynamodb, base)
+        queues = create_queues(sqs, shards=base.shard_count, prefix=prefix, visibility_timeout=2)
+        post_dlqs = queues.dead_letter_queue_urls[base.shard_count :]
+        monkeypatch.setenv("FANOUT_PARTITION_QUEUE_URLS", json.dumps(queues.partition_queue_urls))
+        monkeypatch.setenv("FANOUT_POST_QUEUE_URLS", json.dumps(queues.post_queue_urls))
+        monkeypatch.setenv("FANOUT_POST_DEAD_LETTER_QUEUE_URLS", json.dumps(post_dlqs))
+        reset_handler_state()
+        yield Pipeline(get_settings(), dynamodb, sqs, connections, lambdas, post_dlqs)
+    finally:
+        reset_handler_state()
+        connections.stop()
+        lambdas.stop()
