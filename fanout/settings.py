@@ -45,7 +45,7 @@ class Settings(BaseSettings):
     swarm_send_concurrency: int = Field(default=32, ge=1, le=1_000, description="SendMessageBatch in flight")
 
     # Connect path
-    partition_choices: int = Field(default=3, ge=1, le=64, description="d candidates per connect")
+    partition_choices: int = Field(default=2, ge=1, le=64, description="d candidates (docs/partitions.md)")
     partition_view_ttl_seconds: float = Field(default=3.0, gt=0, le=300)
     connection_ttl_seconds: int = Field(default=CONNECTION_TTL_SECONDS, ge=60)
     token_secret: SecretStr | None = None
