@@ -37,7 +37,9 @@ class DynamoDBLocal:
     def start(self, timeout: float = 60.0) -> DynamoDBLocal:
         java = shutil.which("java")
         if java is None:
-            raise FileNotFoundError("java is not installed: DynamoDB Local needs Java 17 (make setup installs it)")
+            raise FileNotFoundError(
+                "java is not installed: DynamoDB Local needs Java 17 (make setup installs it)"
+            )
         jar = find_jar()
         self.proc = procs.start(
             [

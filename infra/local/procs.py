@@ -18,7 +18,9 @@ def free_port(host: str = "127.0.0.1") -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for_port(host: str, port: int, *, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+def wait_for_port(
+    host: str, port: int, *, timeout: float, proc: subprocess.Popen[bytes] | None = None
+) -> None:
     """Block until host:port accepts TCP connections; fail early if proc exits."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -31,7 +33,11 @@ def wait_for_port(host: str, port: int, *, timeout: float, proc: subprocess.Pope
 
 
 def start(
-    args: Sequence[str], *, log: Path | None = None, env: dict[str, str] | None = None, cwd: Path | None = None
+    args: Sequence[str],
+    *,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start a child in its own process group, so that stop() reaches its children too."""
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115 - owned by the child

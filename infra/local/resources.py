@@ -97,9 +97,9 @@ def create_queues(sqs: Any, *, shards: int, prefix: str = "fanout", visibility_t
     for stage, urls in (("partition", partition_urls), ("post", post_urls)):
         for i in range(shards):
             name = f"{prefix}-{stage}-{i}"
-            dlq_url = sqs.create_queue(QueueName=f"{name}-dlq", Attributes={"MessageRetentionPeriod": "1209600"})[
-                "QueueUrl"
-            ]
+            dlq_url = sqs.create_queue(
+                QueueName=f"{name}-dlq", Attributes={"MessageRetentionPeriod": "1209600"}
+            )["QueueUrl"]
             dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
                 "QueueArn"
             ]

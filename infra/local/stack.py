@@ -1,0 +1,250 @@
+"""The whole system on one machine: DynamoDB Local, the SQS server, the Lambda runtime and the gateway.
+
+`LocalStack(options).start()` provisions a fresh stack (new in-memory tables, new queues) and writes
+`.fanout/local.json`; `stop()` stops every child process group (no orphan Java or Python processes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import boto3
+from pydantic import BaseModel, Field
+
+from fanout.settings import Settings
+from infra.local import procs
+from infra.local.dynamodb import ROOT, DynamoDBLocal
+from infra.local.resources import connections_stream_arn, create_queues, create_tables
+
+HOST = "127.0.0.1"
+REGION = "us-east-1"
+STAGE = "local"
+
+
+class StackOptions(BaseModel):
+    partitions: int = Field(default=50, ge=1, le=100_000)
+    shards: int = Field(default=4, ge=1, le=100)
+    post_batch_size: int = Field(default=100, ge=1, le=5000)
+    post_concurrency: int = Field(default=64, ge=1, le=2000)
+    post_workers: int = Field(default=2, ge=1, le=64, description="post function maximum concurrency")
+    query_workers: int = Field(default=2, ge=1, le=64)
+    connect_workers: int = Field(default=2, ge=1, le=64)
+    post_latency_ms: float = Field(default=0.0, ge=0)
+    fault_410: float = Field(default=0.0, ge=0, le=1)
+    fault_429: float = Field(default=0.0, ge=0, le=1)
+    fault_500: float = Field(default=0.0, ge=0, le=1)
+    idle_timeout_seconds: float = Field(default=600, gt=0)
+    max_connection_seconds: float = Field(default=7200, gt=0)
+    reconcile_every_seconds: float = Field(default=60, gt=0)
+    state_dir: Path = Path(".fanout")
+
+
+class LocalStack:
+    def __init__(self, options: StackOptions | None = None, *, log: Callable[[str], None] = print) -> None:
+        self.options = options or StackOptions()
+        self.log = log
+        self.state_dir = self.options.state_dir.resolve()
+        self.logs = self.state_dir / "logs"
+        self.ddb: DynamoDBLocal | None = None
+        self.children: list[tuple[str, Any]] = []
+        self.state: dict[str, Any] = {}
+
+    # -- lifecycle ----------------------------------------------------------------------------------
+    def start(self) -> dict[str, Any]:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> dict[str, Any]:
+        o = self.options
+        self.logs.mkdir(parents=True, exist_ok=True)
+        for old in self.logs.glob("*.log"):
+            old.unlink()
+        t0 = time.monotonic()
+
+        self.log("starting DynamoDB Local (in memory)")
+        self.ddb = DynamoDBLocal(log=self.logs / "dynamodb.log").start()
+
+        sqs_port = procs.free_port()
+        self.log("starting the SQS server")
+        self._spawn(
+            "sqs",
+            [sys.executable, "-m", "infra.local.sqs", "--host", HOST, "--port", str(sqs_port)],
+            sqs_port,
+        )
+        sqs_url = f"http://{HOST}:{sqs_port}"
+
+        token_secret = secrets.token_urlsafe(32)
+        operator_token = secrets.token_urlsafe(24)
+        lambda_port, ws_port, http_port = procs.free_port(), procs.free_port(), procs.free_port()
+        lambda_url = f"http://{HOST}:{lambda_port}"
+        connections_url = f"http://{HOST}:{ws_port}/{STAGE}"
+
+        settings = Settings(
+            partition_count=o.partitions,
+            shard_count=o.shards,
+            post_batch_size=o.post_batch_size,
+            post_concurrency=o.post_concurrency,
+        )
+        self.log(
+            f"creating tables ({o.partitions} partitions) and {2 * o.shards} queues with dead-letter queues"
+        )
+        dynamodb = _client("dynamodb", self.ddb.endpoint)
+        create_tables(dynamodb, settings)
+        stream_arn = connections_stream_arn(dynamodb, settings)
+        sqs = _client("sqs", sqs_url)
+        queues = create_queues(sqs, shards=o.shards, visibility_timeout=30)
+
+        env = {
+            "AWS_ACCESS_KEY_ID": "local",
+            "AWS_SECRET_ACCESS_KEY": "local",
+            "AWS_REGION": REGION,
+            "AWS_DEFAULT_REGION": REGION,
+            "AWS_ENDPOINT_URL_DYNAMODB": self.ddb.endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODBSTREAMS": self.ddb.endpoint,
+            "AWS_ENDPOINT_URL_SQS": sqs_url,
+            "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
+            "LAMBDA_TASK_ROOT": str(ROOT),
+            "POWERTOOLS_SERVICE_NAME": "fanout",
+            "POWERTOOLS_METRICS_NAMESPACE": "Fanout",
+            "POWERTOOLS_TRACE_DISABLED": "true",
+            "POWERTOOLS_LOG_LEVEL": "INFO",
+            "FANOUT_PARTITION_COUNT": str(o.partitions),
+            "FANOUT_SHARD_COUNT": str(o.shards),
+            "FANOUT_POST_BATCH_SIZE": str(o.post_batch_size),
+            "FANOUT_POST_CONCURRENCY": str(o.post_concurrency),
+            "FANOUT_PARTITION_QUEUE_URLS": json.dumps(queues.partition_queue_urls),
+            "FANOUT_POST_QUEUE_URLS": json.dumps(queues.post_queue_urls),
+            "FANOUT_POST_DEAD_LETTER_QUEUE_URLS": json.dumps(queues.dead_letter_queue_urls[o.shards :]),
+            "FANOUT_CONNECTIONS_ENDPOINT": connections_url,
+            "FANOUT_TOKEN_SECRET": token_secret,
+            "FANOUT_REGION": REGION,
+        }
+        runtime_cfg = self.state_dir / "runtime.json"
+        runtime_cfg.write_text(json.dumps(runtime_config(env, queues, stream_arn, o, sqs), indent=2))
+        self.log(f"starting the Lambda runtime ({len(FUNCTIONS)} functions)")
+        self._spawn(
+            "runtime",
+            [
+                sys.executable,
+                "-m",
+                "infra.local.runtime",
+                "--config",
+                str(runtime_cfg),
+                "--host",
+                HOST,
+                "--port",
+                str(lambda_port),
+            ],
+            lambda_port,
+            env={**os.environ, **env},
+        )
+
+        gateway_cfg = self.state_dir / "gateway.json"
+        gateway_cfg.write_text(
+            json.dumps(gateway_config(ws_port, http_port, lambda_url, operator_token, o), indent=2)
+        )
+        self.log("starting the WebSocket gateway emulator")
+        self._spawn(
+            "gateway", [sys.executable, "-m", "infra.local.gateway", "--config", str(gateway_cfg)], ws_port
+        )
+        procs.wait_for_port(HOST, http_port, timeout=30)
+
+        from fanout.tokens import issue_token
+
+        self.state = {
+            "websocketUrl": f"ws://{HOST}:{ws_port}/{STAGE}",
+            "httpApiUrl": f"http://{HOST}:{http_port}",
+            "connectionsUrl": connections_url,
+            "operatorToken": operator_token,
+            "connectToken": issue_token(token_secret, "local-user", ttl_seconds=24 * 3600),
+            "tokenSecret": token_secret,
+            "dynamodbUrl": self.ddb.endpoint,
+            "sqsUrl": sqs_url,
+            "lambdaUrl": lambda_url,
+            "adminUrl": f"http://{HOST}:{ws_port}/_local",
+            "region": REGION,
+            "partitionQueueUrls": queues.partition_queue_urls,
+            "postQueueUrls": queues.post_queue_urls,
+            "deadLetterQueueUrls": queues.dead_letter_queue_urls,
+            "settings": {
+                k: v for k, v in env.items() if k.startswith("FANOUT_") and k != "FANOUT_TOKEN_SECRET"
+            },
+            "pids": {name: proc.pid for name, proc in self.children}
+            | {"dynamodb": self.ddb.proc.pid if self.ddb.proc else None},
+        }
+        (self.state_dir / "local.json").write_text(json.dumps(self.state, indent=2))
+        self.log(f"stack up in {time.monotonic() - t0:.1f} s; state in {self.state_dir / 'local.json'}")
+        return self.state
+
+    def _spawn(self, name: str, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
+        proc = procs.start(args, log=self.logs / f"{name}.log", env=env or {**os.environ}, cwd=ROOT)
+        self.children.append((name, proc))
+        try:
+            procs.wait_for_port(HOST, port, timeout=60, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            tail = (self.logs / f"{name}.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"{name} did not start: {exc}\n--- {name}.log (end) ---\n{tail}") from exc
+
+    def stop(self) -> None:
+        for _name, proc in reversed(self.children):
+            procs.stop(proc)
+        self.children.clear()
+        if self.ddb is not None:
+            self.ddb.stop()
+            self.ddb = None
+        state = self.state_dir / "local.json"
+        if state.exists():
+            state.unlink()
+
+    def __enter__(self) -> LocalStack:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _client(service: str, endpoint: str) -> Any:
+    return boto3.client(  # type: ignore[call-overload]
+        service,
+        endpoint_url=endpoint,
+        region_name=REGION,
+        aws_access_key_id="local",
+        aws_secret_access_key="local",
+    )
+
+
+FUNCTIONS = {
+    "fanout-authorizer": "handlers.authorizer.handler",
+    "fanout-connect": "handlers.connect.handler",
+    "fanout-disconnect": "handlers.disconnect.handler",
+    "fanout-default": "handlers.default.handler",
+    "fanout-partition-counter": "handlers.partition_counter.handler",
+    "fanout-reconciler": "handlers.reconciler.handler",
+    "fanout-operator-api": "handlers.operator_api.handler",
+    "fanout-swarm": "handlers.swarm.handler",
+    "fanout-query": "handlers.query.handler",
+    "fanout-post": "handlers.post.handler",
+}
+
+
+def runtime_config(
+    env: dict[str, str], queues: Any, stream_arn: str, o: StackOptions, sqs: Any
+) -> dict[str, Any]:
+    raise NotImplementedError("filled in once the runtime's config model lands")
+
+
+def gateway_config(
+    ws_port: int, http_port: int, lambda_url: str, operator_token: str, o: StackOptions
+) -> dict[str, Any]:
+    raise NotImplementedError("filled in once the gateway's config model lands")
