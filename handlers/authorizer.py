@@ -1,0 +1,94 @@
+"""fanout-authorizer: the WebSocket `$connect` REQUEST authorizer (identity: querystring `token`).
+
+A valid HS256 token → an Allow policy on the methodArn with context {"userId": sub}. Anything else →
+`Exception("Unauthorized")`, which API Gateway answers with 401 before `$connect` runs, so no
+connection row is written. The reason is logged (never the token) and counted.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from fanout.errors import ConfigurationError, Unauthorized
+from fanout.settings import get_settings
+from fanout.tokens import verify_token
+from handlers._observability import logger, metrics, tracer
+
+SECRET_MAX_AGE_SECONDS = 300
+
+
+class AuthorizerRequestContext(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    connection_id: str | None = Field(default=None, alias="connectionId")
+    route_key: str | None = Field(default=None, alias="routeKey")
+
+
+class WebSocketAuthorizerEvent(BaseModel):
+    """The REQUEST authorizer event of a WebSocket API (only the fields used here)."""
+
+    model_config = ConfigDict(extra="ignore")
+    type: str = "REQUEST"
+    method_arn: str = Field(alias="methodArn", min_length=1)
+    query_string_parameters: dict[str, str] | None = Field(default=None, alias="queryStringParameters")
+    request_context: AuthorizerRequestContext = Field(
+        default_factory=AuthorizerRequestContext, alias="requestContext"
+    )
+
+    @property
+    def token(self) -> str | None:
+        return (self.query_string_parameters or {}).get("token")
+
+
+@lru_cache(maxsize=1)
+def _static_secret() -> str | None:
+    settings = get_settings()
+    return settings.token_secret.get_secret_value() if settings.token_secret else None
+
+
+def token_secret() -> str:
+    """FANOUT_TOKEN_SECRET, or the Secrets Manager secret named by FANOUT_TOKEN_SECRET_ARN (cached)."""
+    secret = _static_secret()
+    if secret:
+        return secret
+    arn = get_settings().token_secret_arn
+    if not arn:
+        raise ConfigurationError("missing settings: FANOUT_TOKEN_SECRET or FANOUT_TOKEN_SECRET_ARN")
+    from aws_lambda_powertools.utilities.parameters import get_secret
+
+    value = get_secret(arn, max_age=SECRET_MAX_AGE_SECONDS)
+    return value if isinstance(value, str) else bytes(value).decode()
+
+
+def allow(principal: str, method_arn: str) -> dict[str, Any]:
+    return {
+        "principalId": principal,
+        "policyDocument": {
+            "Version": "2012-10-17",
+            "Statement": [{"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": method_arn}],
+        },
+        "context": {"userId": principal},
+    }
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        request = parse(event=event, model=WebSocketAuthorizerEvent)
+        claims = verify_token(token_secret(), request.token)
+    except (Unauthorized, ValidationError) as exc:
+        reason = str(exc) if isinstance(exc, Unauthorized) else "unreadable authorizer event"
+        connection_id = (event.get("requestContext") or {}).get("connectionId")
+        logger.info("connect refused", reason=reason, connectionId=connection_id)
+        metrics.add_metric(name="ConnectRefused", unit=MetricUnit.Count, value=1)
+        raise Exception("Unauthorized") from None  # the exact message API Gateway maps to 401
+    logger.debug("connect allowed", userId=claims.sub, connectionId=request.request_context.connection_id)
+    metrics.add_metric(name="ConnectAllowed", unit=MetricUnit.Count, value=1)
+    return allow(claims.sub, request.method_arn)

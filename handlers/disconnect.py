@@ -1,0 +1,65 @@
+"""fanout-disconnect: route `$disconnect` → delete the connection row (the stream updates counters).
+
+`$disconnect` is best effort in API Gateway; rows it misses expire through the table's TTL.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Any
+
+import boto3
+from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parser import parse
+from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketDisconnectEventModel
+from aws_lambda_powertools.utilities.typing import LambdaContext
+from pydantic import ValidationError
+
+from fanout.errors import FanoutError
+from fanout.settings import get_settings
+from handlers._observability import logger, metrics, tracer
+from partitions.dynamodb import ConnectionsTable
+from partitions.lifecycle import close_connection
+
+
+@lru_cache(maxsize=1)
+def deps() -> ConnectionsTable:
+    settings = get_settings()
+    client = boto3.client("dynamodb", region_name=settings.region)
+    return ConnectionsTable(
+        client,
+        settings.connections_table,
+        index=settings.connections_index,
+        ttl_seconds=settings.connection_ttl_seconds,
+    )
+
+
+@logger.inject_lambda_context
+@tracer.capture_lambda_handler
+@metrics.log_metrics
+def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
+    try:
+        request = parse(event=event, model=APIGatewayWebSocketDisconnectEventModel)
+    except ValidationError as exc:
+        logger.warning(
+            "unreadable $disconnect event", errors=exc.errors(include_url=False, include_input=False)
+        )
+        return {"statusCode": 400}
+    ctx = request.request_context
+    try:
+        partition_id = close_connection(deps(), ctx.connection_id)
+    except FanoutError as exc:
+        # The row expires through TTL if this delete never happens.
+        logger.exception("disconnect failed", connectionId=ctx.connection_id, error=str(exc))
+        metrics.add_metric(name="DisconnectFailed", unit=MetricUnit.Count, value=1)
+        return {"statusCode": 500}
+    logger.info(
+        "disconnected",
+        connectionId=ctx.connection_id,
+        partitionId=partition_id,
+        found=partition_id is not None,
+        disconnectStatusCode=ctx.disconnect_status_code,
+        disconnectReason=ctx.disconnect_reason,
+    )
+    metrics.add_metric(name="Disconnects", unit=MetricUnit.Count, value=1)
+    return {"statusCode": 200}

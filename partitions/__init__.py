@@ -1,0 +1,1 @@
+"""Partitions: choice on connect, stream-fed counters, reconciliation (pure core + DynamoDB adapter)."""
