@@ -1,0 +1,139 @@
+"""The typed configuration of the stack, built once from CDK context.
+
+Every field can be set with ``cdk deploy -c <camelCaseName>=<value>`` (or in ``cdk.json``'s
+``context``); values given on the command line arrive as strings and are validated and coerced here,
+so a typo fails the synth with a clear message instead of deploying something odd.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any, Protocol
+
+from aws_cdk import aws_logs as logs
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.alias_generators import to_camel
+
+from infra.cdk.sizing import PostConcurrencyPlan, post_concurrency_plan
+
+
+class RemovalMode(StrEnum):
+    RETAIN = "retain"  # production: tables and secret survive `cdk destroy`
+    DESTROY = "destroy"  # test deployments: `cdk destroy` removes everything
+
+
+class Billing(StrEnum):
+    PAY_PER_REQUEST = "PAY_PER_REQUEST"
+    PROVISIONED = "PROVISIONED"
+
+
+class ContextReader(Protocol):
+    def try_get_context(self, key: str) -> Any: ...
+
+
+class FanoutConfig(BaseModel):
+    """What an operator may change per deployment. Names in context are the camelCase aliases."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+    name_prefix: str = Field(default="fanout", pattern=r"^[a-z][a-z0-9-]{1,20}$")
+    stage_name: str = Field(default="prod", pattern=r"^[A-Za-z0-9_-]{1,64}$")
+    removal_policy: RemovalMode = RemovalMode.RETAIN
+    billing_mode: Billing = Billing.PAY_PER_REQUEST
+    # Capacity per table when billing is PROVISIONED (GSIs get the same).
+    read_capacity: int = Field(default=50, ge=1)
+    write_capacity: int = Field(default=50, ge=1)
+
+    # Shape of the pipeline (mirrors fanout.settings.Settings)
+    partitions: int = Field(default=100, ge=1, le=100_000, description="N partitions")
+    shards: int = Field(default=4, ge=1, le=100, description="Q queue shards per stage")
+    post_batch_size: int = Field(default=100, ge=1, le=5_000, description="B ids per post batch")
+    query_sqs_batch_size: int = Field(default=10, ge=1, le=10_000)
+    post_sqs_batch_size: int = Field(default=1, ge=1, le=10_000)
+    sqs_batching_window_seconds: int = Field(default=0, ge=0, le=300)
+    stream_batch_size: int = Field(default=500, ge=1, le=10_000)
+    stream_parallelization: int = Field(default=2, ge=1, le=10)
+    query_max_concurrency: int = Field(default=5, ge=2, le=1000, description="per partition shard")
+
+    # Post rate budget: the account's PostToConnection quota (API Gateway, requests/s)
+    post_rate_budget: float = Field(default=10_000, gt=0)
+    post_worker_capacity: float = Field(
+        default=1_000, gt=0, description="posts/s one post worker sustains (measure with the benchmarks)"
+    )
+    post_concurrency: int = Field(default=64, ge=1, le=2_000, description="posts in flight per worker")
+    reserve_concurrency: bool = Field(
+        default=True,
+        description="reserve the post (and reconciler) concurrency; needs unreserved account concurrency",
+    )
+
+    # API throttling (requests/s and burst) of the WebSocket stage and the operator API
+    websocket_rate_limit: float = Field(default=1_000, gt=0)
+    websocket_burst_limit: int = Field(default=500, ge=0)
+    operator_rate_limit: float = Field(default=10, gt=0)
+    operator_burst_limit: int = Field(default=20, ge=0)
+    api_gateway_cloudwatch_role: bool = Field(
+        default=True,
+        description="set the Region's API Gateway CloudWatch role (WebSocket access logs need one)",
+    )
+
+    # Monitoring
+    log_retention_days: int = 30
+    alarm_email: str | None = None
+    queue_age_alarm_seconds: int = Field(default=300, ge=60)
+    throttled_alarm_per_minute: int = Field(default=1_000, ge=1)
+
+    # Optional load-test stack (Locust on ECS Fargate)
+    loadtest: bool = False
+    loadtest_workers: int = Field(default=4, ge=0, le=500)
+
+    @field_validator("log_retention_days")
+    @classmethod
+    def _retention(cls, v: int) -> int:
+        if v not in _RETENTION:
+            raise ValueError(f"CloudWatch Logs retention must be one of {sorted(_RETENTION)}")
+        return v
+
+    @property
+    def log_retention(self) -> logs.RetentionDays:
+        return logs.RetentionDays[_RETENTION[self.log_retention_days]]
+
+    @model_validator(mode="after")
+    def _budget_reachable(self) -> FanoutConfig:
+        self.post_plan  # noqa: B018 - raises if the budget cannot be planned
+        return self
+
+    @property
+    def post_plan(self) -> PostConcurrencyPlan:
+        return post_concurrency_plan(self.post_rate_budget, self.shards, self.post_worker_capacity)
+
+    def name(self, suffix: str) -> str:
+        """Physical name of a resource: ``<prefix>-<suffix>`` (fanout-connections, fanout-post-0)."""
+        return f"{self.name_prefix}-{suffix}"
+
+    @classmethod
+    def from_context(cls, node: ContextReader) -> FanoutConfig:
+        """Read every field from CDK context by its camelCase name; absent keys keep the default."""
+        values: dict[str, Any] = {}
+        for field_name, info in cls.model_fields.items():
+            alias = info.alias or field_name
+            value = node.try_get_context(alias)
+            if value is not None:
+                values[alias] = _coerce_bool(value) if info.annotation is bool else value
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise ValueError(f"invalid fanout context: {exc}") from exc
+
+
+def _coerce_bool(value: Any) -> Any:
+    if isinstance(value, str) and value.lower() in {"true", "false", "1", "0", "yes", "no"}:
+        return value.lower() in {"true", "1", "yes"}
+    return value
+
+
+_RETENTION = {
+    1: "ONE_DAY", 3: "THREE_DAYS", 5: "FIVE_DAYS", 7: "ONE_WEEK", 14: "TWO_WEEKS", 30: "ONE_MONTH",
+    60: "TWO_MONTHS", 90: "THREE_MONTHS", 120: "FOUR_MONTHS", 150: "FIVE_MONTHS", 180: "SIX_MONTHS",
+    365: "ONE_YEAR", 400: "THIRTEEN_MONTHS", 545: "EIGHTEEN_MONTHS", 731: "TWO_YEARS",
+    1827: "FIVE_YEARS", 3653: "TEN_YEARS",
+}  # fmt: skip

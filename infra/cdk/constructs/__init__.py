@@ -1,0 +1,1 @@
+"""One construct per concern: tables, queues, functions, WebSocket API, operator API, monitoring."""

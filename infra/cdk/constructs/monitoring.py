@@ -1,0 +1,273 @@
+"""What an operator watches during a broadcast: one dashboard, alarms to one SNS topic.
+
+Engine metrics come from Powertools (EMF) in namespace ``Fanout`` with the dimension
+``service=fanout`` (POWERTOOLS_SERVICE_NAME), so no function needs cloudwatch:PutMetricData.
+"""
+
+from __future__ import annotations
+
+from aws_cdk import Duration, RemovalPolicy
+from aws_cdk import aws_cloudwatch as cw
+from aws_cdk import aws_cloudwatch_actions as cw_actions
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_sns as sns
+from aws_cdk import aws_sns_subscriptions as subscriptions
+from aws_cdk import aws_sqs as sqs
+from constructs import Construct
+
+from infra.cdk.config import FanoutConfig
+from infra.cdk.constructs.queues import Queues
+
+NAMESPACE = "Fanout"
+DIMENSIONS = {"service": "fanout"}
+MINUTE = Duration.minutes(1)
+# The authorizer raises "Unauthorized" for every bad token (that is how API Gateway answers 401), so
+# its Errors count rejected clients, not faults: it gets no error alarm.
+NO_ERROR_ALARM = {"authorizer"}
+
+
+def fanout_metric(name: str, statistic: str = "Sum", period: Duration = MINUTE) -> cw.Metric:
+    return cw.Metric(
+        namespace=NAMESPACE, metric_name=name, dimensions_map=DIMENSIONS, statistic=statistic, period=period
+    )
+
+
+def per_second(name: str, label: str) -> cw.MathExpression:
+    var = name.lower()  # expression ids must be unique within one graph
+    return cw.MathExpression(
+        expression=f"{var} / PERIOD({var})",
+        using_metrics={var: fanout_metric(name)},
+        label=label,
+        period=MINUTE,
+    )
+
+
+class Monitoring(Construct):
+    def __init__(
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: FanoutConfig,
+        queues: Queues,
+        functions: dict[str, lambda_.Function],
+    ) -> None:
+        super().__init__(scope, id)
+        key = kms.Key(
+            self,
+            "AlarmTopicKey",
+            description="encrypts the fanout alarm topic",
+            enable_key_rotation=True,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+        # CloudWatch alarms publish to an encrypted topic only if the key lets CloudWatch use it
+        # (the AWS-managed aws/sns key does not).
+        key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
+        self.topic = sns.Topic(
+            self, "Alarms", topic_name=config.name("alarms"), master_key=key, enforce_ssl=True
+        )
+        if config.alarm_email:
+            self.topic.add_subscription(subscriptions.EmailSubscription(config.alarm_email))
+        self.alarms: list[cw.Alarm] = []
+        self._alarms(config, queues, functions)
+        self.dashboard = cw.Dashboard(
+            self,
+            "Dashboard",
+            dashboard_name=config.name("broadcasts"),
+            default_interval=Duration.hours(1),
+        )
+        self._widgets(queues, functions)
+
+    # -- alarms --------------------------------------------------------------------------------
+    def _alarm(self, id: str, alarm: cw.Alarm) -> None:
+        alarm.add_alarm_action(cw_actions.SnsAction(self.topic))
+        alarm.add_ok_action(cw_actions.SnsAction(self.topic))
+        self.alarms.append(alarm)
+
+    def _alarms(self, config: FanoutConfig, queues: Queues, functions: dict[str, lambda_.Function]) -> None:
+        for dlq in queues.dead_letter_queues:
+            self._alarm(
+                "dlq",
+                dlq.metric_approximate_number_of_messages_visible(
+                    period=MINUTE, statistic="Maximum"
+                ).create_alarm(
+                    self,
+                    f"{dlq.node.id}-depth",
+                    alarm_description=f"messages in dead-letter queue {dlq.node.id}: inspect and redrive",
+                    threshold=1,
+                    evaluation_periods=1,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ),
+            )
+        for shard in queues.partition_shards + queues.post_shards:
+            queue: sqs.Queue = shard.queue
+            self._alarm(
+                "age",
+                queue.metric_approximate_age_of_oldest_message(
+                    period=MINUTE, statistic="Maximum"
+                ).create_alarm(
+                    self,
+                    f"{queue.node.id}-age",
+                    alarm_description=f"{queue.node.id}: oldest message older than "
+                    f"{config.queue_age_alarm_seconds}s, consumers are not keeping up",
+                    threshold=config.queue_age_alarm_seconds,
+                    evaluation_periods=3,
+                    datapoints_to_alarm=2,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ),
+            )
+        self._alarm(
+            "throttled",
+            fanout_metric("Throttled").create_alarm(
+                self,
+                "PostThrottled",
+                alarm_description="PostToConnection throttled (429) above budget: lower postRateBudget "
+                "or raise the account's API Gateway quota",
+                threshold=config.throttled_alarm_per_minute,
+                evaluation_periods=3,
+                datapoints_to_alarm=2,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ),
+        )
+        for key, fn in functions.items():
+            if key in NO_ERROR_ALARM:
+                continue
+            self._alarm(
+                "errors",
+                fn.metric_errors(period=MINUTE, statistic="Sum").create_alarm(
+                    self,
+                    f"{key}-errors",
+                    alarm_description=f"{config.name(key)} invocations failed",
+                    threshold=1,
+                    evaluation_periods=5,
+                    datapoints_to_alarm=2,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ),
+            )
+
+    # -- dashboard -----------------------------------------------------------------------------
+    def _widgets(self, queues: Queues, functions: dict[str, lambda_.Function]) -> None:
+        d = self.dashboard
+        wide, half, third = 24, 12, 8
+        d.add_widgets(
+            cw.TextWidget(
+                markdown="# fanout broadcasts\nDelivery rate against the post budget, queue backlog per "
+                "shard, and per-function health. Rates are per second over 1-minute periods.",
+                width=wide,
+                height=2,
+            )
+        )
+        d.add_widgets(
+            cw.GraphWidget(
+                title="Deliveries/s, gone/s, throttled/s",
+                left=[
+                    per_second("Delivered", "delivered/s"),
+                    per_second("Gone", "gone/s"),
+                    per_second("Throttled", "throttled/s"),
+                ],
+                width=half,
+            ),
+            cw.GraphWidget(
+                title="Failed deliveries",
+                left=[fanout_metric("Failed").with_(label="failed")],
+                width=half,
+            ),
+        )
+        d.add_widgets(
+            cw.GraphWidget(
+                title="Broadcasts started / completed",
+                left=[fanout_metric("BroadcastsStarted"), fanout_metric("BroadcastsCompleted")],
+                width=third,
+            ),
+            cw.GraphWidget(
+                title="Broadcast duration (ms)",
+                left=[
+                    fanout_metric("BroadcastDuration", "p50").with_(label="p50"),
+                    fanout_metric("BroadcastDuration", "p99").with_(label="p99"),
+                ],
+                width=third,
+            ),
+            cw.GraphWidget(
+                title="Post batch latency (ms)",
+                left=[
+                    fanout_metric("BatchLatency", "p50").with_(label="p50"),
+                    fanout_metric("BatchLatency", "p99").with_(label="p99"),
+                ],
+                width=third,
+            ),
+        )
+        d.add_widgets(
+            cw.GraphWidget(
+                title="Connections",
+                left=[fanout_metric("Connections", "Maximum").with_(label="connections")],
+                width=half,
+            ),
+            cw.GraphWidget(
+                title="Partition skew (max / mean)",
+                left=[fanout_metric("PartitionSkew", "Maximum").with_(label="skew")],
+                width=half,
+            ),
+        )
+        for title, shards in (("Partition-task", queues.partition_shards), ("Post", queues.post_shards)):
+            d.add_widgets(
+                cw.GraphWidget(
+                    title=f"{title} queue depth per shard",
+                    left=[
+                        s.queue.metric_approximate_number_of_messages_visible(
+                            period=MINUTE, statistic="Maximum", label=s.queue.node.id
+                        )
+                        for s in shards
+                    ],
+                    width=half,
+                ),
+                cw.GraphWidget(
+                    title=f"{title} oldest message age (s) per shard",
+                    left=[
+                        s.queue.metric_approximate_age_of_oldest_message(
+                            period=MINUTE, statistic="Maximum", label=s.queue.node.id
+                        )
+                        for s in shards
+                    ],
+                    width=half,
+                ),
+            )
+        d.add_widgets(
+            cw.GraphWidget(
+                title="Dead-letter queue depth",
+                left=[
+                    q.metric_approximate_number_of_messages_visible(
+                        period=MINUTE, statistic="Maximum", label=q.node.id
+                    )
+                    for q in queues.dead_letter_queues
+                ],
+                width=wide,
+            )
+        )
+        fns = list(functions.items())
+        d.add_widgets(
+            cw.GraphWidget(
+                title="Lambda errors",
+                left=[f.metric_errors(period=MINUTE, statistic="Sum", label=k) for k, f in fns],
+                width=third,
+            ),
+            cw.GraphWidget(
+                title="Lambda throttles",
+                left=[f.metric_throttles(period=MINUTE, statistic="Sum", label=k) for k, f in fns],
+                width=third,
+            ),
+            cw.GraphWidget(
+                title="Lambda concurrency",
+                left=[
+                    f.metric("ConcurrentExecutions", period=MINUTE, statistic="Maximum", label=k)
+                    for k, f in fns
+                ],
+                width=third,
+            ),
+        )
+        d.add_widgets(cw.AlarmStatusWidget(title="Alarms", alarms=self.alarms, width=wide, height=6))

@@ -1,0 +1,131 @@
+"""FanoutStack: a thin stack composing one construct per concern."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aws_cdk import CfnOutput, RemovalPolicy, Stack
+from aws_cdk import aws_apigateway as apigw_v1
+from aws_cdk import aws_iam as iam
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from infra.cdk.config import FanoutConfig, RemovalMode
+from infra.cdk.constructs.apis import OperatorApi, WebSocketApi
+from infra.cdk.constructs.functions import POST_TIMEOUT, QUERY_TIMEOUT, Functions
+from infra.cdk.constructs.monitoring import Monitoring
+from infra.cdk.constructs.queues import Queues
+from infra.cdk.constructs.seed import PartitionSeed
+from infra.cdk.constructs.tables import Tables
+from infra.cdk.nag import acknowledge
+
+
+class FanoutStack(Stack):
+    def __init__(self, scope: Construct, id: str, *, config: FanoutConfig, **kwargs: Any) -> None:
+        super().__init__(
+            scope, id, description="fanout: broadcast engine for API Gateway WebSockets", **kwargs
+        )
+        self.config = config
+        removal = (
+            RemovalPolicy.DESTROY if config.removal_policy is RemovalMode.DESTROY else RemovalPolicy.RETAIN
+        )
+
+        self.token_secret = secretsmanager.Secret(
+            self,
+            "TokenSecret",
+            secret_name=config.name("token-secret"),
+            description="HS256 key of the client connect tokens (fanout.tokens)",
+            generate_secret_string=secretsmanager.SecretStringGenerator(
+                password_length=64, exclude_punctuation=True
+            ),
+            removal_policy=removal,
+        )
+        acknowledge(
+            self.token_secret,
+            "AwsSolutions-SMG4",
+            "The token key is shared with the application backend that issues connect tokens; "
+            "rotation is an operator-driven procedure (docs/deploy.md), not a Lambda rotation.",
+        )
+        self.tables = Tables(self, "Tables", config=config)
+        self.queues = Queues(
+            self, "Queues", config=config, query_timeout=QUERY_TIMEOUT, post_timeout=POST_TIMEOUT
+        )
+        self.functions = Functions(
+            self,
+            "Functions",
+            config=config,
+            tables=self.tables,
+            queues=self.queues,
+            token_secret=self.token_secret,
+        )
+        api_logs = logs.LogGroup(
+            self, "WebSocketAccessLogs", retention=config.log_retention, removal_policy=removal
+        )
+        self.websocket = WebSocketApi(
+            self, "WebSocket", config=config, functions=self.functions.by_key, access_logs=api_logs
+        )
+        if config.api_gateway_cloudwatch_role:
+            self._api_gateway_logging_role()
+        post = self.functions.by_key["post"]
+        post.add_environment("FANOUT_CONNECTIONS_ENDPOINT", self.websocket.callback_url)
+        self.functions.allow_post_to_connections(self.websocket.connections_arn)
+
+        operator_logs = logs.LogGroup(
+            self, "OperatorAccessLogs", retention=config.log_retention, removal_policy=removal
+        )
+        self.operator = OperatorApi(
+            self,
+            "Operator",
+            config=config,
+            handler=self.functions.by_key["operator-api"],
+            access_logs=operator_logs,
+        )
+        self.seed = PartitionSeed(
+            self,
+            "PartitionSeed",
+            config=config,
+            table_name=self.tables.partitions.table_name,
+            table_arn=self.tables.partitions.table_arn,
+        )
+        self.monitoring = Monitoring(
+            self, "Monitoring", config=config, queues=self.queues, functions=self.functions.by_key
+        )
+        self._outputs()
+
+    def _api_gateway_logging_role(self) -> None:
+        """API Gateway writes WebSocket stage logs only with a Region-wide CloudWatch role set."""
+        role = iam.Role(
+            self,
+            "ApiGatewayCloudWatchRole",
+            assumed_by=iam.ServicePrincipal("apigateway.amazonaws.com"),
+            managed_policies=[
+                iam.ManagedPolicy.from_aws_managed_policy_name(
+                    "service-role/AmazonAPIGatewayPushToCloudWatchLogs"
+                )
+            ],
+        )
+        acknowledge(
+            role,
+            "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/AmazonAPIGatewayPushToCloudWatchLogs]",
+            "The Region-wide API Gateway logging role must write to log groups API Gateway names "
+            "itself (one per API and stage); AWS's managed policy for exactly that purpose is the scope.",
+        )
+        account = apigw_v1.CfnAccount(self, "ApiGatewayAccount", cloud_watch_role_arn=role.role_arn)
+        account.apply_removal_policy(RemovalPolicy.RETAIN)  # other APIs in the Region may rely on it
+        self.websocket.stage.node.add_dependency(account)
+
+    def _outputs(self) -> None:
+        def out(id: str, value: str, description: str) -> None:
+            CfnOutput(self, id, value=value, description=description)
+
+        out("WebSocketUrl", self.websocket.url, "clients connect here with ?token=<JWT>")
+        out("CallbackUrl", self.websocket.callback_url, "@connections base (FANOUT_CONNECTIONS_ENDPOINT)")
+        out("OperatorApiUrl", self.operator.url, "fanout broadcast --api <this>")
+        out("ConnectionsTable", self.tables.connections.table_name, "connections table")
+        out("PartitionsTable", self.tables.partitions.table_name, "partitions table")
+        out("BroadcastsTable", self.tables.broadcasts.table_name, "broadcasts table")
+        out("IdempotencyTable", self.tables.idempotency.table_name, "idempotency and ledger table")
+        out("DashboardName", self.monitoring.dashboard.dashboard_name, "CloudWatch dashboard")
+        out("AlarmTopicArn", self.monitoring.topic.topic_arn, "subscribe on-call here")
+        out("TokenSecretArn", self.token_secret.secret_arn, "HS256 key for connect tokens")
