@@ -772,7 +772,7 @@ def stream_record(record: dict[str, Any], stream_arn: str, region: str) -> dict[
     out: dict[str, Any] = _jsonable(record)
     out.setdefault("eventSource", "aws:dynamodb")
     out.setdefault("eventVersion", "1.1")
-    out["awsRegion"] = out.get("awsRegion") or region
+    out["awsRegion"] = region  # DynamoDB Local says "ddblocal"
     out["eventSourceARN"] = stream_arn
     return out
 
