@@ -31,6 +31,7 @@ class ChooserStats:
     loads: int = 0
     pages: int = 0
     choices: int = 0
+    failed_loads: int = 0
 
     @property
     def reads_per_choice(self) -> float:
@@ -112,8 +113,16 @@ class PartitionChooser:
         return self.view
 
     def current_view(self) -> PartitionView:
-        if self.view is None or self.view.is_stale(self.clock(), self.ttl_seconds):
-            return self.refresh()
+        if self.view is None:
+            return self.refresh()  # nothing to fall back on: a failed first load fails the connect
+        if self.view.is_stale(self.clock(), self.ttl_seconds):
+            try:
+                return self.refresh()
+            except Exception:
+                # The partitions table is throttled or unreachable: keep connecting on the stale
+                # view (it still has this container's own bumps) and try again after one TTL.
+                self.stats.failed_loads += 1
+                self.view.loaded_at = self.clock()
         return self.view
 
     def choose(self) -> int:

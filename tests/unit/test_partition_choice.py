@@ -6,6 +6,7 @@ import random
 from collections import deque
 from dataclasses import dataclass
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -94,6 +95,40 @@ def test_view_reloads_only_after_ttl() -> None:
     assert loads == [0.0, 3.0, 6.5]
     assert chooser.stats.pages == 6
     assert chooser.stats.reads_per_choice == 1.0
+
+
+def test_a_failed_refresh_keeps_the_stale_view_for_one_more_ttl() -> None:
+    now = [0.0]
+    outcomes: list[ViewLoad | Exception] = [ViewLoad({0: 9, 1: 0}), RuntimeError("throttled"), ViewLoad({})]
+
+    def loader() -> ViewLoad:
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    chooser = PartitionChooser(
+        loader=loader, partition_count=2, choices=2, ttl_seconds=3.0, clock=lambda: now[0]
+    )
+    assert chooser.choose() == 1
+    now[0] = 3.0
+    assert chooser.choose() == 1  # the refresh failed: the old view (0: 9, 1: 1) still answers
+    assert chooser.stats.failed_loads == 1
+    now[0] = 5.0
+    chooser.choose()
+    assert len(outcomes) == 1  # no retry before one more TTL
+    now[0] = 6.0
+    chooser.choose()
+    assert outcomes == []
+
+
+def test_a_failed_first_load_fails_the_connect() -> None:
+    def loader() -> ViewLoad:
+        raise RuntimeError("unreachable")
+
+    chooser = PartitionChooser(loader=loader, partition_count=2)
+    with pytest.raises(RuntimeError):
+        chooser.choose()
 
 
 # The simulation asked for by the issue ----------------------------------------------------------
