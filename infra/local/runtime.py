@@ -61,6 +61,7 @@ _INIT_TIMEOUT = 60.0  # seconds for a container to import its handler (AWS: 10 s
 _STREAM_LIMIT = 16 * 1024 * 1024  # longest JSON line between runtime and worker
 _SYNC_PAYLOAD_LIMIT = 6 * 1024 * 1024
 _ASYNC_PAYLOAD_LIMIT = 1024 * 1024
+_SQS_BATCH_BYTES = 5 * 1024 * 1024  # stop gathering an SQS batch here: the event must stay under 6 MB
 
 
 # --------------------------------------------------------------------------------------------------
@@ -660,8 +661,9 @@ class SqsPoller:
         m = self.mapping
         messages: list[dict[str, Any]] = []
         seen: set[str] = set()
+        size = 0
         deadline: float | None = None
-        while len(messages) < m.batch_size:
+        while len(messages) < m.batch_size and size < _SQS_BATCH_BYTES:
             if deadline is None:
                 wait = m.wait_time_seconds
             else:
@@ -686,6 +688,7 @@ class SqsPoller:
                 continue
             messages.extend(got)
             seen.update(msg["MessageId"] for msg in got)
+            size += sum(len(msg.get("Body", "")) for msg in got)
             if deadline is None:
                 if m.maximum_batching_window <= 0:
                     break
@@ -805,7 +808,8 @@ class StreamPoller:
     def _endpoint(self) -> str | None:
         return (
             self.mapping.endpoint_url
-            or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB_STREAMS")
+            or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB_STREAMS")  # the name botocore honours
+            or os.environ.get("AWS_ENDPOINT_URL_DYNAMODBSTREAMS")
             or os.environ.get("AWS_ENDPOINT_URL_DYNAMODB")
         )
 

@@ -126,6 +126,7 @@ def stack(moto_sqs: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
                 environment={"RUNTIME_TEST_VALUE": "from-function"},
             ),
             fn("echo-timeout", "echo.handler", reservedConcurrency=1, timeout=1),
+            fn("echo-crash", "echo.handler", reservedConcurrency=1),
             fn("async-ok", "recorder.handler"),
             fn("async-fail", "recorder.handler", environment={"FAIL_ALWAYS": "1"}),
             fn("missing-module", "runtime_handlers_that_do_not_exist.handler"),
@@ -241,6 +242,19 @@ def test_timeout_kills_the_container_and_a_new_one_replaces_it(stack: Stack) -> 
     assert after["invocations"] == 1  # a fresh container: cold start, module state reset
     st = stack.rt.stats()["functions"]["echo-timeout"]
     assert st["timeouts"] == 1 and st["coldStarts"] == 2 and st["errors"] == 1
+
+
+def test_a_crashed_container_is_a_function_error_and_is_replaced(stack: Stack) -> None:
+    client = stack.rt.client()
+    before = json.loads(client.invoke(FunctionName="echo-crash", Payload=b"{}")["Payload"].read())
+
+    out = client.invoke(FunctionName="echo-crash", Payload=json.dumps({"exit": True}))
+
+    assert out["FunctionError"] == "Unhandled"
+    assert json.loads(out["Payload"].read())["errorType"] == "Runtime.ExitError"
+    after = json.loads(client.invoke(FunctionName="echo-crash", Payload=b"{}")["Payload"].read())
+    assert after["pid"] != before["pid"] and after["invocations"] == 1
+    assert stack.rt.stats()["functions"]["echo-crash"]["crashes"] == 1
 
 
 # ---- SQS event source mappings -----------------------------------------------------------------------
