@@ -650,10 +650,17 @@ class SqsPoller:
                 if not batch:
                     if self.stats.pollers > self.min_pollers:
                         return  # scale down: the queue is drained
+                    if self.mapping.wait_time_seconds == 0:
+                        await asyncio.sleep(0.2)  # short polling: don't spin on an empty queue
                     continue
                 if self.stats.pollers < self.max_pollers:
                     self._spawn()  # scale up while messages keep coming
-                await self._process(batch)
+                try:
+                    await self._process(batch)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # the messages return after their visibility timeout
+                    log.exception("sqs batch processing failed", extra={"mapping": self.id})
         finally:
             self.stats.pollers -= 1
 
@@ -921,8 +928,17 @@ class StreamPoller:
                     break
                 continue
             batch = pending[: m.batch_size]
+            try:
+                await self._deliver(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # keep the batch and try again: a stream shard never skips records
+                log.exception(
+                    "stream batch delivery failed", extra={"mapping": self.id, "shard": shard.shard_id}
+                )
+                await asyncio.sleep(1.0)
+                continue
             del pending[: len(batch)]
-            await self._deliver(batch)
         shard.done = True
         self.stats.shards_done += 1
         log.info("shard finished", extra={"mapping": self.id, "shard": shard.shard_id})
