@@ -1,0 +1,520 @@
+"""Locust load test of fanout: real WebSocket users, one operator user, and the `FanoutShape`.
+
+Run it through `loadtest/run.py` (`make loadtest`), or directly against a running stack::
+
+    .venv/bin/locust -f loadtest/locustfile.py --headless -u 1000 --processes 2 \\
+        --broadcasts 3 --csv loadtest/results/run --html loadtest/results/run.html
+
+Targets come from the options / environment variables below, else from `.fanout/local.json`:
+`FANOUT_WS_URL`, `FANOUT_CONNECT_TOKEN` (or `FANOUT_TOKEN_SECRET` to issue one token per user),
+`FANOUT_API_URL`, `FANOUT_OPERATOR_TOKEN` (bearer, local stack; without it the operator API is called
+with SigV4 and the ambient AWS credentials), `FANOUT_API_REGION`.
+
+What each user records, as Locust request events (type / name):
+
+- `WS` / `connect`: handshake time (authorizer + `$connect`); a refused or failed handshake is a failure.
+- `WS` / `ping`: round trip of `{"action":"ping"}` → `{"type":"pong"}` (the heartbeat, every
+  `--ping-interval` s, below API Gateway's 10-minute idle timeout).
+- `WS` / `disconnected`: a failure each time the server closed a connection the user did not close.
+- `deliver` / `<broadcastId>`: delivery latency, receive time - envelope `sentAt`, one per user.
+- `duplicate` / `<broadcastId>`: a failure per extra frame of a broadcast already received.
+- `gap` / `<broadcastId>`: a failure per user that was connected before the broadcast was sent and
+  never received it, judged `--grace` s after the broadcast completed, and again when the user stops.
+- `operator` / `start broadcast`, `status`, `complete broadcast`: the operator API's answer time, each
+  status poll, and the broadcast's completion time (engine's `completedAt - createdAt`).
+
+Distributed runs: the operator user (one, `fixed_count`) announces each broadcast with the Locust
+custom messages `fanout_started` / `fanout_completed`; the master relays them to every worker, so
+every process knows every broadcast and judges the gaps of its own users. Totals only ever come from
+Locust's aggregated stats: no process counts anything for the others.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import logging
+import random
+import socket
+import sys
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode, urlsplit
+
+import gevent
+import websocket
+from locust import User, events, task
+from locust.env import Environment
+from locust.runners import MasterRunner
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from fanout.operator_client import OperatorClient  # noqa: E402
+from loadtest.shapes import (  # noqa: E402
+    CONNECT_NAME,
+    CONNECT_TYPE,
+    MSG_COMPLETED,
+    MSG_GO,
+    MSG_STARTED,
+    BroadcastLedger,
+    FanoutShape,
+    expected_broadcasts,
+    ledger_of,
+    now_ms,
+)
+
+__all__ = ["FanoutShape", "OperatorUser", "WebSocketUser"]
+
+log = logging.getLogger("fanout.loadtest")
+
+
+class DuplicateFrame(Exception):
+    """The same broadcast arrived more than once on one connection."""
+
+
+class Gap(Exception):
+    """A broadcast this connection should have received never arrived."""
+
+
+class Disconnected(Exception):
+    """The server closed the connection."""
+
+
+class BroadcastIncomplete(Exception):
+    """The broadcast ended in another state than completed with no failed post."""
+
+
+# -- options ----------------------------------------------------------------------------------------
+@events.init_command_line_parser.add_listener
+def _options(parser: Any) -> None:
+    g = parser.add_argument_group("fanout")
+    g.add_argument("--fanout-ws-url", env_var="FANOUT_WS_URL", default="", help="WebSocket URL")
+    g.add_argument(
+        "--fanout-connect-token", env_var="FANOUT_CONNECT_TOKEN", default="", is_secret=True, help="token"
+    )
+    g.add_argument(
+        "--fanout-token-secret",
+        env_var="FANOUT_TOKEN_SECRET",
+        default="",
+        is_secret=True,
+        help="issue one token per user with this HS256 secret instead of sharing the connect token",
+    )
+    g.add_argument("--fanout-api-url", env_var="FANOUT_API_URL", default="", help="operator API URL")
+    g.add_argument(
+        "--fanout-operator-token",
+        env_var="FANOUT_OPERATOR_TOKEN",
+        default="",
+        is_secret=True,
+        help="bearer token of the local operator API (none: SigV4 with the AWS credentials)",
+    )
+    g.add_argument("--fanout-region", env_var="FANOUT_API_REGION", default="", help="region for SigV4")
+    g.add_argument(
+        "--fanout-state", env_var="FANOUT_LOCAL_STATE", default=".fanout/local.json", help="local.json"
+    )
+    g.add_argument(
+        "--fanout-results",
+        env_var="FANOUT_RESULTS_DIR",
+        default="",
+        help="directory where the master writes broadcasts.json",
+    )
+    g.add_argument(
+        "--source-ips",
+        env_var="FANOUT_SOURCE_IPS",
+        default="",
+        help="comma-separated local addresses to spread sockets over (~28k ports per address pair)",
+    )
+    g.add_argument("--broadcasts", env_var="FANOUT_BROADCASTS", type=int, default=1)
+    g.add_argument("--broadcast-interval", env_var="FANOUT_BROADCAST_INTERVAL", type=float, default=10.0)
+    g.add_argument("--payload-bytes", env_var="FANOUT_PAYLOAD_BYTES", type=int, default=64)
+    g.add_argument("--ramp-rate", env_var="FANOUT_RAMP_RATE", type=float, default=500.0)
+    g.add_argument("--settle", env_var="FANOUT_SETTLE", type=float, default=3.0)
+    g.add_argument("--grace", env_var="FANOUT_GRACE", type=float, default=5.0)
+    g.add_argument("--ping-interval", env_var="FANOUT_PING_INTERVAL", type=float, default=300.0)
+    g.add_argument("--ws-timeout", env_var="FANOUT_WS_TIMEOUT", type=float, default=30.0)
+    g.add_argument("--connect-timeout", env_var="FANOUT_CONNECT_TIMEOUT", type=float, default=120.0)
+    g.add_argument("--broadcast-timeout", env_var="FANOUT_BROADCAST_TIMEOUT", type=float, default=300.0)
+
+
+class Target:
+    """Where to connect and how to authenticate, from the options, else from local.json."""
+
+    def __init__(self, o: Any) -> None:
+        state: dict[str, Any] = {}
+        path = Path(o.fanout_state)
+        for candidate in (path, ROOT / path):
+            if candidate.exists():
+                state = json.loads(candidate.read_text())
+                break
+        self.ws_url: str = o.fanout_ws_url or state.get("websocketUrl", "")
+        self.connect_token: str = o.fanout_connect_token or state.get("connectToken", "")
+        self.token_secret: str = o.fanout_token_secret
+        self.api_url: str = o.fanout_api_url or state.get("httpApiUrl", "")
+        self.operator_token: str = o.fanout_operator_token or (
+            state.get("operatorToken", "") if not o.fanout_api_url else ""
+        )
+        self.region: str | None = o.fanout_region or None
+        self.source_ips = [ip.strip() for ip in o.source_ips.split(",") if ip.strip()]
+        if not self.ws_url or not self.api_url:
+            raise SystemExit(
+                "no target: set FANOUT_WS_URL and FANOUT_API_URL, "
+                "or start the local stack (.fanout/local.json)"
+            )
+
+    def token(self, user_id: str) -> str:
+        if self.token_secret:
+            from fanout.tokens import issue_token
+
+            return issue_token(self.token_secret, user_id, ttl_seconds=24 * 3600)
+        return self.connect_token
+
+    def url_for(self, user_id: str) -> str:
+        sep = "&" if "?" in self.ws_url else "?"
+        return f"{self.ws_url}{sep}{urlencode({'token': self.token(user_id)})}"
+
+    def operator(self) -> OperatorClient:
+        if self.operator_token:
+            return OperatorClient(self.api_url, bearer_token=self.operator_token)
+        return OperatorClient.for_deployed(self.api_url, region=self.region)
+
+
+def target_of(environment: Environment) -> Target:
+    target = getattr(environment, "fanout_target", None)
+    if target is None:
+        target = Target(environment.parsed_options)
+        environment.fanout_target = target  # type: ignore[attr-defined]
+    return target
+
+
+# -- messages: the operator announces, the master relays, every process records ----------------------
+@events.init.add_listener
+def _on_init(environment: Environment, **_: Any) -> None:
+    runner = environment.runner
+    if runner is None:
+        return
+    ledger = ledger_of(environment)
+    apply = {MSG_GO: ledger.on_go, MSG_STARTED: ledger.on_started, MSG_COMPLETED: ledger.on_completed}
+
+    def listener_for(kind: str) -> Any:
+        def listener(environment: Environment, msg: Any, **_: Any) -> None:
+            apply[kind](msg.data)
+            if isinstance(runner, MasterRunner):
+                runner.send_message(kind, msg.data)  # to every worker, the sender included
+
+        return listener
+
+    for kind in apply:
+        runner.register_message(kind, listener_for(kind))
+
+
+@events.test_start.add_listener
+def _on_test_start(environment: Environment, **_: Any) -> None:
+    ledger = ledger_of(environment)
+    ledger.broadcasts.clear()
+    ledger.go = None
+
+
+@events.test_stop.add_listener
+def _on_test_stop(environment: Environment, **_: Any) -> None:
+    o = environment.parsed_options
+    if o is None or getattr(o, "worker", False):
+        return
+    ledger = ledger_of(environment)
+    for b in sorted(ledger.broadcasts.values(), key=lambda b: b.index):
+        took = (b.completedAt - b.createdAt) / 1000 if b.completedAt and b.createdAt else None
+        log.info(
+            "broadcast %d %s: %s, targeted %s, delivered %s, gone %s, failed %s, %s s",
+            b.index,
+            b.broadcastId,
+            b.status,
+            b.targeted,
+            b.delivered,
+            b.gone,
+            b.failed,
+            f"{took:.2f}" if took is not None else "-",
+        )
+    if o.fanout_results:
+        out = Path(o.fanout_results)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "broadcasts.json").write_text(json.dumps(ledger.to_json(), indent=2))
+        # Locust's own response-time buckets of each broadcast, every worker merged: the full
+        # distribution behind the CSV's percentiles, for loadtest/report.py's chart.
+        latency = {
+            name: {str(ms): n for ms, n in sorted(entry.response_times.items())}
+            for (name, method), entry in environment.stats.entries.items()
+            if method == "deliver"
+        }
+        (out / "latency.json").write_text(json.dumps(latency))
+
+
+def _fire(
+    user: User,
+    request_type: str,
+    name: str,
+    response_time: float,
+    *,
+    length: int = 0,
+    exception: Exception | None = None,
+) -> None:
+    user.environment.events.request.fire(
+        request_type=request_type,
+        name=name,
+        response_time=response_time,
+        response_length=length,
+        exception=exception,
+        context={},
+    )
+
+
+# -- the WebSocket user -----------------------------------------------------------------------------
+_source_ip_turn = itertools.count()  # round robin over --source-ips in this process only
+
+
+class WebSocketUser(User):
+    """One real WebSocket connection: connect, heartbeat, receive, and judge its own gaps."""
+
+    def wait_time(self) -> float:
+        return random.uniform(1.5, 2.5)
+
+    def on_start(self) -> None:
+        o = self.environment.parsed_options
+        self.target = target_of(self.environment)
+        self.ledger: BroadcastLedger = ledger_of(self.environment)
+        self.user_id = f"loadtest-{uuid.uuid4().hex[:12]}"
+        self.ping_interval = float(o.ping_interval) if o else 300.0
+        self.ws_timeout = float(o.ws_timeout) if o else 30.0
+        # The shape broadcasts `--settle` s after every user connected: a connection younger than that
+        # when a broadcast was sent (a reconnect) may rightly be missed by it, and is not judged.
+        self.settle_ms = (float(o.settle) if o else 3.0) * 1000
+        self.grace_ms = (float(o.grace) if o else 5.0) * 1000
+        self.timeout_ms = (float(o.broadcast_timeout) if o else 300.0) * 1000
+        self.ws: websocket.WebSocket | None = None
+        self.receiver: gevent.Greenlet | None = None
+        self.closing = False
+        self.session_started_ms: float | None = None
+        self.received: Counter[str] = Counter()
+        self.judged: set[str] = set()
+        self.ping_sent: float | None = None
+        self.next_ping = time.monotonic() + random.uniform(0.2, 1.0) * self.ping_interval
+        self.next_connect = 0.0
+        self.failures_in_a_row = 0
+        self.connect()
+
+    # connection ------------------------------------------------------------------------------------
+    def _socket(self) -> socket.socket | None:
+        if not self.target.source_ips:
+            return None
+        parts = urlsplit(self.target.ws_url)
+        port = parts.port or (443 if parts.scheme == "wss" else 80)
+        ip = self.target.source_ips[next(_source_ip_turn) % len(self.target.source_ips)]
+        return socket.create_connection(
+            (parts.hostname or "127.0.0.1", port), timeout=self.ws_timeout, source_address=(ip, 0)
+        )
+
+    def connect(self) -> bool:
+        t0 = time.perf_counter()
+        try:
+            ws = websocket.create_connection(
+                self.target.url_for(self.user_id),
+                timeout=self.ws_timeout,
+                socket=self._socket(),
+                skip_utf8_validation=True,
+            )
+        except Exception as exc:
+            self.failures_in_a_row += 1
+            self.next_connect = time.monotonic() + min(30.0, 2.0**self.failures_in_a_row)
+            _fire(self, CONNECT_TYPE, CONNECT_NAME, (time.perf_counter() - t0) * 1000, exception=exc)
+            return False
+        ws.settimeout(None)
+        _fire(self, CONNECT_TYPE, CONNECT_NAME, (time.perf_counter() - t0) * 1000)
+        self.failures_in_a_row = 0
+        self.ws = ws
+        self.closing = False
+        self.session_started_ms = now_ms()
+        self.ping_sent = None
+        self.receiver = gevent.spawn(self.receive, ws)
+        return True
+
+    def receive(self, ws: websocket.WebSocket) -> None:
+        while True:
+            try:
+                raw = ws.recv()
+            except Exception as exc:
+                if not self.closing and self.ws is ws:
+                    _fire(self, CONNECT_TYPE, "disconnected", 0, exception=Disconnected(str(exc) or "closed"))
+                    self.ws = None
+                    self.session_started_ms = None
+                return
+            if not raw:
+                continue
+            self.on_frame(raw)
+
+    def on_frame(self, raw: str | bytes) -> None:
+        received_at = now_ms()
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            _fire(self, CONNECT_TYPE, "frame", 0, exception=ValueError("not JSON"))
+            return
+        if not isinstance(frame, dict):
+            return
+        kind = frame.get("type")
+        if kind == "broadcast":
+            bid = str(frame.get("broadcastId"))
+            latency = max(0.0, received_at - float(frame.get("sentAt") or received_at))
+            self.received[bid] += 1
+            if self.received[bid] == 1:
+                _fire(self, "deliver", bid, latency, length=len(raw))
+            else:
+                n = self.received[bid]
+                _fire(self, "duplicate", bid, latency, exception=DuplicateFrame(f"frame {n} of {bid}"))
+        elif kind == "pong":
+            if self.ping_sent is not None:
+                _fire(self, CONNECT_TYPE, "ping", (time.perf_counter() - self.ping_sent) * 1000)
+                self.ping_sent = None
+        elif kind == "error":
+            _fire(self, CONNECT_TYPE, "error frame", 0, exception=ValueError(str(frame.get("error"))))
+
+    # heartbeat and judgement -----------------------------------------------------------------------
+    @task
+    def heartbeat(self) -> None:
+        if self.ws is None:
+            if time.monotonic() >= self.next_connect:
+                self.connect()
+            return
+        if time.monotonic() >= self.next_ping:
+            self.ping()
+        self.judge()
+
+    def ping(self) -> None:
+        assert self.ws is not None
+        if self.ping_sent is not None:
+            waited = (time.perf_counter() - self.ping_sent) * 1000
+            _fire(self, CONNECT_TYPE, "ping", waited, exception=TimeoutError("no pong before the next ping"))
+        try:
+            self.ping_sent = time.perf_counter()
+            self.ws.send('{"action":"ping"}')
+        except Exception as exc:
+            _fire(self, CONNECT_TYPE, "ping", 0, exception=exc)
+            self.ping_sent = None
+        self.next_ping = time.monotonic() + self.ping_interval
+
+    def judge(self) -> None:
+        """A gap failure for each due broadcast this connection should have received and did not."""
+        due = expected_broadcasts(
+            self.ledger,
+            session_started_ms=self.session_started_ms,
+            now=now_ms(),
+            settle_ms=self.settle_ms,
+            grace_ms=self.grace_ms,
+            timeout_ms=self.timeout_ms,
+        )
+        for bid in due:
+            if bid in self.judged:
+                continue
+            self.judged.add(bid)
+            if self.received[bid] == 0:
+                _fire(self, "gap", bid, 0, exception=Gap(f"{bid} never arrived"))
+
+    def on_stop(self) -> None:
+        self.judge()
+        self.closing = True
+        ws, self.ws = self.ws, None
+        if self.receiver is not None:
+            self.receiver.kill(block=False)
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                ws.send_close()
+            with contextlib.suppress(Exception):
+                ws.shutdown()
+
+
+# -- the operator user ------------------------------------------------------------------------------
+class OperatorUser(User):
+    """Starts `--broadcasts` broadcasts `--broadcast-interval` s apart once the shape says go."""
+
+    fixed_count = 1
+
+    def wait_time(self) -> float:
+        return 0.2
+
+    def on_start(self) -> None:
+        o = self.environment.parsed_options
+        self.api = target_of(self.environment).operator()
+        self.ledger = ledger_of(self.environment)
+        self.payload = "x" * max(0, int(o.payload_bytes) if o else 64)
+        self.timeout = float(o.broadcast_timeout) if o else 300.0
+        self.run_id = uuid.uuid4().hex[:8]
+        self.sent = 0
+        self.next_at = 0.0
+        self.pollers: list[gevent.Greenlet] = []
+
+    @task
+    def broadcast(self) -> None:
+        go = self.ledger.go
+        if go is None or self.sent >= int(go["count"]) or time.monotonic() < self.next_at:
+            return
+        self.sent += 1
+        self.next_at = time.monotonic() + float(go["interval"])
+        self.start_one(self.sent)
+
+    def start_one(self, index: int) -> None:
+        runner = self.environment.runner
+        assert runner is not None
+        message = {"loadtest": self.run_id, "index": index, "pad": self.payload}
+        started_ms = now_ms()
+        t0 = time.perf_counter()
+        try:
+            bid = self.api.start(message)
+        except Exception as exc:
+            _fire(self, "operator", "start broadcast", (time.perf_counter() - t0) * 1000, exception=exc)
+            runner.send_message(
+                MSG_COMPLETED,
+                {"broadcastId": f"unstarted-{self.run_id}-{index}", "index": index, "status": "unstarted"},
+            )
+            return
+        latency = (time.perf_counter() - t0) * 1000
+        _fire(self, "operator", "start broadcast", latency)
+        announced = {"broadcastId": bid, "index": index, "startedAtMs": started_ms, "startLatencyMs": latency}
+        runner.send_message(MSG_STARTED, announced)
+        self.pollers.append(gevent.spawn(self.follow, announced))
+
+    def follow(self, announced: dict[str, Any]) -> None:
+        """Poll the broadcast until it ends; fire its completion time; announce the final view."""
+        runner = self.environment.runner
+        assert runner is not None
+        bid = str(announced["broadcastId"])
+        t0 = time.perf_counter()
+        deadline = time.monotonic() + self.timeout
+        view: dict[str, Any] = {"status": "started"}
+        while True:
+            p0 = time.perf_counter()
+            try:
+                view = self.api.status(bid)
+                _fire(self, "operator", "status", (time.perf_counter() - p0) * 1000)
+            except Exception as exc:
+                _fire(self, "operator", "status", (time.perf_counter() - p0) * 1000, exception=exc)
+            if view.get("status") in ("completed", "failed"):
+                break
+            if time.monotonic() > deadline:
+                view = {**view, "status": "timeout"}
+                break
+            gevent.sleep(0.25)
+        created, completed = view.get("createdAt"), view.get("completedAt")
+        took = float(completed - created) if created and completed else (time.perf_counter() - t0) * 1000
+        problem = None
+        if view.get("status") != "completed" or view.get("failed"):
+            problem = BroadcastIncomplete(
+                f"{bid}: {view.get('status')}, delivered {view.get('delivered')} of {view.get('targeted')}, "
+                f"failed {view.get('failed')}"
+            )
+        _fire(self, "operator", "complete broadcast", took, exception=problem)
+        runner.send_message(MSG_COMPLETED, {**announced, **view})
+
+    def on_stop(self) -> None:
+        gevent.killall(self.pollers, block=False)

@@ -1,0 +1,294 @@
+"""The load shape and the broadcast ledger shared by the locustfile's users.
+
+`BroadcastLedger` is what one Locust process knows about the broadcasts of the run. It is fed only by
+Locust custom messages (`fanout_go`, `fanout_started`, `fanout_completed`), which the master relays to
+every worker, so every process holds the same ledger whether the run is local, `--processes N` or
+master/workers on many machines; nothing in it is counted per process. Users judge their own gaps
+against it (`expected_broadcasts`), and the shape (on the master) reads it to know when the broadcasts
+are done.
+
+`FanoutShape` ramps the WebSocket users at no more than `--ramp-rate` connections per second (API
+Gateway's default quota for new connections is 500/s), waits until Locust's aggregated `connect` row
+shows every user connected, lets the partition counters settle, tells the operator user to start the
+broadcasts (`fanout_go`), holds at least `--run-time` and until every broadcast completed plus the
+gap grace period, then ramps down and stops.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar
+
+from locust import LoadTestShape
+
+log = logging.getLogger("fanout.loadtest")
+
+MSG_GO = "fanout_go"
+MSG_STARTED = "fanout_started"
+MSG_COMPLETED = "fanout_completed"
+
+CONNECT_TYPE = "WS"
+CONNECT_NAME = "connect"
+
+# Workers report their stats to the master every 3 s (locust.runners.WORKER_REPORT_INTERVAL): the shape
+# waits a bit more than that whenever it needs the aggregated figures to include an event.
+STATS_FLUSH_SECONDS = 4.0
+
+
+def now_ms() -> float:
+    return time.time() * 1000.0
+
+
+@dataclass
+class BroadcastRecord:
+    """One broadcast of the run, as the operator user saw it (times in epoch ms, engine clock)."""
+
+    broadcastId: str
+    index: int
+    startedAtMs: float
+    startLatencyMs: float | None = None
+    status: str = "started"
+    createdAt: int | None = None
+    completedAt: int | None = None
+    targeted: int | None = None
+    delivered: int | None = None
+    gone: int | None = None
+    failed: int | None = None
+    partitions: int | None = None
+    seenAtMs: float = field(default_factory=now_ms)
+
+    @property
+    def sent_at_ms(self) -> float:
+        """The envelope's `sentAt` (= createdAt) once known, else when the operator asked."""
+        return float(self.createdAt) if self.createdAt is not None else self.startedAtMs
+
+    @property
+    def finished(self) -> bool:
+        return self.status in ("completed", "failed", "timeout", "unstarted")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class BroadcastLedger:
+    """Broadcasts announced by the operator user, and whether the shape said "go"."""
+
+    broadcasts: dict[str, BroadcastRecord] = field(default_factory=dict)
+    go: dict[str, Any] | None = None
+
+    def on_go(self, data: dict[str, Any]) -> None:
+        if self.go is None:
+            self.go = dict(data)
+
+    def on_started(self, data: dict[str, Any]) -> BroadcastRecord:
+        bid = str(data["broadcastId"])
+        record = self.broadcasts.get(bid)
+        if record is None:
+            record = BroadcastRecord(
+                broadcastId=bid,
+                index=int(data.get("index", len(self.broadcasts) + 1)),
+                startedAtMs=float(data.get("startedAtMs", now_ms())),
+                startLatencyMs=data.get("startLatencyMs"),
+            )
+            self.broadcasts[bid] = record
+        return record
+
+    def on_completed(self, data: dict[str, Any]) -> BroadcastRecord:
+        record = self.on_started(data)
+        for key in ("status", "createdAt", "completedAt", "targeted", "delivered", "gone", "failed"):
+            if data.get(key) is not None:
+                setattr(record, key, data[key])
+        if data.get("partitions") is not None:
+            record.partitions = int(data["partitions"])
+        record.seenAtMs = now_ms()
+        return record
+
+    @property
+    def finished(self) -> list[BroadcastRecord]:
+        return [b for b in self.broadcasts.values() if b.finished]
+
+    def all_finished(self, expected: int) -> bool:
+        return len(self.finished) >= expected
+
+    def last_finished_at(self) -> float | None:
+        """Local time (epoch ms) the last finished broadcast was heard of."""
+        done = self.finished
+        return max(b.seenAtMs for b in done) if done else None
+
+    def to_json(self) -> list[dict[str, Any]]:
+        return [b.to_json() for b in sorted(self.broadcasts.values(), key=lambda b: b.index)]
+
+
+def expected_broadcasts(
+    ledger: BroadcastLedger,
+    *,
+    session_started_ms: float | None,
+    now: float,
+    settle_ms: float,
+    grace_ms: float,
+    timeout_ms: float,
+) -> list[str]:
+    """The broadcasts a user connected since `session_started_ms` must have received by `now`.
+
+    A broadcast counts when the connection was open `settle_ms` before the broadcast was sent (so the
+    partition counters had seen it when the swarm enumerated partitions), and the broadcast finished at
+    least `grace_ms` ago (frames can still be on the wire when the counters say "completed"), or was
+    sent more than `timeout_ms` ago without finishing. A broadcast that failed is judged too: its
+    connections missing it are real gaps.
+    """
+    if session_started_ms is None:
+        return []
+    out = []
+    for b in ledger.broadcasts.values():
+        if b.status == "unstarted" or session_started_ms > b.sent_at_ms - settle_ms:
+            continue
+        if b.completedAt is not None:
+            due = b.completedAt + grace_ms <= now
+        else:
+            due = b.sent_at_ms + timeout_ms <= now
+        if due:
+            out.append(b.broadcastId)
+    return out
+
+
+def ledger_of(environment: Any) -> BroadcastLedger:
+    """The ledger of this process, kept on the Locust environment (one per process, fed by messages)."""
+    ledger = getattr(environment, "fanout_ledger", None)
+    if ledger is None:
+        ledger = BroadcastLedger()
+        environment.fanout_ledger = ledger
+    return ledger
+
+
+@dataclass(frozen=True)
+class ShapeSettings:
+    users: int
+    ramp_rate: float = 500.0
+    settle_seconds: float = 3.0
+    hold_seconds: float = 0.0
+    broadcasts: int = 1
+    broadcast_interval: float = 10.0
+    grace_seconds: float = 5.0
+    connect_timeout_seconds: float = 120.0
+    broadcast_timeout_seconds: float = 300.0
+
+
+def shape_settings(environment: Any) -> ShapeSettings:
+    """The shape's settings from Locust's parsed options (`-u`, `-r`, `-t` and the locustfile's own)."""
+    o = environment.parsed_options
+    if o is None:
+        return ShapeSettings(users=1)
+    # Not `-r`: headless Locust sets it to 1 when absent, so the shape could not tell "unset" from 1.
+    ramp = float(getattr(o, "ramp_rate", 500.0))
+    return ShapeSettings(
+        users=int(o.num_users or 1),
+        ramp_rate=ramp,
+        settle_seconds=float(getattr(o, "settle", 3.0)),
+        hold_seconds=float(o.run_time or 0),
+        broadcasts=int(getattr(o, "broadcasts", 1)),
+        broadcast_interval=float(getattr(o, "broadcast_interval", 10.0)),
+        grace_seconds=float(getattr(o, "grace", 5.0)),
+        connect_timeout_seconds=float(getattr(o, "connect_timeout", 120.0)),
+        broadcast_timeout_seconds=float(getattr(o, "broadcast_timeout", 300.0)),
+    )
+
+
+class FanoutShape(LoadTestShape):
+    """ramp → connected → settle → go (broadcasts) → hold → ramp down → stop.
+
+    `-u` is the number of WebSocket users (the operator user comes on top), the ramp rate is
+    `--ramp-rate` (never `-r`, which headless Locust defaults to 1), `-t` is the minimum hold at full load.
+    """
+
+    use_common_options: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.phase = "ramp"
+        self.phase_started = 0.0
+        self.hold_started: float | None = None
+        self.ramp_down_started: float | None = None
+        self.finished_at: float | None = None
+
+    def reset_time(self) -> None:
+        super().reset_time()
+        self._reset()
+
+    # -- inputs from the runner ---------------------------------------------------------------------
+    def settings(self) -> ShapeSettings:
+        assert self.runner is not None
+        return shape_settings(self.runner.environment)
+
+    def ledger(self) -> BroadcastLedger:
+        assert self.runner is not None
+        return ledger_of(self.runner.environment)
+
+    def connected(self) -> int:
+        """Successful connects so far, all workers together (Locust's aggregated stats)."""
+        assert self.runner is not None
+        entry = self.runner.environment.stats.entries.get((CONNECT_NAME, CONNECT_TYPE))
+        if entry is None:
+            return 0
+        return int(entry.num_requests - entry.num_failures)
+
+    def send_go(self, s: ShapeSettings) -> None:
+        assert self.runner is not None
+        data = {"count": s.broadcasts, "interval": s.broadcast_interval, "atMs": now_ms()}
+        log.info("all %d users connected: starting %d broadcast(s)", s.users, s.broadcasts)
+        self.runner.send_message(MSG_GO, data)
+
+    # -- the shape ------------------------------------------------------------------------------------
+    def tick(self) -> tuple[int, float] | None:
+        s = self.settings()
+        t = self.get_run_time()
+        total = s.users + 1  # the operator user
+        rate = max(1.0, s.ramp_rate)
+        ramp_seconds = math.ceil(total / rate)
+        if self.phase == "ramp":
+            if self.connected() >= s.users or t > ramp_seconds + s.connect_timeout_seconds:
+                if self.connected() < s.users:
+                    log.warning(
+                        "only %d of %d users connected: broadcasting anyway",
+                        self.connected(),
+                        s.users,
+                    )
+                self._enter("settle", t)
+            return total, rate
+        if self.phase == "settle":
+            if t - self.phase_started >= s.settle_seconds:
+                self.send_go(s)
+                self.hold_started = t
+                self._enter("hold", t)
+            return total, rate
+        if self.phase == "hold":
+            ledger = self.ledger()
+            held = t - (self.hold_started or t)
+            done = ledger.all_finished(s.broadcasts) or held > (
+                s.broadcasts * s.broadcast_interval + s.broadcast_timeout_seconds
+            )
+            last = ledger.last_finished_at()
+            graced = last is not None and now_ms() - last >= (s.grace_seconds + STATS_FLUSH_SECONDS) * 1000
+            if done and (graced or last is None) and held >= s.hold_seconds:
+                self._enter("ramp_down", t)
+                return 0, rate
+            return total, rate
+        if self.phase == "ramp_down":
+            if self.get_current_user_count() == 0:
+                if self.finished_at is None:
+                    self.finished_at = t
+                if t - self.finished_at >= STATS_FLUSH_SECONDS:
+                    return None
+            return 0, rate
+        return None
+
+    def _enter(self, phase: str, t: float) -> None:
+        log.info("shape: %s → %s at %.1f s", self.phase, phase, t)
+        self.phase = phase
+        self.phase_started = t
