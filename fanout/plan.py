@@ -1,0 +1,534 @@
+"""The quota model: predicted broadcast time of the deployed design, and the settings to deploy with.
+
+A broadcast to N connections can never beat N / R seconds, R being the account's PostToConnection
+quota (API Gateway throttles every callback call). This module predicts how close the partitioned
+pipeline gets, from per-stage costs, and picks the settings that bring it within 10% of that floor:
+
+    time = start latency (invoke swarm → first partition task queried → first post batch polled)
+         + delivery of N frames at the pipeline's throughput, with the post workers' ramp-up
+         + tail (the last batch's ledger transaction and the completion check)
+
+    throughput = min(post capacity, query supply, swarm supply, quota)
+
+Post capacity is what W post workers deliver under the rate limit (`post_rate_per_worker`), after each
+invocation's fixed overhead; a worker is CPU-bound (the measured CPU per frame, docs/benchmarks.md) or
+latency-bound (K posts in flight / PostToConnection latency). W comes from Q shards x the per-shard
+`MaximumConcurrency`: an SQS event source mapping starts 5 concurrent batches and adds up to 300 per
+minute, so Q = ceil(W / 5) shards put every worker to work at once (no ramp).
+
+Pure: plain data in, plain data out; no I/O. `fanout plan` prints it (`add_parser`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+# ESM facts (AWS Lambda docs, "Configuring scaling behavior for SQS event source mappings"): five
+# concurrent batches at first, then up to 300 more per minute; MaximumConcurrency is 2..1,000.
+ESM_MIN_CONCURRENCY = 2
+ESM_MAX_CONCURRENCY = 1000
+SQS_BATCH_SIZES = (10, 20, 50, 100)  # post ESM batch sizes considered; above 10 needs a batching window
+MAX_POST_CONCURRENCY = 2000  # Settings.post_concurrency's bound
+TARGET_FACTOR = 1.10  # "within 10% of N / R"
+
+
+@dataclass(frozen=True)
+class Costs:
+    """Per-stage costs. Defaults: measured here where marked, else typical AWS figures (assumed)."""
+
+    # Measured by `python -m loadtest.bench_post` (docs/benchmarks.md): CPU per delivered frame in the
+    # engine's post path, and the post stage's per-batch CPU (ledger read, counting transaction,
+    # completion check through aioboto3), as (stage - engine) per frame x B.
+    post_frame_cpu_us: float = 235.0
+    post_batch_cpu_us: float = 4800.0
+    # How much slower a Lambda vCPU (1,769 MB = one vCPU) is than this machine's core (assumed 1.0).
+    cpu_factor: float = 1.0
+    # Leave this much of a worker's CPU unused (GC, logging, metrics flush).
+    cpu_headroom: float = 0.85
+    # Round trip of one PostToConnection in AWS (the issue's "closer to AWS" figure: 20 ms).
+    post_latency_ms: float = 20.0
+    # One DynamoDB call (GetItem, Query page, TransactWriteItems), one SendMessageBatch.
+    ddb_ms: float = 8.0
+    sqs_send_ms: float = 12.0
+    # From a message being sent to the ESM invoking the function with it (long polling, warm pollers).
+    sqs_delivery_ms: float = 60.0
+    # Per invocation: Lambda invoke + DeleteMessageBatch by the ESM + handler entry/exit.
+    invoke_overhead_ms: float = 25.0
+    # Async Invoke of the swarm function by the operator API.
+    async_invoke_ms: float = 40.0
+    # Cold start of a Python function with aioboto3 + aiohttp + Powertools (init phase).
+    cold_start_ms: float = 1200.0
+    # Items per page of the partitions table scan (keys + one number: ~40 B each, 1 MB pages).
+    scan_page_items: int = 20_000
+    # Items per page of the keys-only GSI query (1 MB pages of ~60 B items).
+    query_page_items: int = 15_000
+    esm_initial_concurrency: int = 5
+    esm_ramp_per_minute: int = 300
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The settings to deploy with (names as in fanout.settings and the CDK config)."""
+
+    partitions: int  # N partitions (FANOUT_PARTITION_COUNT)
+    shards: int  # Q queue shards per stage (FANOUT_SHARD_COUNT)
+    post_batch_size: int  # B (FANOUT_POST_BATCH_SIZE)
+    post_concurrency: int  # K posts in flight per worker (FANOUT_POST_CONCURRENCY)
+    post_max_concurrency_per_shard: int  # post ESM MaximumConcurrency, per shard
+    post_rate_per_worker: float  # FANOUT_POST_RATE_PER_WORKER (0 = unpaced)
+    post_sqs_batch_size: int  # post ESM BatchSize
+    post_batching_window_s: int  # post ESM MaximumBatchingWindowInSeconds (required when BatchSize > 10)
+    query_max_concurrency_per_shard: int  # query ESM MaximumConcurrency, per shard
+    query_sqs_batch_size: int = 10
+    swarm_send_concurrency: int = 32  # FANOUT_SWARM_SEND_CONCURRENCY
+    # provisioned concurrency on swarm (1), query and post (their maximum concurrency): no cold starts
+    provisioned_concurrency: bool = False
+
+    @property
+    def post_workers(self) -> int:
+        return self.shards * self.post_max_concurrency_per_shard
+
+    @property
+    def query_workers(self) -> int:
+        return self.shards * self.query_max_concurrency_per_shard
+
+    @property
+    def total_post_rate(self) -> float:
+        """The most posts per second the fleet may make: the sum of the per-worker limits."""
+        return self.post_workers * self.post_rate_per_worker if self.post_rate_per_worker > 0 else math.inf
+
+
+@dataclass(frozen=True)
+class Prediction:
+    connections: int
+    quota: float
+    seconds: float
+    floor_seconds: float  # N / R
+    ratio: float  # seconds / floor_seconds
+    target_met: bool  # ratio <= 1.10
+    throughput: float  # frames/s in steady state
+    bottleneck: str  # which bound sets the throughput
+    start_seconds: float
+    delivery_seconds: float
+    ramp_seconds: float
+    tail_seconds: float
+    post_worker_rate: float  # frames/s one post worker can make (unpaced, after overheads)
+    post_capacity: float  # frames/s of the whole post fleet, paced
+    query_supply: float  # connection ids/s the query stage can emit
+    swarm_supply: float  # connection ids/s the swarm can queue (as partition tasks)
+    lambda_concurrency: int  # post + query workers at peak (+1 swarm)
+    warnings: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    deployment: Deployment
+    prediction: Prediction
+    headroom: float
+    warm: bool
+    min_connections_for_target: int | None  # smallest N within 10% of N/R at this quota (None: never)
+
+
+# -- the model ------------------------------------------------------------------------------------------
+def _frames_per_invocation(d: Deployment, per_partition: int) -> int:
+    batch = max(1, min(d.post_batch_size, per_partition))
+    return d.post_sqs_batch_size * batch
+
+
+def worker_rate(d: Deployment, costs: Costs, per_partition: int, *, paced: bool = True) -> float:
+    """Frames/s one post worker delivers over a whole invocation, fixed per-invocation costs included."""
+    batch = max(1, min(d.post_batch_size, per_partition))
+    cpu_us = (costs.post_frame_cpu_us + costs.post_batch_cpu_us / batch) * costs.cpu_factor
+    cpu_rate = 1e6 / cpu_us * costs.cpu_headroom
+    latency_rate = (
+        d.post_concurrency / (costs.post_latency_ms / 1000) if costs.post_latency_ms > 0 else math.inf
+    )
+    rate = min(cpu_rate, latency_rate)
+    if paced and d.post_rate_per_worker > 0:
+        rate = min(rate, d.post_rate_per_worker)
+    frames = _frames_per_invocation(d, per_partition)
+    # the last batch's ledger transaction and completion check are not overlapped with posting
+    fixed_s = (costs.invoke_overhead_ms + 2 * costs.ddb_ms) / 1000
+    return frames / (frames / rate + fixed_s)
+
+
+def _query_task_seconds(d: Deployment, costs: Costs, per_partition: int) -> float:
+    pages = max(1, math.ceil(per_partition / costs.query_page_items))
+    batches = max(1, math.ceil(per_partition / d.post_batch_size))
+    sends = math.ceil(batches / 10)
+    # ledger read + GSI pages + counting transaction, then SendMessageBatch of the post batches
+    return ((2 + pages) * costs.ddb_ms + sends * costs.sqs_send_ms) / 1000
+
+
+def _deliver_seconds(n: float, rate_per_worker: float, workers: int, c0: float, per_s: float) -> float:
+    """Time to deliver n frames when c(t) = min(workers, c0 + per_s * t) workers each run at rate."""
+    if n <= 0:
+        return 0.0
+    c0 = min(c0, workers)
+    if c0 >= workers or per_s <= 0:
+        return n / (rate_per_worker * c0)
+    t_ramp = (workers - c0) / per_s
+    ramp_frames = rate_per_worker * (c0 * t_ramp + per_s * t_ramp**2 / 2)
+    if n >= ramp_frames:
+        return t_ramp + (n - ramp_frames) / (rate_per_worker * workers)
+    # rate * (c0 t + per_s t^2 / 2) = n
+    a, b, c = rate_per_worker * per_s / 2, rate_per_worker * c0, -n
+    return (-b + math.sqrt(b * b - 4 * a * c)) / (2 * a)
+
+
+def predict(
+    connections: int, quota: float, d: Deployment, costs: Costs | None = None, *, warm: bool = False
+) -> Prediction:
+    """Predicted broadcast time of deployment `d` for `connections` at a quota of `quota` posts/s."""
+    if connections < 1 or quota <= 0:
+        raise ValueError("connections must be >= 1 and quota > 0")
+    costs = costs or Costs()
+    n, r = connections, float(quota)
+    per_partition = max(1, math.ceil(n / d.partitions))
+    warnings: list[str] = []
+
+    # supply rates of the stages before post
+    w_rate = worker_rate(d, costs, per_partition)
+    post_capacity = d.post_workers * w_rate
+    tq = _query_task_seconds(d, costs, per_partition)
+    query_invocation = tq + costs.invoke_overhead_ms / 1000  # a batch's tasks run concurrently
+    query_supply = d.query_workers * d.query_sqs_batch_size * per_partition / query_invocation
+    swarm_supply = d.swarm_send_concurrency * 10 * per_partition / (costs.sqs_send_ms / 1000)
+    bounds = {"quota": r, "post": post_capacity, "query": query_supply, "swarm": swarm_supply}
+    bottleneck = min(bounds, key=lambda k: bounds[k])
+    throughput = bounds[bottleneck]
+    if d.total_post_rate > r:
+        warnings.append(
+            f"the post fleet may post {d.total_post_rate:,.0f}/s, above the quota of {r:,.0f}/s: expect "
+            "429s and back-off (set post_rate_per_worker)"
+        )
+
+    # start latency: operator API → swarm → first task queried → first post batch in a worker
+    cold = 0.0 if warm or d.provisioned_concurrency else costs.cold_start_ms / 1000
+    scan_s = math.ceil(d.partitions / costs.scan_page_items) * costs.ddb_ms / 1000
+    sqs_s = costs.sqs_delivery_ms / 1000
+    first_post_batch = d.post_sqs_batch_size * max(1, min(d.post_batch_size, per_partition))
+    fill_s = 0.0
+    if d.post_batching_window_s > 0 and d.post_sqs_batch_size > 10:
+        # the ESM waits for a full batch or the window, whichever comes first
+        fill_s = min(float(d.post_batching_window_s), first_post_batch / max(1.0, query_supply))
+    start = (
+        costs.async_invoke_ms / 1000
+        + cold
+        + 2 * costs.ddb_ms / 1000  # read the broadcast, mark it running
+        + scan_s
+        + costs.sqs_send_ms / 1000
+        + sqs_s
+        + cold
+        + tq
+        + sqs_s
+        + fill_s
+        + cold
+        + costs.ddb_ms / 1000  # post ledger read
+    )
+
+    # post workers: each shard's ESM starts at 5 concurrent batches and adds 5 per second
+    per_shard_start = min(d.post_max_concurrency_per_shard, costs.esm_initial_concurrency)
+    c0 = float(d.shards * per_shard_start)
+    per_s = d.shards * costs.esm_ramp_per_minute / 60
+    rate_each = throughput / d.post_workers
+    delivery = _deliver_seconds(n, rate_each, d.post_workers, c0, per_s)
+    steady = n / throughput
+    ramp = max(0.0, delivery - steady)
+    if d.partitions > n:
+        warnings.append(f"{d.partitions - n} partitions stay empty at {n} connections")
+    concurrency = d.post_workers + d.query_workers + 1
+    if concurrency > 1000:
+        warnings.append(f"{concurrency} concurrent Lambdas: above the default regional limit of 1,000")
+
+    tail = (costs.invoke_overhead_ms + 3 * costs.ddb_ms) / 1000
+    seconds = start + delivery + tail
+    floor = n / r
+    return Prediction(
+        connections=n,
+        quota=r,
+        seconds=round(seconds, 4),
+        floor_seconds=round(floor, 4),
+        ratio=round(seconds / floor, 4),
+        target_met=seconds <= TARGET_FACTOR * floor,
+        throughput=round(throughput, 1),
+        bottleneck=bottleneck,
+        start_seconds=round(start, 4),
+        delivery_seconds=round(delivery, 4),
+        ramp_seconds=round(ramp, 4),
+        tail_seconds=round(tail, 4),
+        post_worker_rate=round(worker_rate(d, costs, per_partition, paced=False), 1),
+        post_capacity=round(post_capacity, 1),
+        query_supply=round(query_supply, 1),
+        swarm_supply=round(swarm_supply, 1),
+        lambda_concurrency=concurrency,
+        warnings=warnings,
+    )
+
+
+def recommend_deployment(
+    connections: int,
+    quota: float,
+    costs: Costs | None = None,
+    *,
+    headroom: float = 0.97,
+    provisioned: bool = True,
+) -> Deployment:
+    """The settings that keep the total post rate just under `headroom` x quota, with no ESM ramp.
+
+    Provisioned concurrency is recommended by default: three cold starts (swarm, query, post) sit on a
+    broadcast's critical path, more than the 10% margin for any broadcast shorter than ~40 s.
+    """
+    if connections < 1 or quota <= 0:
+        raise ValueError("connections must be >= 1 and quota > 0")
+    if not 0 < headroom <= 1:
+        raise ValueError("headroom must be in (0, 1]")
+    costs = costs or Costs()
+    partitions = max(1, min(100_000, math.ceil(connections / 100)))
+    per_partition = max(1, math.ceil(connections / partitions))
+    batch = 100
+    target = quota * headroom
+
+    # K: enough posts in flight that PostToConnection latency never bounds a worker below its CPU rate
+    cpu_rate = 1e6 / ((costs.post_frame_cpu_us + costs.post_batch_cpu_us / batch) * costs.cpu_factor)
+    k = math.ceil(cpu_rate * costs.cpu_headroom * costs.post_latency_ms / 1000 * 1.25)
+    k = max(64, min(MAX_POST_CONCURRENCY, k))
+
+    def build(sqs_batch: int, workers: int, shards: int) -> Deployment:
+        per_shard = max(ESM_MIN_CONCURRENCY, math.ceil(workers / shards))
+        return Deployment(
+            partitions=partitions,
+            shards=shards,
+            post_batch_size=batch,
+            post_concurrency=k,
+            post_max_concurrency_per_shard=min(ESM_MAX_CONCURRENCY, per_shard),
+            post_rate_per_worker=0.0,
+            post_sqs_batch_size=sqs_batch,
+            post_batching_window_s=1 if sqs_batch > 10 else 0,
+            query_max_concurrency_per_shard=ESM_MIN_CONCURRENCY,
+        )
+
+    def fleet(sqs_batch: int) -> Deployment:
+        probe = build(sqs_batch, 1, 1)
+        unpaced = worker_rate(probe, costs, per_partition, paced=False)
+        workers = max(1, math.ceil(target / unpaced))
+        shards = max(1, math.ceil(workers / costs.esm_initial_concurrency))
+        d = build(sqs_batch, workers, shards)
+        # the limiter paces posts, not invocations: the fleet's sum of limits stays under the target
+        rate = math.floor(target / d.post_workers * 10) / 10
+        d = replace(d, post_rate_per_worker=max(0.1, rate), provisioned_concurrency=provisioned)
+        # query: enough workers that the post queues never run dry (1.5x the post throughput)
+        tq = _query_task_seconds(d, costs, per_partition) + costs.invoke_overhead_ms / 1000
+        per_query_worker = d.query_sqs_batch_size * per_partition / tq
+        need = math.ceil(1.5 * min(target, connections) / per_query_worker / d.shards)
+        return replace(
+            d, query_max_concurrency_per_shard=max(ESM_MIN_CONCURRENCY, min(ESM_MAX_CONCURRENCY, need))
+        )
+
+    # the post ESM batch size that gives the shortest predicted broadcast: bigger batches amortize the
+    # per-invocation cost, but above 10 the ESM waits (up to its window) to fill the first batch
+    candidates = [fleet(b) for b in SQS_BATCH_SIZES]
+    return min(candidates, key=lambda d: predict(connections, quota, d, costs, warm=False).seconds)
+
+
+def min_connections_for_target(
+    quota: float,
+    costs: Costs | None = None,
+    *,
+    headroom: float = 0.97,
+    warm: bool = False,
+    provisioned: bool = True,
+) -> int | None:
+    """The smallest N (within 1%) whose recommended plan is within 10% of N / R; None if none is."""
+
+    def ok(n: int) -> bool:
+        d = recommend_deployment(n, quota, costs, headroom=headroom, provisioned=provisioned)
+        return predict(n, quota, d, costs, warm=warm).target_met
+
+    hi = 1000
+    while not ok(hi):
+        hi *= 2
+        if hi > 100_000_000:
+            return None
+    lo = hi // 2
+    while hi - lo > max(1, hi // 100):
+        mid = (lo + hi) // 2
+        if ok(mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
+def plan(
+    connections: int,
+    quota: float,
+    costs: Costs | None = None,
+    *,
+    headroom: float = 0.97,
+    warm: bool = False,
+    provisioned: bool = True,
+) -> Plan:
+    costs = costs or Costs()
+    d = recommend_deployment(connections, quota, costs, headroom=headroom, provisioned=provisioned)
+    p = predict(connections, quota, d, costs, warm=warm)
+    least = min_connections_for_target(quota, costs, headroom=headroom, warm=warm, provisioned=provisioned)
+    return Plan(d, p, headroom, warm, least)
+
+
+# -- CLI --------------------------------------------------------------------------------------------------
+_COST_FLAGS = {
+    "post_frame_cpu_us": "CPU us per delivered frame in the post path (measured: bench_post engine)",
+    "post_batch_cpu_us": "CPU us per post batch: ledger, counting, completion (measured: stage - engine)",
+    "cpu_factor": "Lambda vCPU slowdown against this machine's core",
+    "post_latency_ms": "PostToConnection round trip",
+    "ddb_ms": "one DynamoDB call",
+    "sqs_send_ms": "one SendMessageBatch",
+    "sqs_delivery_ms": "message sent → ESM invokes the function",
+    "invoke_overhead_ms": "fixed cost per invocation",
+    "cold_start_ms": "Lambda init (ignored with --warm)",
+}
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `fanout plan` on the CLI's subparsers."""
+    p: argparse.ArgumentParser = subparsers.add_parser(
+        "plan",
+        help="predict a broadcast's time at a PostToConnection quota and print the settings to deploy with",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    p.add_argument("--connections", type=int, required=True, help="N live connections")
+    p.add_argument("--post-quota", type=float, default=10_000, help="account quota, posts/s (default 10,000)")
+    p.add_argument("--headroom", type=float, default=0.97, help="fraction of the quota to use (default 0.97)")
+    p.add_argument("--warm", action="store_true", help="workers already warm (no cold starts)")
+    p.add_argument(
+        "--no-provisioned",
+        dest="provisioned",
+        action="store_false",
+        help="do not recommend provisioned concurrency (cold starts on the critical path)",
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    defaults = Costs()
+    for name, help_ in _COST_FLAGS.items():
+        p.add_argument(
+            "--" + name.replace("_", "-"),
+            type=float,
+            default=getattr(defaults, name),
+            help=f"{help_} (default %(default)s)",
+        )
+    p.set_defaults(func=cmd_plan)
+    return p
+
+
+def cmd_plan(args: argparse.Namespace) -> int:
+    costs = Costs(**{name: getattr(args, name) for name in _COST_FLAGS})
+    result = plan(
+        args.connections,
+        args.post_quota,
+        costs,
+        headroom=args.headroom,
+        warm=args.warm,
+        provisioned=args.provisioned,
+    )
+    if args.json:
+        print(json.dumps(to_json(result, costs), indent=2))
+    else:
+        print(render(result))
+    return 0
+
+
+def to_json(result: Plan, costs: Costs) -> dict[str, Any]:
+    return {
+        "deployment": asdict(result.deployment)
+        | {"postWorkers": result.deployment.post_workers, "totalPostRate": result.deployment.total_post_rate},
+        "prediction": asdict(result.prediction),
+        "headroom": result.headroom,
+        "warm": result.warm,
+        "minConnectionsForTarget": result.min_connections_for_target,
+        "costs": asdict(costs),
+    }
+
+
+def render(result: Plan) -> str:
+    d, p = result.deployment, result.prediction
+    rows = [
+        ("FANOUT_PARTITION_COUNT", f"{d.partitions}", "~100 connections per partition"),
+        ("FANOUT_SHARD_COUNT", f"{d.shards}", "Q: each shard's ESM starts 5 workers at once"),
+        ("FANOUT_POST_BATCH_SIZE", f"{d.post_batch_size}", "B ids per post message"),
+        ("FANOUT_POST_CONCURRENCY", f"{d.post_concurrency}", "K posts in flight per worker"),
+        ("FANOUT_POST_RATE_PER_WORKER", f"{d.post_rate_per_worker:g}", "posts/s per worker (limiter)"),
+        (
+            "post ESM MaximumConcurrency",
+            f"{d.post_max_concurrency_per_shard} x {d.shards} shards",
+            f"{d.post_workers} post workers",
+        ),
+        (
+            "post ESM BatchSize / window",
+            f"{d.post_sqs_batch_size} / {d.post_batching_window_s} s",
+            "amortizes per-invocation costs",
+        ),
+        (
+            "query ESM MaximumConcurrency",
+            f"{d.query_max_concurrency_per_shard} x {d.shards} shards",
+            f"{d.query_workers} query workers",
+        ),
+        ("FANOUT_SWARM_SEND_CONCURRENCY", f"{d.swarm_send_concurrency}", "SendMessageBatch in flight"),
+        (
+            "provisioned concurrency",
+            f"swarm 1, query {d.query_workers}, post {d.post_workers}"
+            if d.provisioned_concurrency
+            else "none",
+            "keeps cold starts off the critical path" if d.provisioned_concurrency else "cold starts count",
+        ),
+    ]
+    width = max(len(r[0]) for r in rows)
+    vwidth = max(len(r[1]) for r in rows)
+    out = [
+        f"fanout plan: {p.connections:,} connections at a quota of {p.quota:,.0f} posts/s "
+        f"({'warm' if result.warm or d.provisioned_concurrency else 'cold'} workers, "
+        f"{result.headroom:.0%} of the quota)",
+        "",
+        "settings to deploy with",
+    ]
+    out += [f"  {name:<{width}}  {value:<{vwidth}}  {why}" for name, value, why in rows]
+    out += [
+        f"  total post rate: {d.post_workers} x {d.post_rate_per_worker:g} = "
+        f"{d.post_workers * d.post_rate_per_worker:,.0f}/s (quota {p.quota:,.0f}/s)",
+        "",
+        "predicted broadcast",
+        f"  floor N / R          {p.floor_seconds:9.2f} s",
+        f"  predicted            {p.seconds:9.2f} s  ({p.ratio:.3f} x the floor; "
+        f"target <= {TARGET_FACTOR:.2f}: {'met' if p.target_met else 'NOT met'})",
+        f"    start latency      {p.start_seconds:9.2f} s  (invoke, swarm, query, SQS delivery"
+        f"{'' if result.warm or d.provisioned_concurrency else ', cold starts'})",
+        f"    delivery           {p.delivery_seconds:9.2f} s  at {p.throughput:,.0f} frames/s "
+        f"(bound: {p.bottleneck}; ramp {p.ramp_seconds:.2f} s)",
+        f"    tail               {p.tail_seconds:9.2f} s",
+        f"  one post worker: {p.post_worker_rate:,.0f} frames/s unpaced; "
+        f"fleet {p.post_capacity:,.0f}/s paced; query supply {p.query_supply:,.0f} ids/s; "
+        f"{p.lambda_concurrency} concurrent Lambdas",
+    ]
+    if result.min_connections_for_target is not None:
+        out.append(
+            f"  within 10% of N / R from about {result.min_connections_for_target:,} connections "
+            "at this quota"
+        )
+    else:
+        out.append("  never within 10% of N / R at this quota with these costs")
+    out += [f"  warning: {w}" for w in p.warnings]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = argparse.ArgumentParser(prog="fanout")
+    add_parser(root.add_subparsers(dest="command", required=True))
+    args = root.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
