@@ -64,7 +64,7 @@ class Monitoring(Construct):
         )
         # CloudWatch alarms publish to an encrypted topic only if the key lets CloudWatch use it
         # (the AWS-managed aws/sns key does not).
-        key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*")
+        key.grant(iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey")
         self.topic = sns.Topic(
             self, "Alarms", topic_name=config.name("alarms"), master_key=key, enforce_ssl=True
         )

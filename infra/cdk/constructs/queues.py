@@ -37,12 +37,14 @@ class Queues(Construct):
         window = config.sqs_batching_window_seconds
         self.partition_shards = [
             self._shard(
-                config, f"partition-{i}", visibility_timeout_seconds(query_timeout.to_seconds(), window)
+                config, f"partition-{i}", visibility_timeout_seconds(int(query_timeout.to_seconds()), window)
             )
             for i in range(config.shards)
         ]
         self.post_shards = [
-            self._shard(config, f"post-{i}", visibility_timeout_seconds(post_timeout.to_seconds(), window))
+            self._shard(
+                config, f"post-{i}", visibility_timeout_seconds(int(post_timeout.to_seconds()), window)
+            )
             for i in range(config.shards)
         ]
         # Stream records the partition counter gave up on (the reconciler corrects the counts anyway).

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as ddb
 from constructs import Construct
@@ -53,7 +55,7 @@ class Tables(Construct):
     def connections_index_arn(self) -> str:
         return f"{self.connections.table_arn}/index/{CONNECTIONS_INDEX}"
 
-    def _capacity(self) -> dict[str, int]:
+    def _capacity(self) -> dict[str, Any]:
         if self.config.billing_mode is Billing.PROVISIONED:
             return {"read_capacity": self.config.read_capacity, "write_capacity": self.config.write_capacity}
         return {}

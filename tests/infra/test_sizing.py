@@ -1,0 +1,86 @@
+"""The pure sizing rules and the typed config (no synthesis)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from infra.cdk.config import FanoutConfig
+from infra.cdk.sizing import post_concurrency_plan, visibility_timeout_seconds
+
+
+def test_default_budget_plan() -> None:
+    # 10,000 posts/s at 1,000 per worker = 10 workers over 4 shards -> 3 per shard, paced at 833/s.
+    plan = post_concurrency_plan(10_000, 4, 1_000)
+    assert plan.max_concurrency_per_shard == 3
+    assert plan.total_workers == 12
+    assert plan.rate_per_worker == pytest.approx(833.333, abs=0.001)
+
+
+def test_small_budget_respects_lambda_minimum_of_two() -> None:
+    plan = post_concurrency_plan(100, 8, 1_000)
+    assert plan.max_concurrency_per_shard == 2
+    assert plan.total_workers * plan.rate_per_worker <= 100 + 1e-6
+
+
+@given(
+    budget=st.floats(min_value=1, max_value=1e6),
+    shards=st.integers(min_value=1, max_value=100),
+    capacity=st.floats(min_value=10, max_value=10_000),
+)
+def test_plan_never_exceeds_the_budget_and_reaches_it_when_possible(
+    budget: float, shards: int, capacity: float
+) -> None:
+    plan = post_concurrency_plan(budget, shards, capacity)
+    assert 2 <= plan.max_concurrency_per_shard <= 1000
+    assert plan.total_workers == plan.max_concurrency_per_shard * shards
+    assert plan.total_workers * plan.rate_per_worker <= budget * (1 + 1e-6) + 0.001 * plan.total_workers
+    if math.ceil(math.ceil(budget / capacity) / shards) <= 1000:
+        # enough workers that, each at capacity, the fleet can use the whole budget
+        assert plan.total_workers * capacity >= budget * (1 - 1e-9)
+        assert plan.rate_per_worker <= capacity + 0.001
+
+
+def test_plan_rejects_nonsense() -> None:
+    with pytest.raises(ValueError):
+        post_concurrency_plan(0, 4, 1_000)
+    with pytest.raises(ValueError):
+        post_concurrency_plan(100, 0, 1_000)
+
+
+def test_visibility_timeout_is_six_times_the_function_timeout_plus_window() -> None:
+    assert visibility_timeout_seconds(60) == 360
+    assert visibility_timeout_seconds(60, 5) == 365
+    with pytest.raises(ValueError):
+        visibility_timeout_seconds(10_000)
+
+
+class Context(dict[str, object]):
+    def try_get_context(self, key: str) -> object:
+        return self.get(key)
+
+
+def test_config_from_cli_strings() -> None:
+    config = FanoutConfig.from_context(
+        Context(
+            shards="3", partitions="2500", loadtest="true", removalPolicy="destroy", postRateBudget="50000"
+        )
+    )
+    assert config.shards == 3 and config.partitions == 2500 and config.loadtest is True
+    assert config.removal_policy.value == "destroy"
+    assert config.post_plan.total_workers * config.post_plan.rate_per_worker <= 50_000 + 1
+
+
+@pytest.mark.parametrize(
+    "bad", [{"shards": "0"}, {"billingMode": "ONDEMAND"}, {"shardz": "3"}, {"logRetentionDays": "31"}]
+)
+def test_config_rejects_bad_context(bad: dict[str, str]) -> None:
+    if "shardz" in bad:  # unknown keys are ignored by from_context but refused by the model
+        with pytest.raises(ValueError):
+            FanoutConfig.model_validate(bad)
+        return
+    with pytest.raises(ValueError, match="invalid fanout context"):
+        FanoutConfig.from_context(Context(bad))

@@ -1,0 +1,447 @@
+"""Assertions on the synthesized templates (one synthesis per session, see conftest.py)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from aws_cdk.assertions import Template
+
+from infra.cdk.config import FanoutConfig
+from infra.cdk.sizing import post_concurrency_plan
+from tests.infra.conftest import PARTITIONS, SHARDS, Synth
+
+pytestmark = pytest.mark.slow
+
+FUNCTIONS = {
+    "fanout-authorizer": "handlers.authorizer.handler",
+    "fanout-connect": "handlers.connect.handler",
+    "fanout-disconnect": "handlers.disconnect.handler",
+    "fanout-default": "handlers.default.handler",
+    "fanout-partition-counter": "handlers.partition_counter.handler",
+    "fanout-reconciler": "handlers.reconciler.handler",
+    "fanout-operator-api": "handlers.operator_api.handler",
+    "fanout-swarm": "handlers.swarm.handler",
+    "fanout-query": "handlers.query.handler",
+    "fanout-post": "handlers.post.handler",
+}
+PLAN = post_concurrency_plan(FanoutConfig().post_rate_budget, SHARDS, FanoutConfig().post_worker_capacity)
+
+
+def by_type(t: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
+    return {k: r for k, r in t["Resources"].items() if r["Type"] == type_}
+
+
+def logical_id_of(t: dict[str, Any], type_: str, prop: str, value: Any) -> str:
+    matches = [k for k, r in by_type(t, type_).items() if r["Properties"].get(prop) == value]
+    assert len(matches) == 1, f"{type_} with {prop}={value}: {matches}"
+    return matches[0]
+
+
+def function_id(t: dict[str, Any], name: str) -> str:
+    return logical_id_of(t, "AWS::Lambda::Function", "FunctionName", name)
+
+
+def refs(value: Any) -> set[str]:
+    """Logical ids a CloudFormation value refers to (Ref / Fn::GetAtt / Fn::ImportValue)."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "Ref" and isinstance(v, str) and not v.startswith("AWS::"):
+                found.add(v)
+            elif k == "Fn::GetAtt":
+                found.add(v[0] if isinstance(v, list) else v.split(".")[0])
+            elif k == "Fn::ImportValue":
+                found.add(f"import:{v}")
+            else:
+                found |= refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            found |= refs(v)
+    return found
+
+
+# -- WebSocket API -------------------------------------------------------------------------------
+def test_websocket_routes_integrations_and_authorizer(fanout: dict[str, Any], template: Template) -> None:
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]
+        for r in by_type(fanout, "AWS::ApiGatewayV2::Route").values()
+    }
+    ws_routes = {k: v for k, v in routes.items() if k.startswith("$")}
+    assert set(ws_routes) == {"$connect", "$disconnect", "$default"}
+
+    authorizer_id, authorizer = next(iter(by_type(fanout, "AWS::ApiGatewayV2::Authorizer").items()))
+    assert authorizer["Properties"]["AuthorizerType"] == "REQUEST"
+    assert authorizer["Properties"]["IdentitySource"] == ["route.request.querystring.token"]
+    assert function_id(fanout, "fanout-authorizer") in refs(authorizer["Properties"]["AuthorizerUri"])
+
+    assert ws_routes["$connect"]["AuthorizationType"] == "CUSTOM"
+    assert ws_routes["$connect"]["AuthorizerId"] == {"Ref": authorizer_id}
+    integrations = by_type(fanout, "AWS::ApiGatewayV2::Integration")
+    for route, fn in (
+        ("$connect", "fanout-connect"),
+        ("$disconnect", "fanout-disconnect"),
+        ("$default", "fanout-default"),
+    ):
+        target = ws_routes[route]["Target"]
+        (integration_id,) = refs(target) & set(integrations)
+        integration = integrations[integration_id]["Properties"]
+        assert integration["IntegrationType"] == "AWS_PROXY"
+        assert function_id(fanout, fn) in refs(integration["IntegrationUri"]), route
+
+    # $default is two-way: a route response sends the handler's body back to the client
+    assert ws_routes["$default"].get("RouteResponseSelectionExpression") == "$default"
+    template.has_resource_properties("AWS::ApiGatewayV2::RouteResponse", {"RouteResponseKey": "$default"})
+
+
+def test_websocket_stage_throttling_and_access_logs(fanout: dict[str, Any]) -> None:
+    stages = {
+        r["Properties"]["StageName"]: r["Properties"]
+        for r in by_type(fanout, "AWS::ApiGatewayV2::Stage").values()
+    }
+    ws = stages["live"]
+    assert ws["DefaultRouteSettings"]["ThrottlingRateLimit"] > 0
+    assert ws["DefaultRouteSettings"]["ThrottlingBurstLimit"] > 0
+    assert refs(ws["AccessLogSettings"]["DestinationArn"])
+    assert "$context.connectionId" in ws["AccessLogSettings"]["Format"]
+    # the Region-wide CloudWatch role that WebSocket logging needs is set before the stage
+    assert by_type(fanout, "AWS::ApiGateway::Account")
+
+
+# -- operator API --------------------------------------------------------------------------------
+def test_operator_api_routes_are_iam_authorized_and_throttled(fanout: dict[str, Any]) -> None:
+    routes = {
+        r["Properties"]["RouteKey"]: r["Properties"]
+        for r in by_type(fanout, "AWS::ApiGatewayV2::Route").values()
+    }
+    http_routes = {k: v for k, v in routes.items() if not k.startswith("$")}
+    assert set(http_routes) == {"POST /broadcasts", "GET /broadcasts/{broadcastId}"}
+    integrations = by_type(fanout, "AWS::ApiGatewayV2::Integration")
+    for route in http_routes.values():
+        assert route["AuthorizationType"] == "AWS_IAM"
+        (integration_id,) = refs(route["Target"]) & set(integrations)
+        integration = integrations[integration_id]["Properties"]
+        assert integration["PayloadFormatVersion"] == "2.0"
+        assert function_id(fanout, "fanout-operator-api") in refs(integration["IntegrationUri"])
+    stage = next(
+        s["Properties"]
+        for s in by_type(fanout, "AWS::ApiGatewayV2::Stage").values()
+        if s["Properties"]["StageName"] == "$default"
+    )
+    assert stage["DefaultRouteSettings"]["ThrottlingRateLimit"] > 0
+    assert refs(stage["AccessLogSettings"]["DestinationArn"])
+
+
+# -- tables --------------------------------------------------------------------------------------
+def test_tables_keys_gsi_stream_ttl_pitr_encryption(fanout: dict[str, Any]) -> None:
+    tables = {r["Properties"]["TableName"]: r for r in by_type(fanout, "AWS::DynamoDB::Table").values()}
+    assert set(tables) == {
+        "fanout-connections",
+        "fanout-partitions",
+        "fanout-broadcasts",
+        "fanout-idempotency",
+    }
+    keys = {n: t["Properties"]["KeySchema"] for n, t in tables.items()}
+    assert keys["fanout-connections"] == [{"AttributeName": "connectionId", "KeyType": "HASH"}]
+    assert keys["fanout-partitions"] == [{"AttributeName": "partitionId", "KeyType": "HASH"}]
+    assert keys["fanout-broadcasts"] == [{"AttributeName": "broadcastId", "KeyType": "HASH"}]
+    assert keys["fanout-idempotency"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    conn = tables["fanout-connections"]["Properties"]
+    (gsi,) = conn["GlobalSecondaryIndexes"]
+    assert gsi["IndexName"] == "byPartition"
+    assert gsi["KeySchema"] == [
+        {"AttributeName": "partitionId", "KeyType": "HASH"},
+        {"AttributeName": "connectionId", "KeyType": "RANGE"},
+    ]
+    assert gsi["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+    assert {"AttributeName": "partitionId", "AttributeType": "N"} in conn["AttributeDefinitions"]
+    assert conn["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
+    assert conn["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
+    assert (
+        tables["fanout-idempotency"]["Properties"]["TimeToLiveSpecification"]["AttributeName"] == "expiration"
+    )
+    for name, table in tables.items():
+        props = table["Properties"]
+        assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
+        assert props["SSESpecification"]["SSEEnabled"] is True, name
+        assert props["BillingMode"] == "PAY_PER_REQUEST", name
+        assert table["DeletionPolicy"] == "Retain", name  # default removal policy keeps data
+
+
+def test_partition_rows_are_seeded(fanout: dict[str, Any]) -> None:
+    (seed,) = by_type(fanout, "Custom::FanoutPartitionSeed").values()
+    assert seed["Properties"]["PartitionCount"] == str(PARTITIONS)
+
+
+# -- queues --------------------------------------------------------------------------------------
+def test_queue_and_dlq_counts_follow_q(fanout: dict[str, Any]) -> None:
+    queues = {
+        r["Properties"]["QueueName"]: r["Properties"] for r in by_type(fanout, "AWS::SQS::Queue").values()
+    }
+    expected = {
+        f"fanout-{stage}-{i}{dlq}"
+        for stage in ("partition", "post")
+        for i in range(SHARDS)
+        for dlq in ("", "-dlq")
+    }
+    assert set(queues) == expected | {"fanout-partition-counter-failures"}
+    ids = {r["Properties"]["QueueName"]: k for k, r in by_type(fanout, "AWS::SQS::Queue").items()}
+    for stage, timeout in (("partition", 60), ("post", 60)):
+        for i in range(SHARDS):
+            q = queues[f"fanout-{stage}-{i}"]
+            assert q["RedrivePolicy"]["maxReceiveCount"] == 5
+            assert refs(q["RedrivePolicy"]["deadLetterTargetArn"]) == {ids[f"fanout-{stage}-{i}-dlq"]}
+            assert q["VisibilityTimeout"] == 6 * timeout
+    for name, q in queues.items():
+        assert q["SqsManagedSseEnabled"] is True, name
+    # every queue refuses plain-HTTP access
+    assert len(by_type(fanout, "AWS::SQS::QueuePolicy")) == len(queues)
+
+
+# -- functions and event sources -----------------------------------------------------------------
+def test_ten_functions_arm64_with_handlers(fanout: dict[str, Any]) -> None:
+    fns = {
+        r["Properties"]["FunctionName"]: r["Properties"]
+        for r in by_type(fanout, "AWS::Lambda::Function").values()
+        if "FunctionName" in r["Properties"]
+    }
+    assert {n: f["Handler"] for n, f in fns.items()} == FUNCTIONS
+    for name, fn in fns.items():
+        assert fn["Architectures"] == ["arm64"], name
+        assert fn["Runtime"] == "python3.12", name
+        assert fn["TracingConfig"] == {"Mode": "Active"}, name
+        assert len(fn["Layers"]) == 1, name
+        env = fn["Environment"]["Variables"]
+        assert env["POWERTOOLS_SERVICE_NAME"] == "fanout" and env["POWERTOOLS_METRICS_NAMESPACE"] == "Fanout"
+        assert env["FANOUT_SHARD_COUNT"] == str(SHARDS) and env["FANOUT_PARTITION_COUNT"] == str(PARTITIONS)
+    assert fns["fanout-post"]["MemorySize"] >= 1769
+    assert fns["fanout-post"]["ReservedConcurrentExecutions"] == PLAN.total_workers
+    assert fns["fanout-reconciler"]["ReservedConcurrentExecutions"] == 1
+
+
+def _join_refs(value: dict[str, Any]) -> list[str]:
+    """Logical ids referenced, in order, by a JSON list built with Fn::Join."""
+    return [p["Ref"] for p in value["Fn::Join"][1] if isinstance(p, dict) and "Ref" in p]
+
+
+def test_function_environment_wiring(fanout: dict[str, Any]) -> None:
+    fns = {
+        r["Properties"]["FunctionName"]: r["Properties"]["Environment"]["Variables"]
+        for r in by_type(fanout, "AWS::Lambda::Function").values()
+        if "FunctionName" in r["Properties"]
+    }
+    queue_ids = {r["Properties"]["QueueName"]: k for k, r in by_type(fanout, "AWS::SQS::Queue").items()}
+    assert _join_refs(fns["fanout-swarm"]["FANOUT_PARTITION_QUEUE_URLS"]) == [
+        queue_ids[f"fanout-partition-{i}"] for i in range(SHARDS)
+    ]
+    post_urls = [queue_ids[f"fanout-post-{i}"] for i in range(SHARDS)]
+    assert _join_refs(fns["fanout-query"]["FANOUT_POST_QUEUE_URLS"]) == post_urls
+    assert _join_refs(fns["fanout-post"]["FANOUT_POST_QUEUE_URLS"]) == post_urls
+    assert _join_refs(fns["fanout-post"]["FANOUT_POST_DEAD_LETTER_QUEUE_URLS"]) == [
+        queue_ids[f"fanout-post-{i}-dlq"] for i in range(SHARDS)
+    ]
+    assert float(fns["fanout-post"]["FANOUT_POST_RATE_PER_WORKER"]) == PLAN.rate_per_worker
+    endpoint = json.dumps(fns["fanout-post"]["FANOUT_CONNECTIONS_ENDPOINT"])
+    assert "https://" in endpoint and ".execute-api." in endpoint and "/live" in endpoint
+    (secret_id,) = by_type(fanout, "AWS::SecretsManager::Secret")
+    assert fns["fanout-authorizer"]["FANOUT_TOKEN_SECRET_ARN"] == {"Ref": secret_id}
+    assert "FANOUT_TOKEN_SECRET" not in fns["fanout-authorizer"]  # never the key itself
+    assert fns["fanout-operator-api"]["FANOUT_SWARM_FUNCTION_NAME"] == "fanout-swarm"
+
+
+def test_sqs_event_source_mappings(fanout: dict[str, Any]) -> None:
+    mappings = by_type(fanout, "AWS::Lambda::EventSourceMapping").values()
+    queue_names = {k: r["Properties"]["QueueName"] for k, r in by_type(fanout, "AWS::SQS::Queue").items()}
+    sqs = {}
+    for m in mappings:
+        p = m["Properties"]
+        (source,) = refs(p["EventSourceArn"])
+        if source in queue_names:
+            sqs[queue_names[source]] = p
+    assert set(sqs) == {f"fanout-{s}-{i}" for s in ("partition", "post") for i in range(SHARDS)}
+    for name, p in sqs.items():
+        assert p["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
+        stage = "post" if name.startswith("fanout-post") else "query"
+        assert function_id(fanout, f"fanout-{stage}") in refs(p["FunctionName"]), name
+        if stage == "post":
+            assert p["ScalingConfig"] == {"MaximumConcurrency": PLAN.max_concurrency_per_shard}
+        else:
+            assert 2 <= p["ScalingConfig"]["MaximumConcurrency"] <= 1000
+
+
+def test_stream_event_source_mapping(fanout: dict[str, Any]) -> None:
+    tables = {k: r["Properties"]["TableName"] for k, r in by_type(fanout, "AWS::DynamoDB::Table").items()}
+    (stream,) = [
+        m["Properties"]
+        for m in by_type(fanout, "AWS::Lambda::EventSourceMapping").values()
+        if refs(m["Properties"]["EventSourceArn"]) & set(tables)
+    ]
+    assert tables[next(iter(refs(stream["EventSourceArn"])))] == "fanout-connections"
+    assert function_id(fanout, "fanout-partition-counter") in refs(stream["FunctionName"])
+    assert stream["BisectBatchOnFunctionError"] is True
+    assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
+    assert stream["StartingPosition"] == "TRIM_HORIZON"
+    assert 0 < stream["MaximumRetryAttempts"] <= 20
+    assert refs(stream["DestinationConfig"]["OnFailure"]["Destination"])
+
+
+def test_reconciler_runs_every_minute(fanout: dict[str, Any]) -> None:
+    (rule,) = by_type(fanout, "AWS::Events::Rule").values()
+    assert rule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
+    (target,) = rule["Properties"]["Targets"]
+    assert function_id(fanout, "fanout-reconciler") in refs(target["Arn"])
+
+
+# -- IAM -----------------------------------------------------------------------------------------
+# Actions AWS only authorizes on Resource "*" (Service Authorization Reference), with the reason.
+STAR_RESOURCE_ACTIONS = {
+    "xray:PutTraceSegments": "X-Ray has no resource types",
+    "xray:PutTelemetryRecords": "X-Ray has no resource types",
+    "dynamodb:ListStreams": "ListStreams has no resource type",
+    "ecr:GetAuthorizationToken": "issues a registry token, no resource type",
+}
+
+BOOTSTRAP_IMAGE_REPOSITORY = "cdk-hnb659fds-container-assets-${AWS::AccountId}-${AWS::Region}"
+
+
+def allow_statements(t: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    out = []
+    for lid, r in t["Resources"].items():
+        docs = []
+        if r["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            docs.append(r["Properties"]["PolicyDocument"])
+        if r["Type"] == "AWS::IAM::Role":
+            docs += [p["PolicyDocument"] for p in r["Properties"].get("Policies", [])]
+        for doc in docs:
+            out += [(lid, s) for s in doc["Statement"] if s["Effect"] == "Allow"]
+    return out
+
+
+def as_list(v: Any) -> list[Any]:
+    return v if isinstance(v, list) else [v]
+
+
+@pytest.mark.parametrize("stack", ["Fanout", "FanoutLoadTest"])
+def test_every_iam_statement_is_scoped_to_this_stack(synth: Synth, stack: str) -> None:
+    t = synth.templates[stack]
+    statements = allow_statements(t)
+    assert statements
+    for lid, s in statements:
+        for action in as_list(s["Action"]):
+            assert "*" not in action, f"{lid}: wildcard action {action}"
+        for resource in as_list(s["Resource"]):
+            if resource == "*":
+                assert set(as_list(s["Action"])) <= set(STAR_RESOURCE_ACTIONS), f"{lid}: {s['Action']} on *"
+                continue
+            if BOOTSTRAP_IMAGE_REPOSITORY in json.dumps(resource):
+                continue  # the CDK bootstrap repository holding this app's image asset
+            targets = refs(resource)
+            assert targets, f"{lid}: resource {resource} names nothing in this app"
+            for target in targets:
+                if target.startswith("import:"):
+                    assert target.startswith("import:Fanout:"), f"{lid}: {target}"
+                else:
+                    assert target in t["Resources"], f"{lid}: {target} is not a resource of {stack}"
+    # no AWS managed policy other than API Gateway's own logging role
+    for lid, role in by_type(t, "AWS::IAM::Role").items():
+        for arn in role["Properties"].get("ManagedPolicyArns", []):
+            assert "AmazonAPIGatewayPushToCloudWatchLogs" in json.dumps(arn), lid
+
+
+def _role_actions(t: dict[str, Any], function_name: str) -> dict[str, list[Any]]:
+    fn = t["Resources"][function_id(t, function_name)]
+    (role_id,) = refs(fn["Properties"]["Role"])
+    actions: dict[str, list[Any]] = {}
+    for lid, s in allow_statements(t):
+        policy = t["Resources"][lid]
+        if policy["Type"] == "AWS::IAM::Policy" and {"Ref": role_id} in policy["Properties"]["Roles"]:
+            for a in as_list(s["Action"]):
+                actions.setdefault(a, []).extend(as_list(s["Resource"]))
+    return actions
+
+
+def test_post_to_connection_only_on_this_apis_connections(fanout: dict[str, Any]) -> None:
+    api_id = logical_id_of(fanout, "AWS::ApiGatewayV2::Api", "ProtocolType", "WEBSOCKET")
+    for name in FUNCTIONS:
+        actions = _role_actions(fanout, name)
+        if name != "fanout-post":
+            assert "execute-api:ManageConnections" not in actions, name
+            continue
+        (arn,) = actions["execute-api:ManageConnections"]
+        assert refs(arn) == {api_id}
+        assert json.dumps(arn).endswith('/live/POST/@connections/*"]]}')
+
+
+def test_operator_api_may_invoke_the_swarm_function_only(fanout: dict[str, Any]) -> None:
+    actions = _role_actions(fanout, "fanout-operator-api")
+    (target,) = actions["lambda:InvokeFunction"]
+    assert refs(target) == {function_id(fanout, "fanout-swarm")}
+    for name in FUNCTIONS:
+        if name != "fanout-operator-api":
+            assert "lambda:InvokeFunction" not in _role_actions(fanout, name), name
+
+
+# -- monitoring ----------------------------------------------------------------------------------
+def test_dashboard_widgets(fanout: dict[str, Any]) -> None:
+    (dashboard,) = by_type(fanout, "AWS::CloudWatch::Dashboard").values()
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    for metric in ("Delivered", "Gone", "Throttled", "Failed", "BroadcastsStarted", "BroadcastsCompleted",
+                   "BroadcastDuration", "BatchLatency", "PartitionSkew", "Connections"):  # fmt: skip
+        assert f'\\"Fanout\\",\\"{metric}\\"' in body, metric
+    assert body.count("PERIOD(") >= 3  # delivered/s, gone/s, throttled/s
+    assert body.count('\\"stat\\":\\"p99\\"') >= 2 and body.count('\\"stat\\":\\"p50\\"') >= 2
+    for metric in ("ApproximateNumberOfMessagesVisible", "ApproximateAgeOfOldestMessage"):
+        # one line per shard per stage (and per DLQ for the depth)
+        assert body.count(f'\\"AWS/SQS\\",\\"{metric}\\"') >= 2 * SHARDS, metric
+    for metric in ("Errors", "Throttles", "ConcurrentExecutions"):
+        assert body.count(f'\\"AWS/Lambda\\",\\"{metric}\\"') >= len(FUNCTIONS), metric
+
+
+def test_alarms_are_wired_to_the_topic(fanout: dict[str, Any]) -> None:
+    (topic_id,) = by_type(fanout, "AWS::SNS::Topic")
+    alarms = list(by_type(fanout, "AWS::CloudWatch::Alarm").values())
+    for alarm in alarms:
+        assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic_id}]
+    names = [a["Properties"].get("MetricName") for a in alarms]
+    dlqs = 2 * SHARDS + 1
+    assert names.count("ApproximateNumberOfMessagesVisible") == dlqs
+    assert names.count("ApproximateAgeOfOldestMessage") == 2 * SHARDS
+    assert names.count("Throttled") == 1
+    assert names.count("Errors") == len(FUNCTIONS) - 1  # not the authorizer: its errors are 401s
+    topic = fanout["Resources"][topic_id]["Properties"]
+    assert refs(topic["KmsMasterKeyId"])
+
+
+def test_outputs(fanout: dict[str, Any]) -> None:
+    assert {"WebSocketUrl", "CallbackUrl", "OperatorApiUrl", "ConnectionsTable", "PartitionsTable",
+            "BroadcastsTable", "IdempotencyTable", "DashboardName"} <= set(fanout["Outputs"])  # fmt: skip
+
+
+# -- load-test stack -----------------------------------------------------------------------------
+def test_loadtest_stack_worker_count_parameter_and_image_asset(synth: Synth) -> None:
+    t = synth.templates["FanoutLoadTest"]
+    assert t["Parameters"]["WorkerCount"]["Default"] == 7
+    services = by_type(t, "AWS::ECS::Service")
+    counts = sorted(json.dumps(s["Properties"]["DesiredCount"]) for s in services.values())
+    assert counts == ["1", '{"Ref": "WorkerCount"}']
+    for s in services.values():
+        assert s["Properties"]["LaunchType"] == "FARGATE"
+    assets = json.loads((synth.outdir / "FanoutLoadTest.assets.json").read_text())
+    (image,) = assets["dockerImages"].values()
+    assert image["source"]["dockerFile"] == "loadtest/Dockerfile"
+    staged = synth.outdir / image["source"]["directory"]
+    assert (staged / "loadtest" / "Dockerfile").exists() and not (staged / ".venv").exists()
+
+
+def test_lambda_code_asset_holds_only_the_engine(synth: Synth) -> None:
+    assets = json.loads((synth.outdir / "Fanout.assets.json").read_text())
+    dirs = [
+        synth.outdir / a["source"]["path"]
+        for a in assets["files"].values()
+        if a["source"].get("packaging") == "zip"
+    ]
+    engine = [d for d in dirs if (d / "handlers").exists()]
+    assert len(engine) == 1
+    assert sorted(p.name for p in engine[0].iterdir()) == ["fanout", "handlers", "partitions"]
+    assert not list(engine[0].glob("**/__pycache__"))
