@@ -216,6 +216,7 @@ class Gateway:
         self.operator_token = token
         self._bearer = f"Bearer {token}".encode()
         self._conn_prefix = f"/{config.stage}/@connections/"
+        self._conn_prefix_encoded = f"/{config.stage}/%40connections/"
         self._selection_path = config.selection_path
         self._http_routes = [HttpRoute.parse(r) for r in config.http_routes]
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -569,6 +570,8 @@ class Gateway:
         q = raw.find("?")
         if q >= 0:
             raw = raw[:q]
+        if raw.startswith(self._conn_prefix_encoded):  # botocore sends '@' encoded as %40; AWS takes both
+            raw = self._conn_prefix + raw[len(self._conn_prefix_encoded) :]
         if not raw.startswith(self._conn_prefix):
             return _aws_error(403, "ForbiddenException", "Forbidden")
         cid = unquote(raw[len(self._conn_prefix) :])
