@@ -42,12 +42,12 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 import gevent
 import websocket
-from locust import User, events, task
+from locust import LoadTestShape, User, events, task
 from locust.env import Environment
 from locust.runners import MasterRunner
 
@@ -63,10 +63,11 @@ from loadtest.shapes import (  # noqa: E402
     MSG_GO,
     MSG_STARTED,
     BroadcastLedger,
-    FanoutShape,
+    ShapePlan,
     expected_broadcasts,
     ledger_of,
     now_ms,
+    shape_settings,
 )
 
 __all__ = ["FanoutShape", "OperatorUser", "WebSocketUser"]
@@ -518,3 +519,38 @@ class OperatorUser(User):
 
     def on_stop(self) -> None:
         gevent.killall(self.pollers, block=False)
+
+
+# -- the shape --------------------------------------------------------------------------------------
+class FanoutShape(LoadTestShape):
+    """Ramp at `--ramp-rate`, wait for every connect, settle, broadcast, hold, ramp down, stop.
+
+    `-u` is the number of WebSocket users (the operator user comes on top), `-t` the minimum hold at
+    full load; the ramp rate is `--ramp-rate`, never `-r` (headless Locust defaults it to 1). Runs on
+    the master (or the single local process); the phases are `loadtest.shapes.ShapePlan`.
+    """
+
+    use_common_options: ClassVar[bool] = True
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.plan = ShapePlan()
+
+    def reset_time(self) -> None:
+        super().reset_time()
+        self.plan = ShapePlan()
+
+    def tick(self) -> tuple[int, float] | None:
+        runner = self.runner
+        assert runner is not None
+        env = runner.environment
+        entry = env.stats.entries.get((CONNECT_NAME, CONNECT_TYPE))
+        connected = int(entry.num_requests - entry.num_failures) if entry is not None else 0
+        return self.plan.tick(
+            self.get_run_time(),
+            shape_settings(env),
+            connected=connected,
+            users_now=self.get_current_user_count(),
+            ledger=ledger_of(env),
+            send_go=lambda data: runner.send_message(MSG_GO, data),
+        )

@@ -7,11 +7,14 @@ master/workers on many machines; nothing in it is counted per process. Users jud
 against it (`expected_broadcasts`), and the shape (on the master) reads it to know when the broadcasts
 are done.
 
-`FanoutShape` ramps the WebSocket users at no more than `--ramp-rate` connections per second (API
-Gateway's default quota for new connections is 500/s), waits until Locust's aggregated `connect` row
-shows every user connected, lets the partition counters settle, tells the operator user to start the
-broadcasts (`fanout_go`), holds at least `--run-time` and until every broadcast completed plus the
-gap grace period, then ramps down and stops.
+`ShapePlan` (wrapped by the locustfile's `FanoutShape`) ramps the WebSocket users at no more than
+`--ramp-rate` connections per second (API Gateway's default quota for new connections is 500/s),
+waits until Locust's aggregated `connect` row shows every user connected, lets the partition counters
+settle, tells the operator user to start the broadcasts (`fanout_go`), holds at least `--run-time`
+and until every broadcast completed plus the gap grace period, then ramps down and stops.
+
+This module does not import Locust (importing it monkey-patches the process with gevent), so it can be
+unit-tested in the ordinary test process.
 """
 
 from __future__ import annotations
@@ -19,10 +22,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any, ClassVar
-
-from locust import LoadTestShape
+from typing import Any
 
 log = logging.getLogger("fanout.loadtest")
 
@@ -197,90 +199,58 @@ def shape_settings(environment: Any) -> ShapeSettings:
     )
 
 
-class FanoutShape(LoadTestShape):
-    """ramp → connected → settle → go (broadcasts) → hold → ramp down → stop.
+class ShapePlan:
+    """The shape's state machine, free of Locust (so it can be tested without gevent's monkey patching).
 
-    `-u` is the number of WebSocket users (the operator user comes on top), the ramp rate is
-    `--ramp-rate` (never `-r`, which headless Locust defaults to 1), `-t` is the minimum hold at full load.
+    ramp → connected → settle → go (broadcasts) → hold → ramp down → stop. `tick` returns what
+    `LoadTestShape.tick` returns: `(users, spawn rate)` or None to stop.
     """
 
-    use_common_options: ClassVar[bool] = True
-
     def __init__(self) -> None:
-        super().__init__()
-        self._reset()
-
-    def _reset(self) -> None:
         self.phase = "ramp"
         self.phase_started = 0.0
         self.hold_started: float | None = None
-        self.ramp_down_started: float | None = None
         self.finished_at: float | None = None
 
-    def reset_time(self) -> None:
-        super().reset_time()
-        self._reset()
-
-    # -- inputs from the runner ---------------------------------------------------------------------
-    def settings(self) -> ShapeSettings:
-        assert self.runner is not None
-        return shape_settings(self.runner.environment)
-
-    def ledger(self) -> BroadcastLedger:
-        assert self.runner is not None
-        return ledger_of(self.runner.environment)
-
-    def connected(self) -> int:
-        """Successful connects so far, all workers together (Locust's aggregated stats)."""
-        assert self.runner is not None
-        entry = self.runner.environment.stats.entries.get((CONNECT_NAME, CONNECT_TYPE))
-        if entry is None:
-            return 0
-        return int(entry.num_requests - entry.num_failures)
-
-    def send_go(self, s: ShapeSettings) -> None:
-        assert self.runner is not None
-        data = {"count": s.broadcasts, "interval": s.broadcast_interval, "atMs": now_ms()}
-        log.info("all %d users connected: starting %d broadcast(s)", s.users, s.broadcasts)
-        self.runner.send_message(MSG_GO, data)
-
-    # -- the shape ------------------------------------------------------------------------------------
-    def tick(self) -> tuple[int, float] | None:
-        s = self.settings()
-        t = self.get_run_time()
+    def tick(
+        self,
+        t: float,
+        s: ShapeSettings,
+        *,
+        connected: int,
+        users_now: int,
+        ledger: BroadcastLedger,
+        send_go: Callable[[dict[str, Any]], None],
+    ) -> tuple[int, float] | None:
         total = s.users + 1  # the operator user
         rate = max(1.0, s.ramp_rate)
-        ramp_seconds = math.ceil(total / rate)
         if self.phase == "ramp":
-            if self.connected() >= s.users or t > ramp_seconds + s.connect_timeout_seconds:
-                if self.connected() < s.users:
-                    log.warning(
-                        "only %d of %d users connected: broadcasting anyway",
-                        self.connected(),
-                        s.users,
-                    )
+            ramp_seconds = math.ceil(total / rate)
+            if connected >= s.users or t > ramp_seconds + s.connect_timeout_seconds:
+                if connected < s.users:
+                    log.warning("only %d of %d users connected: broadcasting anyway", connected, s.users)
                 self._enter("settle", t)
             return total, rate
         if self.phase == "settle":
             if t - self.phase_started >= s.settle_seconds:
-                self.send_go(s)
+                log.info("users connected: starting %d broadcast(s)", s.broadcasts)
+                send_go({"count": s.broadcasts, "interval": s.broadcast_interval, "atMs": now_ms()})
                 self.hold_started = t
                 self._enter("hold", t)
             return total, rate
         if self.phase == "hold":
-            ledger = self.ledger()
             held = t - (self.hold_started or t)
             done = ledger.all_finished(s.broadcasts) or held > (
                 s.broadcasts * s.broadcast_interval + s.broadcast_timeout_seconds
             )
             last = ledger.last_finished_at()
-            graced = last is not None and now_ms() - last >= (s.grace_seconds + STATS_FLUSH_SECONDS) * 1000
-            if done and (graced or last is None) and held >= s.hold_seconds:
+            graced = last is None or now_ms() - last >= (s.grace_seconds + STATS_FLUSH_SECONDS) * 1000
+            if done and graced and held >= s.hold_seconds:
                 self._enter("ramp_down", t)
                 return 0, rate
             return total, rate
         if self.phase == "ramp_down":
-            if self.get_current_user_count() == 0:
+            if users_now == 0:
                 if self.finished_at is None:
                     self.finished_at = t
                 if t - self.finished_at >= STATS_FLUSH_SECONDS:
@@ -289,6 +259,6 @@ class FanoutShape(LoadTestShape):
         return None
 
     def _enter(self, phase: str, t: float) -> None:
-        log.info("shape: %s → %s at %.1f s", self.phase, phase, t)
+        log.info("shape: %s -> %s at %.1f s", self.phase, phase, t)
         self.phase = phase
         self.phase_started = t

@@ -1,0 +1,154 @@
+"""loadtest/report.py: summary and chart from a sample of Locust's CSV (no network, no stack)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from loadtest.report import histogram_percentile, read_stats, render_text, summarize, write_reports
+
+HEADER = [
+    "Type", "Name", "Request Count", "Failure Count", "Median Response Time", "Average Response Time",
+    "Min Response Time", "Max Response Time", "Average Content Size", "Requests/s", "Failures/s",
+    "50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%",
+]  # fmt: skip
+
+
+def _row(kind: str, name: str, count: int, failures: int, p50: float, p95: float, p99: float) -> list[str]:
+    pct = [p50, p50, p50, p50, p95, p95, p99, p99, p99, p99, p99]
+    return [kind, name, str(count), str(failures), str(p50), str(p50), "1", str(p99), "90", "1.0", "0.0"] + [
+        str(v) for v in pct
+    ]
+
+
+def write_csv(path: Path, rows: list[list[str]]) -> None:
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(HEADER)
+        w.writerows(rows)
+        w.writerow(["", "Aggregated", "999", "0"] + ["N/A"] * (len(HEADER) - 4))
+
+
+BROADCASTS = [
+    {
+        "broadcastId": "b-1",
+        "index": 1,
+        "status": "completed",
+        "createdAt": 1_000,
+        "completedAt": 3_500,
+        "targeted": 1050,
+        "delivered": 1050,
+        "gone": 0,
+        "failed": 0,
+        "startLatencyMs": 40.0,
+    },
+    {
+        "broadcastId": "b-2",
+        "index": 2,
+        "status": "completed",
+        "createdAt": 10_000,
+        "completedAt": 11_000,
+        "targeted": 1050,
+        "delivered": 1050,
+        "gone": 0,
+        "failed": 0,
+    },
+]
+SIMULATED = {
+    "registered": 1000,
+    "live": 1000,
+    "frames": 2000,
+    "broadcasts": {
+        "b-1": {"frames": 1000, "ids": 1000, "duplicates": 0},
+        "b-2": {"frames": 1000, "ids": 1000, "duplicates": 0},
+    },
+}
+
+
+def test_a_clean_run_is_ok_with_real_and_simulated_counts(tmp_path: Path) -> None:
+    # Given a run of 50 users and 1,000 simulated connections, two broadcasts, nothing lost
+    write_csv(
+        tmp_path / "run_stats.csv",
+        [
+            _row("WS", "connect", 50, 0, 30, 60, 90),
+            _row("deliver", "b-1", 50, 0, 200, 400, 450),
+            _row("deliver", "b-2", 50, 0, 100, 150, 160),
+            _row("operator", "complete broadcast", 2, 0, 2500, 2500, 2500),
+        ],
+    )
+    (tmp_path / "broadcasts.json").write_text(json.dumps(BROADCASTS))
+    (tmp_path / "simulated.json").write_text(json.dumps(SIMULATED))
+
+    # When the reports are written
+    summary, paths = write_reports(tmp_path, "run")
+
+    # Then the figures add up and the files exist
+    assert summary.ok
+    assert (summary.real_connections, summary.simulated_connections) == (50, 1000)
+    assert summary.real_received == 100 and summary.simulated_received == 2000
+    assert summary.delivered == 2100
+    assert (summary.duplicates, summary.gaps) == (0, 0)
+    assert [b.engine_seconds for b in summary.broadcasts] == [2.5, 1.0]
+    assert summary.broadcasts[0].p99_ms == 450
+    assert paths["png"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = paths["txt"].read_text()
+    assert "50 real" in text and "1000 simulated" in text and "result: OK" in text
+    assert json.loads(paths["json"].read_text())["ok"] is True
+
+
+def test_duplicates_gaps_and_short_deliveries_make_the_run_fail(tmp_path: Path) -> None:
+    path = tmp_path / "run_stats.csv"
+    write_csv(
+        path,
+        [
+            _row("WS", "connect", 50, 0, 30, 60, 90),
+            _row("deliver", "b-1", 48, 0, 200, 400, 450),
+            _row("duplicate", "b-1", 1, 1, 200, 200, 200),
+            _row("gap", "b-1", 2, 2, 0, 0, 0),
+        ],
+    )
+    broadcasts = [dict(BROADCASTS[0], delivered=1040)]
+    simulated = dict(SIMULATED, broadcasts={"b-1": {"frames": 999, "ids": 997, "duplicates": 1}})
+
+    summary = summarize(read_stats(path), broadcasts, simulated)
+
+    [b] = summary.broadcasts
+    assert (b.real_received, b.real_duplicates, b.real_gaps) == (48, 1, 2)
+    assert (b.simulated_received, b.simulated_duplicates, b.simulated_gaps) == (997, 1, 3)
+    assert summary.duplicates == 2 and summary.gaps == 5
+    assert not b.complete and not summary.ok
+    assert "PROBLEMS" in render_text(summary)
+
+
+def test_latency_histograms_give_exact_percentiles_and_a_run_wide_figure(tmp_path: Path) -> None:
+    write_csv(
+        tmp_path / "run_stats.csv",
+        [_row("deliver", "b-1", 100, 0, 1, 1, 1), _row("deliver", "b-2", 100, 0, 1, 1, 1)],
+    )
+    (tmp_path / "broadcasts.json").write_text(json.dumps(BROADCASTS))
+    # b-1: 1..100 ms once each; b-2: 100 frames at 1000 ms
+    (tmp_path / "latency.json").write_text(
+        json.dumps({"b-1": {str(i): 1 for i in range(1, 101)}, "b-2": {"1000": 100}})
+    )
+
+    summary, _ = write_reports(tmp_path, "run")
+
+    assert [(b.p50_ms, b.p99_ms) for b in summary.broadcasts] == [(50, 99), (1000, 1000)]
+    assert (summary.p50_ms, summary.p95_ms) == (100, 1000)
+
+
+def test_histogram_percentile_is_nearest_rank() -> None:
+    assert histogram_percentile({}, 50) is None
+    assert histogram_percentile({10.0: 1, 20.0: 1, 30.0: 1, 40.0: 1}, 50) == 20
+    assert histogram_percentile({10.0: 1, 20.0: 1, 30.0: 1, 40.0: 1}, 51) == 30
+    assert histogram_percentile({5.0: 3}, 100) == 5
+
+
+def test_broadcasts_known_only_from_the_csv_are_reported(tmp_path: Path) -> None:
+    path = tmp_path / "run_stats.csv"
+    write_csv(path, [_row("deliver", "other", 10, 0, 5, 6, 7)])
+    summary = summarize(read_stats(path), [])
+    assert [(b.broadcast_id, b.status, b.real_received) for b in summary.broadcasts] == [
+        ("other", "unknown", 10)
+    ]
