@@ -367,7 +367,9 @@ def test_any_signed_token_is_allowed_only_when_hs256_with_the_secret_and_valid_c
         warnings.simplefilter("ignore")
         token = jwt.encode(claims, secret, algorithm=algorithm)
     now = time.time()
-    sub, exp, iat = claims.get("sub"), claims.get("exp"), claims.get("iat")
+    sub: Any = claims.get("sub")
+    exp: Any = claims.get("exp")
+    iat: Any = claims.get("iat")
 
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool)
