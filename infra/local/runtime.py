@@ -428,6 +428,22 @@ class FunctionPool:
             st.errors += 1
         return result
 
+    async def prewarm(self) -> None:
+        """Start the provisioned containers (import the handler) before any invocation needs them."""
+        wanted = min(self.fn.provisioned_concurrency, self.limit)
+
+        async def one() -> None:
+            container = Container(self, self._next_index)
+            self._next_index += 1
+            self._containers.add(container)
+            await container.start()
+            if container.init_error is None:
+                self._idle.append(container)
+            else:
+                self._containers.discard(container)
+
+        await asyncio.gather(*(one() for _ in range(wanted)))
+
     async def _invoke(self, event: Any, request_id: str) -> InvocationResult:
         cold = False
         container = self._idle.pop() if self._idle else None
@@ -1070,6 +1086,7 @@ class Runtime:
     """The local Lambda service. `await start()` / `await stop()`, `async with`, or blocking `run()`."""
 
     def __init__(self, config: RuntimeConfig) -> None:
+        self._prewarm: asyncio.Task[None] | None = None
         self.config = config
         self.port = config.port
         self.logs = _LogSink(config.log_dir)
@@ -1102,6 +1119,7 @@ class Runtime:
         if self.port == 0:
             self.port = int(self._runner.addresses[0][1])
         self._started = True
+        self._prewarm = asyncio.create_task(self._prewarm_all())
         try:
             for i, m in enumerate(self.config.sqs_mappings):
                 if m.enabled:
@@ -1136,6 +1154,9 @@ class Runtime:
         if not self._started:
             return
         self._started = False
+        if self._prewarm is not None:
+            self._prewarm.cancel()
+            await asyncio.gather(self._prewarm, return_exceptions=True)
         sources: list[Any] = [*self.schedules, *self.sqs_pollers, *self.stream_pollers]
         await asyncio.gather(*(s.stop() for s in sources), return_exceptions=True)
         for task in list(self._async_tasks):
@@ -1294,10 +1315,17 @@ class Runtime:
 
         return web.json_response(self.stats())
 
+    async def _prewarm_all(self) -> None:
+        # one function at a time: the machine may have few cores, and imports are CPU-bound
+        for pool in self.pools.values():
+            if pool.fn.provisioned_concurrency:
+                await pool.prewarm()
+
     async def _handle_health(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
 
-        return web.json_response({"ok": True, "url": self.url})
+        warm = self._prewarm is not None and self._prewarm.done()
+        return web.json_response({"ok": True, "url": self.url, "warm": warm})
 
 
 # --------------------------------------------------------------------------------------------------

@@ -35,6 +35,8 @@ class FunctionConfig(_Model):
     """Most containers running at once; unset: the runtime's `defaultConcurrency`."""
     maximum_retry_attempts: int = Field(default=2, ge=0, le=2)
     """Retries of an asynchronous (`Event`) invocation after a function error, as in AWS."""
+    provisioned_concurrency: int = Field(default=0, ge=0, le=1000)
+    """Containers started (handler imported) when the runtime starts, as Lambda's provisioned concurrency."""
 
     @model_validator(mode="after")
     def _check(self) -> FunctionConfig:

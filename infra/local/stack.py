@@ -110,7 +110,7 @@ class LocalStack:
             "AWS_REGION": REGION,
             "AWS_DEFAULT_REGION": REGION,
             "AWS_ENDPOINT_URL_DYNAMODB": self.ddb.endpoint,
-            "AWS_ENDPOINT_URL_DYNAMODBSTREAMS": self.ddb.endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": self.ddb.endpoint,
             "AWS_ENDPOINT_URL_SQS": sqs_url,
             "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
             "LAMBDA_TASK_ROOT": str(ROOT),
@@ -149,6 +149,8 @@ class LocalStack:
             env={**os.environ, **env},
         )
 
+        self._wait_warm(lambda_url)
+
         gateway_cfg = self.state_dir / "gateway.json"
         gateway_cfg.write_text(
             json.dumps(gateway_config(ws_port, http_port, lambda_url, operator_token, o), indent=2)
@@ -185,6 +187,19 @@ class LocalStack:
         (self.state_dir / "local.json").write_text(json.dumps(self.state, indent=2))
         self.log(f"stack up in {time.monotonic() - t0:.1f} s; state in {self.state_dir / 'local.json'}")
         return self.state
+
+    def _wait_warm(self, lambda_url: str, timeout: float = 180) -> None:
+        """Wait until the runtime has started every function's provisioned containers (imports done)."""
+        import urllib.request
+
+        self.log("warming the function containers")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with urllib.request.urlopen(f"{lambda_url}/_local/health", timeout=5) as resp:
+                if json.loads(resp.read()).get("warm"):
+                    return
+            time.sleep(0.2)
+        raise TimeoutError(f"the function containers were not warm after {timeout:.0f} s")
 
     def _spawn(self, name: str, args: list[str], port: int, env: dict[str, str] | None = None) -> None:
         proc = procs.start(args, log=self.logs / f"{name}.log", env=env or {**os.environ}, cwd=ROOT)
@@ -238,13 +253,109 @@ FUNCTIONS = {
 }
 
 
+# (function, timeout seconds, concurrency option or fixed count)
+def _concurrency(name: str, o: StackOptions) -> int:
+    return {
+        "fanout-authorizer": o.connect_workers,
+        "fanout-connect": o.connect_workers,
+        "fanout-disconnect": o.connect_workers,
+        "fanout-query": o.query_workers,
+        "fanout-post": o.post_workers,
+    }.get(name, 1)
+
+
 def runtime_config(
     env: dict[str, str], queues: Any, stream_arn: str, o: StackOptions, sqs: Any
 ) -> dict[str, Any]:
-    raise NotImplementedError("filled in once the runtime's config model lands")
+    """The Lambda runtime's configuration: the same functions and triggers as the CDK app."""
+    from infra.local.runtime_config import (
+        DynamoDBStreamMapping,
+        FunctionConfig,
+        RuntimeConfig,
+        ScheduleConfig,
+        SqsMapping,
+    )
+
+    timeouts = {"fanout-query": 60.0, "fanout-post": 60.0, "fanout-swarm": 120.0, "fanout-reconciler": 120.0}
+    functions = [
+        FunctionConfig(
+            name=name,
+            handler=handler,
+            timeout=timeouts.get(name, 10.0),
+            memory_size=1024,
+            reserved_concurrency=_concurrency(name, o),
+            provisioned_concurrency=_concurrency(name, o),
+        )
+        for name, handler in FUNCTIONS.items()
+    ]
+
+    def arn(url: str) -> str:
+        return str(
+            sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        )
+
+    mappings = [
+        SqsMapping(
+            function=function,
+            queue_url=url,
+            queue_arn=arn(url),
+            batch_size=10,
+            maximum_concurrency=max(2, workers),
+            report_batch_item_failures=True,
+            wait_time_seconds=1,
+        )
+        for function, urls, workers in (
+            ("fanout-query", queues.partition_queue_urls, o.query_workers),
+            ("fanout-post", queues.post_queue_urls, o.post_workers),
+        )
+        for url in urls
+    ]
+    stream = DynamoDBStreamMapping(
+        function="fanout-partition-counter",
+        stream_arn=stream_arn,
+        batch_size=1000,
+        starting_position="TRIM_HORIZON",
+        maximum_batching_window=0.1,
+        maximum_retry_attempts=10,
+        bisect_batch_on_function_error=True,
+        report_batch_item_failures=True,
+        poll_interval=0.1,
+    )
+    schedule = ScheduleConfig(
+        function="fanout-reconciler", rate_seconds=o.reconcile_every_seconds, name="reconcile"
+    )
+    config = RuntimeConfig(
+        functions=functions,
+        sqs_mappings=mappings,
+        dynamodb_stream_mappings=[stream],
+        schedules=[schedule],
+        environment=env,
+        region=REGION,
+        python_path=[str(ROOT)],
+        working_dir=str(ROOT),
+    )
+    return dict(json.loads(config.model_dump_json(by_alias=True)))
 
 
 def gateway_config(
     ws_port: int, http_port: int, lambda_url: str, operator_token: str, o: StackOptions
 ) -> dict[str, Any]:
-    raise NotImplementedError("filled in once the gateway's config model lands")
+    from infra.local.gateway_config import FaultConfig, GatewayConfig
+
+    config = GatewayConfig(
+        websocket_port=ws_port,
+        http_port=http_port,
+        stage=STAGE,
+        lambda_url=lambda_url,
+        operator_token=operator_token,
+        idle_timeout_seconds=o.idle_timeout_seconds,
+        max_connection_seconds=o.max_connection_seconds,
+        region=REGION,
+        log_level="WARNING",
+        faults=FaultConfig(
+            latency_ms=o.post_latency_ms, rate410=o.fault_410, rate429=o.fault_429, rate500=o.fault_500
+        ),
+    )
+    data = json.loads(config.model_dump_json(by_alias=True))
+    data["operatorToken"] = operator_token  # SecretStr dumps masked
+    return dict(data)
