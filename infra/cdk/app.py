@@ -49,7 +49,8 @@ def build_app(context: Mapping[str, Any] | None = None, outdir: str | None = Non
 
 def main() -> None:
     os.environ.setdefault("JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION", "20")
-    build_app().synth()
+    # Run by the cdk CLI, CDK_OUTDIR is set; run directly (make synth), write ./cdk.out like it would.
+    build_app(outdir=os.environ.get("CDK_OUTDIR") or "cdk.out").synth()
 
 
 if __name__ == "__main__":
