@@ -94,7 +94,7 @@ class BroadcastIncomplete(Exception):
 # -- options ----------------------------------------------------------------------------------------
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
-    g = parser.add_argument_group("fanout")
+    g = parser  # Locust's own add_argument (is_secret, env_var); argument groups lack them
     g.add_argument("--fanout-ws-url", env_var="FANOUT_WS_URL", default="", help="WebSocket URL")
     g.add_argument(
         "--fanout-connect-token", env_var="FANOUT_CONNECT_TOKEN", default="", is_secret=True, help="token"

@@ -315,8 +315,9 @@ def plot(
         if hist:
             xs = sorted(hist)
             total = sum(hist.values())
-            acc, ys = 0, []
-            for x in xs:
+            acc, ys = 0, [0.0]
+            xs = [xs[0], *xs]  # the curve starts at 0 % at the fastest delivery
+            for x in xs[1:]:
                 acc += hist[x]
                 ys.append(100.0 * acc / total)
             left.step(xs, ys, where="post", label=label)

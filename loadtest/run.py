@@ -68,8 +68,6 @@ def locust_command(args: argparse.Namespace, state_path: Path, results: Path) ->
         "--headless",
         "--users",
         str(args.users),
-        "--run-time",
-        f"{int(args.duration)}s",
         "--csv",
         str(results / args.prefix),
         "--html",
@@ -93,6 +91,8 @@ def locust_command(args: argparse.Namespace, state_path: Path, results: Path) ->
         "--stop-timeout",
         "10",
     ]
+    if args.duration > 0:
+        cmd += ["--run-time", f"{int(args.duration)}s"]
     if args.processes > 1:
         cmd += ["--processes", str(args.processes)]
     if args.source_ips:
@@ -209,6 +209,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             120 + args.duration + (args.users + 1) / max(1.0, args.ramp_rate) + args.broadcasts * 300
         )
         code = run_locust(cmd, timeout=timeout, log_path=results / f"{args.prefix}_locust.log")
+        if not (results / f"{args.prefix}_stats.csv").exists():
+            print(f"locust exited with {code} and wrote no statistics", file=sys.stderr)
+            return 1
         from loadtest.report import render_text, write_reports
 
         summary_, paths = write_reports(results, args.prefix, admin_url=state["adminUrl"])
