@@ -23,9 +23,10 @@ BUNDLING_STACKS = "aws:cdk:bundling-stacks"
 def build_app(context: Mapping[str, Any] | None = None, outdir: str | None = None) -> cdk.App:
     """The app with both stacks; ``context`` as ``-c`` would give it (tests pass a dict)."""
     context = dict(context or {})
-    if str(context.get("bundle", "true")).lower() == "false":
-        context[BUNDLING_STACKS] = []
+    if os.environ.get("FANOUT_CDK_BUNDLE", "").lower() == "false":
+        context.setdefault("bundle", "false")
     app = cdk.App(context=context, outdir=outdir)
+    # -c bundle=false (or FANOUT_CDK_BUNDLE=false): skip the dependencies layer build, CDK's own way.
     if str(app.node.try_get_context("bundle") or "true").lower() == "false":
         app.node.set_context(BUNDLING_STACKS, [])
     config = FanoutConfig.from_context(app.node)
