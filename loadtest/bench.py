@@ -65,6 +65,9 @@ def run_post(rounds: int) -> dict[str, Any]:
     posts = dict(bench_post.DEFAULT_POSTS)
     result = bench_post.bench(rounds, posts, list(bench_post.VARIANTS), 50, log)
     result["command"] = f".venv/bin/python -m loadtest.bench_post --rounds {rounds}"
+    log("post: profiling the engine variant (cProfile)")
+    result["profile"] = {"engine": bench_post.profiled("engine", posts["engine"])}
+    result["profile"]["command"] = ".venv/bin/python -m loadtest.bench_post --profile engine"
     return result
 
 
@@ -407,7 +410,13 @@ def run_stack(sizes: list[int], post_workers: int, timeout: float) -> dict[str, 
     from infra.local.stack import LocalStack, StackOptions
     from loadtest.seed import seed
 
-    out: dict[str, Any] = {"scale": [], "naive": None, "ceiling": None, "postWorkers": post_workers}
+    out: dict[str, Any] = {
+        "scale": [],
+        "naive": None,
+        "ceiling": None,
+        "postWorkers": post_workers,
+        "command": f".venv/bin/python -m loadtest.bench --only stack --sizes {','.join(map(str, sizes))}",
+    }
     for size in sizes:
         partitions = max(1, math.ceil(size / 100))
         state_dir = ROOT / ".fanout" / "bench"
@@ -617,13 +626,32 @@ def section_notes(results: dict[str, Any]) -> list[str]:
             "64 in flight.",
             "",
         ]
+        prof = post.get("profile", {}).get("engine")
+        if prof:
+            out += [
+                f"Where the engine's CPU goes (`{post['profile']['command']}`; cProfile inflates the "
+                "total to "
+                f"{prof['cpuUsPerFrameUnderProfiler']:.0f} us/frame, so read the shares):",
+                "",
+                "| where | share of CPU | us per frame (under the profiler) |",
+                "| --- | --- | --- |",
+            ]
+            for name, g in sorted(prof["groups"].items(), key=lambda kv: -kv[1]["share"]):
+                out.append(f"| {name} | {g['share']:.0%} | {g['usPerFrame']:.0f} |")
+            out += ["", "Top functions by own time:", "", "| own s | calls | cumulative s | function |"]
+            out += ["| --- | --- | --- | --- |"]
+            out += [
+                f"| {t['tottimeS']} | {t['ncalls']} | {t['cumtimeS']} | `{t['function']}` |"
+                for t in prof["top"]
+            ]
+            out.append("")
     else:
         out += ["Not run.", ""]
     out += ["## 2-4. End to end on the local stack", ""]
     stack = results.get("stack")
     if stack and not stack.get("error"):
         out += [
-            "Command: `.venv/bin/python -m loadtest.bench --only stack`. One fresh local stack per size "
+            f"Command: `{stack.get('command')}`. One fresh local stack per size "
             f"(~100 connections per partition, 4 shards, {stack['postWorkers']} post workers), simulated "
             "connections seeded by `loadtest/seed.py`; a warm-up broadcast first, so cold starts stay out. "
             "CPU: all processes of the local Lambda runtime (every function), read from /proc; processes "

@@ -529,6 +529,59 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+CATEGORIES = (
+    (
+        "signing (fanout/sigv4.py, urllib quote, hashlib/hmac)",
+        ("fanout/sigv4.py", "urllib/parse.py", "_hashlib", "hmac"),
+    ),
+    (
+        "engine delivery (fanout/delivery.py, fanout/postclient.py)",
+        ("fanout/delivery.py", "fanout/postclient.py"),
+    ),
+    ("aiohttp/yarl/multidict client machinery", ("aiohttp/", "yarl/", "multidict/")),
+    ("socket send/recv (kernel calls)", ("_socket.socket", "select.epoll")),
+    ("asyncio event loop, tasks, futures", ("asyncio/", "_asyncio", "_contextvars")),
+)
+
+
+def profile_breakdown(path: str, frames: int, top: int = 12) -> dict[str, Any]:
+    """Own (tottime) CPU of a cProfile dump, per frame, grouped by where it is spent, plus the top entries."""
+    import pstats
+
+    stats = pstats.Stats(path)
+    raw: dict[Any, Any] = stats.stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in raw.values())
+    groups = {name: 0.0 for name, _ in CATEGORIES} | {"other": 0.0}
+    rows = []
+    for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in raw.items():
+        where = f"{filename}:{line}({func})"
+        for name, needles in CATEGORIES:
+            if any(n in where for n in needles):
+                groups[name] += tottime
+                break
+        else:
+            groups["other"] += tottime
+        rows.append((tottime, ncalls, cumtime, where.replace(str(ROOT) + "/", "")))
+    rows.sort(reverse=True)
+    return {
+        "totalSeconds": round(total, 3),
+        "frames": frames,
+        "groups": {
+            k: {"share": round(v / total, 3), "usPerFrame": round(v / frames * 1e6, 1)}
+            for k, v in groups.items()
+        },
+        "top": [
+            {
+                "tottimeS": round(t, 3),
+                "ncalls": n,
+                "cumtimeS": round(c, 3),
+                "function": w.split("site-packages/")[-1],
+            }
+            for t, n, c, w in rows[:top]
+        ],
+    }
+
+
 def profile_variant(variant: str, posts: int, inflight: int, top: int = 25) -> int:
     import pstats
     import tempfile
@@ -539,7 +592,20 @@ def profile_variant(variant: str, posts: int, inflight: int, top: int = 25) -> i
         print(f"{variant}: {m.cpu_us_per_frame:.1f} us/frame under cProfile (inflated by the profiler)")
         stats = pstats.Stats(path)
         stats.sort_stats("tottime").print_stats(top)
+        print(json.dumps(profile_breakdown(path, m.delivered)["groups"], indent=2))
     return 0
+
+
+def profiled(variant: str, posts: int, inflight: int = 50) -> dict[str, Any]:
+    """Run one profiled worker of `variant` against a fresh sink; the grouped breakdown."""
+    import tempfile
+
+    with Sink() as sink, tempfile.TemporaryDirectory() as tmp:
+        path = str(Path(tmp) / f"{variant}.prof")
+        m = run_worker(variant, posts, sink.url, inflight, profile=path)
+        out = profile_breakdown(path, m.delivered)
+        out["cpuUsPerFrameUnderProfiler"] = round(m.cpu_us_per_frame, 1)
+        return out
 
 
 if __name__ == "__main__":
