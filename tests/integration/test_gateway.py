@@ -467,6 +467,10 @@ async def test_post_get_delete_with_url_encoded_ids(
         assert resp.status == 200
     assert await ws.receive_bytes(timeout=WAIT) == b"\xff\xfe\x00"
 
+    encoded_at = url.replace("/@connections/", "/%40connections/")
+    async with http.post(encoded_at, data=b"via %40") as resp:
+        assert resp.status == 200
+    assert await ws.receive_str(timeout=WAIT) == "via %40"
     async with http.get(url) as resp:
         assert resp.status == 200
         info = await resp.json()
@@ -491,6 +495,8 @@ async def test_errors_gone_and_too_large(gw: Gateway, http: aiohttp.ClientSessio
             assert resp.headers["x-amzn-ErrorType"] == "GoneException"
             assert "message" in await resp.json()
     ws, cid = await connect(http, gw)
+    async with http.post(conn_url(gw, cid).replace("/local/", "/prod/"), data=b"x") as resp:
+        assert resp.status == 403  # another stage
     async with http.post(conn_url(gw, cid), data=b"x" * (128 * 1024 + 1)) as resp:
         assert resp.status == 413
         assert resp.headers["x-amzn-ErrorType"] == "PayloadTooLargeException"
