@@ -350,8 +350,8 @@ async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
                 failed.extend(outcome.retry)
 
     counts = {"delivered": len(outcome.delivered), "gone": len(outcome.gone), "failed": len(failed)}
-    if batch.dead_lettered:  # redrive: what is delivered or gone now leaves `failed`
-        counts["failed"] = len(outcome.failed) - len(outcome.delivered) - len(outcome.gone)
+    if batch.dead_lettered:  # redrive: what is delivered or gone now leaves `failed`; the rest stays failed
+        counts["failed"] = -(len(outcome.delivered) + len(outcome.gone))
     counted = (
         await _transact(
             deps,

@@ -34,9 +34,12 @@ class TokenClaims(BaseModel):
     @classmethod
     def _numeric_date(cls, value: Any) -> int:
         # RFC 7519 NumericDate: a JSON number (not a string, not a boolean); fractions are truncated.
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or value != value:
             raise ValueError("must be a number of seconds since the epoch")
-        return int(value)
+        try:
+            return int(value)
+        except OverflowError as exc:  # inf: pydantic only turns ValueError into a validation error
+            raise ValueError("must be a finite number of seconds since the epoch") from exc
 
 
 def issue_token(secret: str, subject: str, ttl_seconds: int = 3600, now: float | None = None) -> str:

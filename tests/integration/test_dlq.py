@@ -175,11 +175,6 @@ def test_a_redriven_batch_whose_connection_is_now_gone_counts_it_gone_and_prunes
     assert frames_per_connection(pipe) == dict.fromkeys(everyone[1:], 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="fanout/stages.py run_post_batch counts a redriven batch's permanent failures as failed a "
-    "second time (failed += len(outcome.failed)); they already counted as failed when dead-lettered",
-)
 def test_a_redriven_id_that_now_fails_permanently_is_not_counted_failed_twice(pipe: Pipeline) -> None:
     per_partition = ids_for(1, 4)
     everyone = per_partition[0]
