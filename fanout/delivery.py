@@ -25,6 +25,7 @@ class DeliveryOutcome:
     retry: list[str] = field(default_factory=list)
     throttled: int = 0
     errors: int = 0
+    last_error: str | None = None  # one sample of what failed, for the log
 
 
 class RateLimiter:
@@ -91,11 +92,13 @@ async def deliver(
                 if limiter is not None:
                     limiter.throttled()
                 again.append(connection_id)
-            except RetryableError:
+            except RetryableError as exc:
                 outcome.errors += 1
+                outcome.last_error = str(exc)
                 again.append(connection_id)
-            except PermanentError:
+            except PermanentError as exc:
                 outcome.failed.append(connection_id)
+                outcome.last_error = str(exc)
             else:
                 outcome.delivered.append(connection_id)
                 if limiter is not None:

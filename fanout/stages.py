@@ -277,6 +277,7 @@ class PostResult:
     failed: int
     requeued: int
     duplicate: bool = False
+    last_error: str | None = None
 
 
 async def prune(deps: StageDeps, connection_ids: Sequence[str]) -> None:
@@ -371,7 +372,14 @@ async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
     m.add_metric("BatchLatency", "Milliseconds", (time.perf_counter() - started) * 1000)
     if counted and any(counts.values()):
         await check_completion(deps, batch.broadcast_id)
-    return PostResult(len(outcome.delivered), len(outcome.gone), len(failed), requeued, duplicate=not counted)
+    return PostResult(
+        len(outcome.delivered),
+        len(outcome.gone),
+        len(failed),
+        requeued,
+        duplicate=not counted,
+        last_error=outcome.last_error,
+    )
 
 
 def decode(body: str, model: type[PartitionTask] | type[PostBatch]) -> Any:

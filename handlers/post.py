@@ -45,6 +45,7 @@ async def record_handler(record: SQSRecord) -> dict[str, Any]:
             failed=result.failed,
             requeued=result.requeued,
             duplicate=result.duplicate,
+            lastError=result.last_error,
         )
     return {"delivered": result.delivered, "gone": result.gone, "failed": result.failed}
 
