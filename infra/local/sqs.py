@@ -150,7 +150,8 @@ class RedrivePolicy(BaseModel):
 
     def to_wire(self) -> str:
         return json.dumps(
-            {"deadLetterTargetArn": self.deadLetterTargetArn, "maxReceiveCount": self.maxReceiveCount}
+            {"deadLetterTargetArn": self.deadLetterTargetArn, "maxReceiveCount": self.maxReceiveCount},
+            separators=(",", ":"),
         )
 
 

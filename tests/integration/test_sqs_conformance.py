@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
 import struct
+import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -20,6 +23,7 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
+from infra.local.procs import free_port, wait_for_port
 from infra.local.sqs import serve_in_thread
 
 BACKENDS = ["local", "moto"]
@@ -422,6 +426,74 @@ def test_long_poll_returns_as_soon_as_a_message_arrives(sqs: Any) -> None:
     poller.join(timeout=10)
     assert not poller.is_alive()
     assert [m["Body"] for m in result[0]] == ["wake up"]
+
+
+def test_waiting_poller_gets_a_message_whose_visibility_expires(sqs: Any) -> None:
+    # Given two pollers waiting on an empty queue
+    url = sqs.create_queue(QueueName=name())["QueueUrl"]
+    results: list[list[dict[str, Any]]] = []
+    pollers = [
+        threading.Thread(
+            target=lambda: results.append(
+                receive(sqs, url, WaitTimeSeconds=20, VisibilityTimeout=1, AttributeNames=["All"])
+            )
+        )
+        for _ in range(2)
+    ]
+    for poller in pollers:
+        poller.start()
+    time.sleep(0.3)
+    # When one message arrives, one poller takes it and lets its visibility expire
+    sqs.send_message(QueueUrl=url, MessageBody="shared")
+    # Then the other poller, still waiting, receives it as its second delivery once the visibility
+    # timeout expires, long before its own 20 s wait ends
+    for poller in pollers:
+        poller.join(timeout=10)
+    assert not any(poller.is_alive() for poller in pollers)
+    assert sorted(m["Attributes"]["ApproximateReceiveCount"] for batch in results for m in batch) == [
+        "1",
+        "2",
+    ]
+
+
+def test_cli_serves_until_sigterm() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "infra.local.sqs",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--region",
+            "eu-west-1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        wait_for_port("127.0.0.1", port, timeout=30, proc=proc)
+        client = boto3.client(
+            "sqs",
+            endpoint_url=f"http://127.0.0.1:{port}",
+            region_name="eu-west-1",
+            aws_access_key_id="any",
+            aws_secret_access_key="any",
+        )
+        url = client.create_queue(QueueName="cli")["QueueUrl"]
+        assert url == f"http://127.0.0.1:{port}/000000000000/cli"
+        arn = client.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        assert arn == "arn:aws:sqs:eu-west-1:000000000000:cli"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=10)
+        assert proc.returncode == 0, err
+        assert b'"message": "stopped"' in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
 
 def test_long_poll_on_empty_queue_returns_nothing(sqs: Any) -> None:
