@@ -762,3 +762,43 @@ def test_config_json_round_trip_and_validation() -> None:
         FaultConfig(rate410=0.6, rate500=0.6)
     with pytest.raises(ValueError):
         GatewayConfig(route_selection_expression="$request.header.x")
+
+
+# --------------------------------------------------------------------------------------------------
+# With the project's real handlers
+
+
+async def test_real_authorizer_and_default_handlers_behind_the_gateway(
+    make_gateway: MakeGateway, lam: FakeLambda, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fanout.settings import get_settings
+    from fanout.tokens import issue_token
+    from handlers import authorizer, default
+    from tests.events import LambdaContextStub
+
+    monkeypatch.setenv("FANOUT_TOKEN_SECRET", "gateway-test-secret")
+    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
+    get_settings.cache_clear()
+    authorizer._static_secret.cache_clear()
+    try:
+        lam.functions["fanout-authorizer"] = lambda e: authorizer.handler(
+            e, LambdaContextStub("fanout-authorizer")
+        )
+        lam.functions["fanout-default"] = lambda e: default.handler(e, LambdaContextStub("fanout-default"))
+        gw = await make_gateway()
+        with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+            await http.ws_connect(f"{gw.websocket_url}?token=forged")
+        assert refused.value.status == 401
+        assert lam.events_of("fanout-connect") == []
+
+        token = issue_token("gateway-test-secret", "alice", 60)
+        ws, _ = await connect(http, gw, token=token)
+        assert lam.events_of("fanout-connect")[0]["requestContext"]["authorizer"]["userId"] == "alice"
+        await ws.send_str('{"action":"ping"}')
+        assert json.loads(await ws.receive_str(timeout=WAIT)) == {"type": "pong"}
+        await ws.send_str("nonsense")
+        assert json.loads(await ws.receive_str(timeout=WAIT))["type"] == "error"
+        await ws.close()
+    finally:
+        get_settings.cache_clear()
+        authorizer._static_secret.cache_clear()
