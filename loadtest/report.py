@@ -142,7 +142,9 @@ class Summary:
     @property
     def ok(self) -> bool:
         return (
-            self.duplicates == 0
+            bool(self.broadcasts)
+            and (self.real_connections + self.simulated_connections) > 0
+            and self.duplicates == 0
             and self.gaps == 0
             and self.connect_failures == 0
             and all(b.complete for b in self.broadcasts)

@@ -152,3 +152,11 @@ def test_broadcasts_known_only_from_the_csv_are_reported(tmp_path: Path) -> None
     assert [(b.broadcast_id, b.status, b.real_received) for b in summary.broadcasts] == [
         ("other", "unknown", 10)
     ]
+
+
+def test_a_run_where_nothing_happened_is_not_ok(tmp_path: Path) -> None:
+    path = tmp_path / "run_stats.csv"
+    write_csv(path, [])
+    summary = summarize(read_stats(path), [])
+    assert not summary.ok
+    assert "PROBLEMS" in render_text(summary)
