@@ -4,6 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP_FLAGS := --disable-pip-version-check -q
 CONNECTIONS ?= 1000
+USERS ?= 200
+SIMULATED ?= 0
+DURATION ?= 0
+PROCESSES ?= 1
+BROADCASTS ?= 1
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
 .PHONY: setup java test lint demo up synth bench loadtest soak clean
@@ -41,6 +46,9 @@ demo: setup
 
 up: setup
 	$(PY) -m fanout.cli local up
+
+loadtest: setup
+	$(PY) -m loadtest.run --users $(USERS) --simulated $(SIMULATED) --duration $(DURATION) --processes $(PROCESSES) --broadcasts $(BROADCASTS)
 
 clean:
 	rm -rf .fanout cdk.out build loadtest/results
