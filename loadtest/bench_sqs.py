@@ -3,6 +3,7 @@
 Usage (from the repository root)::
 
     .venv/bin/python -m loadtest.bench_sqs --json loadtest/results/bench_sqs.json
+    .venv/bin/python -m loadtest.bench_sqs --client raw --json loadtest/results/bench_sqs_raw.json
 
 The server runs in its own process (``python -m infra.local.sqs``). The benchmark fills one queue
 with ``--queued`` messages (10,000), then measures two phases, each driven by ``--clients`` worker
@@ -209,9 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m loadtest.bench_sqs", description=__doc__.split("\n")[0])
     parser.add_argument("--queued", type=int, default=10_000, help="messages kept queued (default 10,000)")
     parser.add_argument("--messages", type=int, default=20_000, help="messages per phase (default 20,000)")
-    parser.add_argument("--clients", type=int, default=2, help="client worker processes (default 2)")
+    parser.add_argument("--clients", type=int, default=3, help="client worker processes (default 3)")
     parser.add_argument(
-        "--concurrency", type=int, default=16, help="requests in flight per worker (default 16)"
+        "--concurrency", type=int, default=64, help="requests in flight per worker (default 64)"
     )
     parser.add_argument("--body-bytes", type=int, default=256, help="message body size (default 256)")
     parser.add_argument("--client", choices=["aiobotocore", "raw"], default="aiobotocore")

@@ -331,6 +331,12 @@ class Queue:
     def remove(self, m: Message) -> None:
         self._set_state(m, _GONE)
         del self.messages[m.id]
+        inflight = self.inflight
+        if len(inflight) > 1024 + 2 * self.counts[_INFLIGHT]:
+            # Deleted messages leave stale heap entries until their visibility timeout; with long
+            # timeouts they would pile up, so rebuild from the live ones (amortized O(1) per delete).
+            self.inflight = [e for e in inflight if e[3].gen == e[2] and e[3].state == _INFLIGHT]
+            heapq.heapify(self.inflight)
 
     def set_invisible(self, m: Message, timeout: float, now: float) -> None:
         if timeout <= 0:
