@@ -232,7 +232,7 @@ def _group_cpu(pgid: int) -> dict[str, float]:
         try:
             stat = (entry / "stat").read_text()
             fields = stat[stat.rindex(")") + 2 :].split()
-            if int(fields[2]) != pgid:
+            if int(fields[2]) != pgid and int(entry.name) != pgid:
                 continue
             cpu = (int(fields[11]) + int(fields[12])) / tick
             env = (entry / "environ").read_bytes().split(b"\0")
@@ -250,18 +250,31 @@ def _cpu_delta(before: dict[str, float], after: dict[str, float]) -> dict[str, f
     return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 3) for k in sorted(set(before) | set(after))}
 
 
+def stack_cpu(pgids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far of the stack's processes: the runtime's by function, the others whole."""
+    out: dict[str, float] = {}
+    for name, pgid in pgids.items():
+        groups = _group_cpu(pgid)
+        if name == "runtime":
+            out |= {("runtime (pollers)" if k == "other" else k): v for k, v in groups.items()}
+        else:
+            out[name] = sum(groups.values())
+    return out
+
+
 def engine_broadcast(
-    state: dict[str, Any], runtime_pgid: int, message: Any, timeout: float
+    state: dict[str, Any], pgids: dict[str, int], message: Any, timeout: float
 ) -> dict[str, Any]:
     from fanout.operator_client import OperatorClient
 
     api = OperatorClient(state["httpApiUrl"], bearer_token=state["operatorToken"])
-    cpu0 = _group_cpu(runtime_pgid)
+    cpu0 = stack_cpu(pgids)
     t0 = time.perf_counter()
     bid = api.start(message)
     view = api.wait(bid, timeout=timeout, interval=0.05)
     wall = time.perf_counter() - t0
-    cpu = _cpu_delta(cpu0, _group_cpu(runtime_pgid))
+    every = _cpu_delta(cpu0, stack_cpu(pgids))
+    cpu = {k: v for k, v in every.items() if k.startswith("fanout-") or k == "runtime (pollers)"}
     sim = _http("GET", f"{state['adminUrl']}/simulated/stats")
     delivered = int(view["delivered"])
     return {
@@ -277,6 +290,8 @@ def engine_broadcast(
         "cpuSeconds": cpu,
         "cpuUsPerFrame": round(sum(cpu.values()) / max(1, delivered) * 1e6, 1),
         "postCpuUsPerFrame": round(cpu.get("fanout-post", 0.0) / max(1, delivered) * 1e6, 1),
+        "stackCpuSeconds": every,
+        "stackCpuUsPerFrame": round(sum(every.values()) / max(1, delivered) * 1e6, 1),
         "gateway": _find_broadcast(sim, bid),
     }
 
@@ -289,7 +304,8 @@ def _find_broadcast(sim: Any, bid: str) -> Any:
     return None
 
 
-def naive_broadcast(state_path: Path, timeout: float) -> dict[str, Any]:
+def naive_broadcast(state_path: Path, timeout: float, pgids: dict[str, int] | None = None) -> dict[str, Any]:
+    cpu0 = stack_cpu(pgids) if pgids else {}
     out = subprocess.run(
         [sys.executable, "-m", "loadtest.naive", "--state", str(state_path)],
         cwd=ROOT,
@@ -301,6 +317,8 @@ def naive_broadcast(state_path: Path, timeout: float) -> dict[str, Any]:
     if out.returncode != 0:
         raise RuntimeError(f"naive sender failed: {out.stderr[-2000:]}")
     result: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    if pgids:
+        result["stackCpuSeconds"] = _cpu_delta(cpu0, stack_cpu(pgids))
     return result
 
 
@@ -426,12 +444,14 @@ def run_stack(sizes: list[int], post_workers: int, timeout: float) -> dict[str, 
         log(f"stack for {size} connections ({partitions} partitions, {post_workers} post workers)")
         with LocalStack(options, log=log) as stack, tempfile.TemporaryDirectory() as tmp:
             state = stack.state
-            runtime = dict(stack.children)["runtime"]
+            pgids = {name: proc.pid for name, proc in stack.children}
+            if stack.ddb is not None and stack.ddb.proc is not None:
+                pgids["dynamodb"] = stack.ddb.proc.pid
             t0 = time.monotonic()
             seeded = seed(state, size, workers=8, rng_seed=size, wait=True, timeout=timeout, log=log)
             log(f"seeded {size} in {time.monotonic() - t0:.1f} s")
-            engine_broadcast(state, runtime.pid, {"warmup": True}, timeout)  # cold starts out of the figure
-            point = engine_broadcast(state, runtime.pid, {"size": size}, timeout)
+            engine_broadcast(state, pgids, {"warmup": True}, timeout)  # cold starts out of the figure
+            point = engine_broadcast(state, pgids, {"size": size}, timeout)
             point |= {
                 "connections": size,
                 "partitions": partitions,
@@ -443,16 +463,16 @@ def run_stack(sizes: list[int], post_workers: int, timeout: float) -> dict[str, 
                 naive: dict[str, Any] = {"connections": size}
                 for latency in (0, 20):
                     _http("POST", f"{state['adminUrl']}/faults", {"latencyMs": latency})
-                    engine = (
-                        point if latency == 0 else engine_broadcast(state, runtime.pid, {"l": 20}, timeout)
-                    )
-                    baseline = naive_broadcast(state_dir / "local.json", timeout=3600)
+                    engine = point if latency == 0 else engine_broadcast(state, pgids, {"l": 20}, timeout)
+                    baseline = naive_broadcast(state_dir / "local.json", timeout=3600, pgids=pgids)
                     naive[f"{latency}ms"] = {
                         "engineSeconds": engine["seconds"],
                         "engineDelivered": engine["delivered"],
                         "naiveSeconds": baseline["seconds"],
                         "naiveDelivered": baseline["delivered"],
                         "naiveCpuSeconds": baseline["cpuSeconds"],
+                        "engineStackCpuSeconds": engine.get("stackCpuSeconds"),
+                        "naiveStackCpuSeconds": baseline.get("stackCpuSeconds"),
                         "speedup": round(baseline["seconds"] / engine["seconds"], 1),
                     }
                     log(f"naive at {latency} ms: {naive[f'{latency}ms']}")
@@ -626,6 +646,22 @@ def section_notes(results: dict[str, Any]) -> list[str]:
             "64 in flight.",
             "",
         ]
+        v = post["variants"]
+        if {"engine", "boto3", "floor"} <= set(v):
+            e, b3, fl = (v[k]["cpu_us_per_frame_median"] for k in ("engine", "boto3", "floor"))
+            out += [
+                f"How far the engine can go on this HTTP stack: bare unsigned aiohttp costs {fl:.0f} us per "
+                f"frame, so boto3 / floor = {b3 / fl:.2f}x is the best ratio any aiohttp-based post path can "
+                f"show here; the engine is {e / fl:.2f}x the floor ({e - fl:.0f} us above it: signing, "
+                "`deliver`'s per-id task and semaphore, the client wrapper). "
+                + (
+                    "The 5x goal needs the engine within "
+                    f"{(b3 / 5) - fl:.0f} us of the floor, or a cheaper HTTP stack / event loop."
+                    if b3 / e < 5
+                    else ""
+                ),
+                "",
+            ]
         prof = post.get("profile", {}).get("engine")
         if prof:
             out += [
@@ -667,6 +703,21 @@ def section_notes(results: dict[str, Any]) -> list[str]:
                 f"| {p['cpuUsPerFrame']} | {p['postCpuUsPerFrame']} |"
             )
         out.append("")
+        with_cpu = [p for p in stack["scale"] if p.get("stackCpuSeconds")]
+        if with_cpu:
+            names = sorted({k for p in with_cpu for k, v in p["stackCpuSeconds"].items() if v > 0})
+            out += [
+                "CPU of every process of the stack during the broadcast, us per delivered frame (2 cores: "
+                "at most ~2,000,000 us of CPU per second of broadcast):",
+                "",
+                "| connections | " + " | ".join(names) + " | total |",
+                "| --- " * (len(names) + 2) + "|",
+            ]
+            for p in with_cpu:
+                per = {k: v / max(1, p["delivered"]) * 1e6 for k, v in p["stackCpuSeconds"].items()}
+                cells = " | ".join(f"{per.get(k, 0):.0f}" for k in names)
+                out.append(f"| {p['connections']:,} | {cells} | {p['stackCpuUsPerFrame']:.0f} |")
+            out.append("")
         if stack.get("naive"):
             out += [
                 "Naive sender (`loadtest/naive.py`: Scan, then PostToConnection in a loop with boto3):",

@@ -82,6 +82,8 @@ def test_settings_are_deployable(n: int, r: int) -> None:
     assert 2 <= d.post_max_concurrency_per_shard <= 5  # the ESM starts 5 per shard: no ramp
     assert 2 <= d.query_max_concurrency_per_shard <= 1000
     assert 64 <= d.post_concurrency <= 2000
+    per_partition = -(-n // d.partitions)
+    assert d.post_batch_size >= min(5000, 1.2 * per_partition)  # one post batch per partition
     assert d.post_sqs_batch_size <= 10 or d.post_batching_window_s >= 1  # Lambda requires a window
     assert predict(n, r, d).ramp_seconds == 0
 
