@@ -200,6 +200,7 @@ _FAULT_ERRORS = {
     500: ("InternalServerErrorException", "Internal server error (injected fault)"),
 }
 _OK = b""
+ADMIN_MAX_BODY = 64 * 1024 * 1024
 
 
 class Gateway:
@@ -242,7 +243,8 @@ class Gateway:
 
         # Port W is a low-level server with one dispatcher: no router on the @connections hot path
         # (measured: the Application router adds ~20 us of CPU per post).
-        ws_runner = web.ServerRunner(web.Server(self._dispatch), access_log=None, shutdown_timeout=1.0)
+        server = web.Server(self._dispatch, request_factory=self._make_request)
+        ws_runner = web.ServerRunner(server, access_log=None, shutdown_timeout=1.0)
         http_app = web.Application(client_max_size=10 * 1024 * 1024)
         http_app.router.add_route("*", "/{tail:.*}", self._operator)
         http_runner = web.AppRunner(http_app, access_log=None, shutdown_timeout=1.0, handle_signals=False)
@@ -311,6 +313,22 @@ class Gateway:
     def invoker(self) -> LambdaInvoker:
         assert self._invoker is not None, "call start() first"
         return self._invoker
+
+    @staticmethod
+    def _make_request(
+        message: Any, payload: Any, protocol: Any, writer: Any, task: asyncio.Task[None]
+    ) -> web.BaseRequest:
+        # Admin bodies list 100k+ simulated ids (~2 MB per 100k); posts are capped at the frame limit
+        # from Content-Length before any read.
+        return web.BaseRequest(
+            message,
+            payload,
+            protocol,
+            writer,
+            task,
+            asyncio.get_running_loop(),
+            client_max_size=ADMIN_MAX_BODY,
+        )
 
     async def _dispatch(self, request: web.BaseRequest) -> web.StreamResponse:
         raw = request.raw_path

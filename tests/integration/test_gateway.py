@@ -644,6 +644,17 @@ async def test_simulated_connections_count_frames_and_duplicates(
     assert stats["connectionsOpen"] == 0
 
 
+async def test_registering_many_simulated_ids_in_one_request(
+    gw: Gateway, http: aiohttp.ClientSession
+) -> None:
+    ids = [f"L0SM9cOFvH{i:06d}=" for i in range(120_000)]  # a ~2.6 MB body
+    async with http.post(f"{gw.admin_url}/simulated", json={"connectionIds": ids}) as resp:
+        assert resp.status == 200
+        assert await resp.json() == {"registered": 120_000, "new": 120_000}
+    async with http.post(conn_url(gw, ids[-1]), data=envelope("b1")) as resp:
+        assert resp.status == 200
+
+
 async def test_admin_rejects_bad_input(gw: Gateway, http: aiohttp.ClientSession) -> None:
     async with http.post(f"{gw.admin_url}/simulated", json={"connectionIds": "x"}) as resp:
         assert resp.status == 400
