@@ -271,7 +271,7 @@ def engine_broadcast(
     cpu0 = stack_cpu(pgids)
     t0 = time.perf_counter()
     bid = api.start(message)
-    view = api.wait(bid, timeout=timeout, interval=0.05)
+    view = api.wait(bid, timeout=timeout, interval=0.2)  # polls cost operator-API CPU
     wall = time.perf_counter() - t0
     every = _cpu_delta(cpu0, stack_cpu(pgids))
     cpu = {k: v for k, v in every.items() if k.startswith("fanout-") or k == "runtime (pollers)"}
@@ -484,6 +484,12 @@ def run_stack(sizes: list[int], post_workers: int, timeout: float) -> dict[str, 
                 bare["ratio"] = round(point["framesPerSecond"] / bare["framesPerSecond"], 3)
                 out["ceiling"] = bare
                 log(f"ceiling: {bare}")
+    return with_slope(out)
+
+
+def with_slope(out: dict[str, Any]) -> dict[str, Any]:
+    """The least-squares slope of CPU per frame against log10(connections), in us per decade."""
+    out.pop("cpuSlopeUsPerDecade", None)
     if len(out["scale"]) >= 2:
         xs = [math.log10(p["connections"]) for p in out["scale"]]
         ys = [p["cpuUsPerFrame"] for p in out["scale"]]
@@ -491,6 +497,21 @@ def run_stack(sizes: list[int], post_workers: int, timeout: float) -> dict[str, 
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sum((x - mx) ** 2 for x in xs)
         out["cpuSlopeUsPerDecade"] = round(slope, 1)
     return out
+
+
+def merge_stack(old: dict[str, Any] | None, new: dict[str, Any]) -> dict[str, Any]:
+    """Keep the earlier run's sizes (and naive/ceiling figures) that this run did not measure again."""
+    if not old or old.get("error"):
+        return new
+    sizes = {p["connections"] for p in new["scale"]}
+    kept = [p | {"run": old.get("command")} for p in old.get("scale", []) if p["connections"] not in sizes]
+    merged = new | {"scale": sorted(kept + new["scale"], key=lambda p: p["connections"])}
+    for key in ("naive", "ceiling"):
+        if merged.get(key) is None and old.get(key) is not None:
+            merged[key] = old[key] | {"run": old.get("command")}
+    if kept:
+        merged["command"] = f"{old.get('command')}; then {new['command']}"
+    return with_slope(merged)
 
 
 # -- report -----------------------------------------------------------------------------------------------
@@ -860,7 +881,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 sizes = [int(s) for s in args.sizes.split(",") if s]
-                results["stack"] = run_stack(sizes, args.post_workers, args.timeout)
+                fresh = run_stack(sizes, args.post_workers, args.timeout)
+                results["stack"] = merge_stack(results.get("stack") if args.merge else None, fresh)
                 results["skipped"].pop("stack", None)
             except Exception as exc:
                 log(traceback.format_exc())
