@@ -17,11 +17,13 @@ def build_frame(broadcast_id: str, sent_at_ms: int, message: Any, *, limit: int)
             ensure_ascii=False,
             allow_nan=False,
         )
+        size = len(frame.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise InvalidInput("message holds text that is not valid Unicode (a lone surrogate)", field="message") from exc
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"message is not serializable as JSON: {exc}", field="message") from exc
     except RecursionError as exc:
         raise InvalidInput("message is nested too deeply to serialize", field="message") from exc
-    size = len(frame.encode("utf-8"))
     if size > limit:
         raise PayloadTooLarge(size, limit)
     return frame

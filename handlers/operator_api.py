@@ -124,6 +124,18 @@ def _invalid(exc: InvalidInput) -> Response[Any]:
     return _error(400, str(exc), field=exc.field)
 
 
+# Powertools' body parsing (run by the validation middleware, before ours) raises these two instead
+# of a JSON error for a base64 body that is not UTF-8 and for nesting past the recursion limit.
+@app.exception_handler(UnicodeDecodeError)
+def _not_utf8(exc: UnicodeDecodeError) -> Response[Any]:
+    return _error(400, "request body is not valid UTF-8")
+
+
+@app.exception_handler(RecursionError)
+def _too_deep(exc: RecursionError) -> Response[Any]:
+    return _error(400, "request body is nested too deeply")
+
+
 @app.exception_handler(BroadcastNotFound)
 def _not_found(exc: BroadcastNotFound) -> Response[Any]:
     return _error(404, str(exc))

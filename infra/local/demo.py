@@ -7,16 +7,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import boto3
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from fanout.operator_client import OperatorClient
 from infra.local.clients import ClientSwarm, percentile
-from infra.local.stack import REGION, LocalStack, StackOptions
+from infra.local.stack import REGION, LocalStack, StackOptions, local_client
 
-console = Console()
+console = Console(width=110)
 
 
 @dataclass
@@ -43,17 +42,17 @@ class BroadcastReport:
 
 def registered_connections(state: dict[str, Any], partitions_table: str = "fanout-partitions") -> int:
     """The sum of the partition counters (kept by the stream), as the swarm will see it."""
-    ddb = boto3.client(
-        "dynamodb",
-        endpoint_url=state["dynamodbUrl"],
-        region_name=REGION,
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
+    ddb = local_client("dynamodb", state["dynamodbUrl"])
     total = 0
     for page in ddb.get_paginator("scan").paginate(TableName=partitions_table):
         total += sum(int(i.get("connectionCount", {"N": "0"})["N"]) for i in page["Items"])
     return total
+
+
+def table_rows(state: dict[str, Any], table: str) -> int:
+    """How many items `table` of the local stack holds."""
+    ddb = local_client("dynamodb", state["dynamodbUrl"])
+    return sum(p["Count"] for p in ddb.get_paginator("scan").paginate(TableName=table, Select="COUNT"))
 
 
 async def wait_registered(state: dict[str, Any], expected: int, timeout: float = 120) -> int:

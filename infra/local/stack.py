@@ -98,10 +98,10 @@ class LocalStack:
         self.log(
             f"creating tables ({o.partitions} partitions) and {2 * o.shards} queues with dead-letter queues"
         )
-        dynamodb = _client("dynamodb", self.ddb.endpoint)
+        dynamodb = local_client("dynamodb", self.ddb.endpoint)
         create_tables(dynamodb, settings)
         stream_arn = connections_stream_arn(dynamodb, settings)
-        sqs = _client("sqs", sqs_url)
+        sqs = local_client("sqs", sqs_url)
         queues = create_queues(sqs, shards=o.shards, visibility_timeout=30)
 
         env = {
@@ -229,7 +229,9 @@ class LocalStack:
         self.stop()
 
 
-def _client(service: str, endpoint: str) -> Any:
+def local_client(service: str, endpoint: str) -> Any:
+    """A boto3 client for a local emulator: DynamoDB Local keeps one database per access key and
+    Region, so every client of the stack must use these."""
     return boto3.client(  # type: ignore[call-overload]
         service,
         endpoint_url=endpoint,

@@ -24,14 +24,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 from botocore.exceptions import ClientError
 
 from fanout.operator_client import OperatorClient
 from infra.local.clients import ClientSwarm
 from infra.local.demo import run_broadcasts, wait_registered
-from infra.local.stack import LocalStack, StackOptions
+from infra.local.stack import LocalStack, StackOptions, local_client
 from tests.integration.conftest import moto_sqs  # noqa: F401 - the harness's SQS fixture
 from tests.integration.pipeline_harness import Pipeline, pipeline
 
@@ -61,14 +60,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
 
 
 def ddb(state: dict[str, Any]) -> Any:
-    # DynamoDB Local keeps one database per access key and Region: use the stack's
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=state["dynamodbUrl"],
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
+    return local_client("dynamodb", state["dynamodbUrl"])
 
 
 def http_json(url: str, body: Any = None, method: str | None = None, timeout: float = 60) -> Any:

@@ -11,21 +11,16 @@ import textwrap
 import time
 from typing import Any
 
-import boto3
 import pytest
 
 from infra.local.clients import ClientSwarm
-from infra.local.demo import registered_connections, run_broadcasts, wait_registered
+from infra.local.demo import registered_connections, run_broadcasts, table_rows, wait_registered
 
 pytestmark = pytest.mark.e2e
 
 
 def connection_rows(state: dict[str, Any]) -> int:
-    ddb = boto3.client("dynamodb", endpoint_url=state["dynamodbUrl"])
-    return sum(
-        page["Count"]
-        for page in ddb.get_paginator("scan").paginate(TableName="fanout-connections", Select="COUNT")
-    )
+    return table_rows(state, "fanout-connections")
 
 
 async def test_200_clients_receive_a_broadcast_exactly_once_with_exact_counts(

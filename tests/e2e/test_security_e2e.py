@@ -17,27 +17,17 @@ import urllib.request
 from typing import Any
 
 import aiohttp
-import boto3
 import jwt
 import pytest
 
 from infra.local.clients import ClientSwarm
+from infra.local.demo import table_rows
 
 pytestmark = pytest.mark.e2e
 
 
-def ddb(state: dict[str, Any]) -> Any:
-    return boto3.client(
-        "dynamodb",
-        endpoint_url=state["dynamodbUrl"],
-        region_name="us-east-1",
-        aws_access_key_id="local",
-        aws_secret_access_key="local",
-    )
-
-
 def count(state: dict[str, Any], table: str) -> int:
-    return sum(p["Count"] for p in ddb(state).get_paginator("scan").paginate(TableName=table, Select="COUNT"))
+    return table_rows(state, table)
 
 
 def operator(
