@@ -144,9 +144,8 @@ def worker_rate(d: Deployment, costs: Costs, per_partition: int, *, paced: bool 
     batch = max(1, min(d.post_batch_size, per_partition))
     cpu_us = (costs.post_frame_cpu_us + costs.post_batch_cpu_us / batch) * costs.cpu_factor
     cpu_rate = 1e6 / cpu_us * costs.cpu_headroom
-    latency_rate = (
-        d.post_concurrency / (costs.post_latency_ms / 1000) if costs.post_latency_ms > 0 else math.inf
-    )
+    latency_s = costs.post_latency_ms / 1000  # tested against 0 after the division: it can underflow
+    latency_rate = d.post_concurrency / latency_s if latency_s > 0 else math.inf
     rate = min(cpu_rate, latency_rate)
     if paced and d.post_rate_per_worker > 0:
         rate = min(rate, d.post_rate_per_worker)
@@ -526,12 +525,9 @@ def render(result: Plan) -> str:
     return "\n".join(out)
 
 
-def main(argv: list[str] | None = None) -> int:
-    root = argparse.ArgumentParser(prog="fanout")
-    add_parser(root.add_subparsers(dest="command", required=True))
-    args = root.parse_args(argv)
-    return int(args.func(args))
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    import sys
+
+    from fanout.cli import main
+
+    sys.exit(main(["plan", *sys.argv[1:]]))

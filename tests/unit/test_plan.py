@@ -7,7 +7,7 @@ import json
 from dataclasses import replace
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fanout.plan import (
@@ -44,6 +44,8 @@ def test_the_total_post_rate_never_exceeds_the_quota(n: int, r: int, c: Costs, h
 
 @settings(max_examples=200, deadline=None)
 @given(n=connections, r=quotas, c=costs, warm=st.booleans(), provisioned=st.booleans())
+# a latency so small that latency/1000 underflows to 0 once divided by zero
+@example(n=1, r=500, c=Costs(post_frame_cpu_us=50.0, post_latency_ms=5e-324), warm=False, provisioned=False)
 def test_no_plan_beats_the_quota_floor(n: int, r: int, c: Costs, warm: bool, provisioned: bool) -> None:
     d = recommend_deployment(n, r, c, provisioned=provisioned)
     p = predict(n, r, d, c, warm=warm)
