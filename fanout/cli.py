@@ -10,6 +10,8 @@ import sys
 import threading
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from fanout.errors import FanoutError
 from fanout.operator_client import OperatorClient
 
@@ -148,6 +150,11 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--connections", type=int, default=1000)
     _add_stack_flags(demo, partitions=20)
     demo.set_defaults(func=cmd_demo)
+
+    from fanout import dlq, plan
+
+    plan.add_parser(sub)
+    dlq.add_parser(sub)
     return root
 
 
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except FanoutError as exc:
+    except (FanoutError, ClientError, BotoCoreError) as exc:
         print(f"fanout: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -412,17 +412,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return dlq
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m fanout.dlq list|redrive ...` (the same as `fanout dlq ...`)."""
-    root = argparse.ArgumentParser(prog="fanout")
-    add_parser(root.add_subparsers(dest="command", required=True))
-    args = root.parse_args(["dlq", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.func(args))
-    except (FanoutError, ClientError, BotoCoreError) as exc:
-        print(f"fanout: {exc}", file=sys.stderr)
-        return 2
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    from fanout.cli import main
+
+    sys.exit(main(["dlq", *sys.argv[1:]]))
