@@ -9,6 +9,9 @@ SIMULATED ?= 0
 DURATION ?= 0
 PROCESSES ?= 1
 BROADCASTS ?= 1
+BENCH_ARGS ?=
+SOAK_CONNECTIONS ?= 10000
+SOAK_SECONDS ?= 600
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
 .PHONY: setup java test lint demo up synth bench loadtest soak clean
@@ -49,6 +52,12 @@ up: setup
 
 loadtest: setup
 	$(PY) -m loadtest.run --users $(USERS) --simulated $(SIMULATED) --duration $(DURATION) --processes $(PROCESSES) --broadcasts $(BROADCASTS)
+
+bench: setup
+	$(PY) -m loadtest.bench $(BENCH_ARGS)
+
+soak: setup
+	$(PY) -m loadtest.soak --connections $(SOAK_CONNECTIONS) --duration $(SOAK_SECONDS) --every 10 --heartbeat 60
 
 clean:
 	rm -rf .fanout cdk.out build loadtest/results
