@@ -19,7 +19,9 @@ def build_frame(broadcast_id: str, sent_at_ms: int, message: Any, *, limit: int)
         )
         size = len(frame.encode("utf-8"))
     except UnicodeEncodeError as exc:
-        raise InvalidInput("message holds text that is not valid Unicode (a lone surrogate)", field="message") from exc
+        raise InvalidInput(
+            "message holds text that is not valid Unicode (a lone surrogate)", field="message"
+        ) from exc
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"message is not serializable as JSON: {exc}", field="message") from exc
     except RecursionError as exc:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from fanout.operator_client import OperatorClient
 from infra.local.clients import ClientSwarm, percentile
-from infra.local.stack import REGION, LocalStack, StackOptions, local_client
+from infra.local.stack import LocalStack, StackOptions, local_client
 
 console = Console(width=110)
 

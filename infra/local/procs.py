@@ -62,10 +62,8 @@ def stop(proc: subprocess.Popen[bytes], *, grace: float = 5.0) -> None:
         _kill_group(proc.pid, signal.SIGKILL)
         return
     _kill_group(proc.pid, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        pass
     _kill_group(proc.pid, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=grace)
