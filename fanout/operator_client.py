@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.error
-import urllib.request
+import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import urllib3
+from urllib3.util import Retry
+
 from fanout.errors import BroadcastNotFound, FanoutError, InvalidInput, PayloadTooLarge, Unauthorized
 
 LOCAL_STATE = Path(".fanout") / "local.json"
+
+
+# Answers worth another attempt; 409 is "a broadcast with this Idempotency-Key is being started".
+RETRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+
+class OperatorApiUnavailable(FanoutError):
+    """No answer (connection refused, timed out) after every attempt."""
 
 
 class OperatorApiError(FanoutError):
@@ -30,6 +40,8 @@ class OperatorClient:
     bearer_token: str | None = None
     region: str | None = None
     timeout: float = 10.0
+    attempts: int = 4
+    pool: urllib3.PoolManager = field(default_factory=urllib3.PoolManager, repr=False, compare=False)
 
     @classmethod
     def from_local_state(cls, path: Path = LOCAL_STATE) -> OperatorClient:
@@ -57,17 +69,34 @@ class OperatorClient:
             hdrs["Authorization"] = f"Bearer {self.bearer_token}"
         else:
             hdrs = self._sigv4(method, url, data, hdrs)
-        request = urllib.request.Request(url, data=data, headers=hdrs, method=method)
+        # urllib3's Retry: backoff with jitter, Retry-After honoured. A POST is retried only when it
+        # carries an Idempotency-Key (the API then returns the first broadcast instead of a second).
+        idempotent = method == "GET" or "Idempotency-Key" in hdrs
+        retry = Retry(
+            total=self.attempts - 1,
+            allowed_methods=frozenset({method}) if idempotent else frozenset(),
+            status_forcelist=RETRY_STATUSES if idempotent else frozenset(),
+            backoff_factor=0.5,
+            backoff_max=10,
+            backoff_jitter=0.5,
+            raise_on_status=False,
+        )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                return json.loads(resp.read() or b"{}")
-        except urllib.error.HTTPError as exc:
-            raw = exc.read()
+            resp = self.pool.request(
+                method, url, body=data, headers=hdrs, retries=retry, timeout=self.timeout, redirect=False
+            )
+        except urllib3.exceptions.HTTPError as exc:
+            reason = getattr(exc, "reason", None) or exc
+            raise OperatorApiUnavailable(
+                f"operator API at {self.base_url} did not answer after {self.attempts} attempts: {reason}"
+            ) from None
+        if resp.status >= 400:
             try:
-                payload = json.loads(raw)
+                payload = json.loads(resp.data)
             except ValueError:
-                payload = {"message": raw.decode("utf-8", "replace")[:300]}
-            raise _translate(exc.code, payload) from None
+                payload = {"message": resp.data.decode("utf-8", "replace")[:300]}
+            raise _translate(resp.status, payload if isinstance(payload, dict) else {"message": payload})
+        return json.loads(resp.data or b"{}")
 
     def _sigv4(self, method: str, url: str, data: bytes | None, headers: dict[str, str]) -> dict[str, str]:
         import botocore.session
@@ -82,7 +111,8 @@ class OperatorClient:
         return dict(request.headers.items())
 
     def start(self, message: Any, idempotency_key: str | None = None) -> str:
-        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else None
+        """Start a broadcast. Without a key, one is made for this call so that its retries are safe."""
+        headers = {"Idempotency-Key": idempotency_key or f"client-{uuid.uuid4()}"}
         return str(self._request("POST", "/broadcasts", {"message": message}, headers)["broadcastId"])
 
     def status(self, broadcast_id: str) -> dict[str, Any]:
