@@ -156,6 +156,21 @@ async def test_delivery_keeps_concurrency_bounded() -> None:
     assert 1 < poster.max_in_flight <= 7
 
 
+async def test_delivery_posts_each_id_once_in_order_with_fewer_ids_than_workers() -> None:
+    poster = ScriptedPoster({})
+    ids = ["a", "b", "c"]
+    out = await deliver(ids, b"f", "h", poster, concurrency=64, retries=1, base_delay=0, cap_delay=0)
+    assert poster.posted == ids
+    assert out.delivered == ids and out.retry == []
+
+
+async def test_delivery_refuses_zero_concurrency() -> None:
+    with pytest.raises(ValueError):
+        await deliver(
+            ["a"], b"f", "h", ScriptedPoster({}), concurrency=0, retries=0, base_delay=0, cap_delay=0
+        )
+
+
 def test_rate_limiter_paces_and_backs_off_on_throttling() -> None:
     now = [0.0]
     limiter = RateLimiter(100.0, clock=lambda: now[0])
