@@ -46,6 +46,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 import gevent
+import locust.runners
 import websocket
 from locust import LoadTestShape, User, events, task
 from locust.env import Environment
@@ -134,10 +135,18 @@ def _options(parser: Any) -> None:
     g.add_argument("--broadcast-interval", env_var="FANOUT_BROADCAST_INTERVAL", type=float, default=10.0)
     g.add_argument("--payload-bytes", env_var="FANOUT_PAYLOAD_BYTES", type=int, default=64)
     g.add_argument("--ramp-rate", env_var="FANOUT_RAMP_RATE", type=float, default=500.0)
+    g.add_argument("--ramp-down-rate", env_var="FANOUT_RAMP_DOWN_RATE", type=float, default=1000.0)
     g.add_argument("--settle", env_var="FANOUT_SETTLE", type=float, default=3.0)
     g.add_argument("--grace", env_var="FANOUT_GRACE", type=float, default=5.0)
     g.add_argument("--ping-interval", env_var="FANOUT_PING_INTERVAL", type=float, default=300.0)
     g.add_argument("--ws-timeout", env_var="FANOUT_WS_TIMEOUT", type=float, default=30.0)
+    g.add_argument(
+        "--heartbeat-liveness",
+        env_var="FANOUT_HEARTBEAT_LIVENESS",
+        type=int,
+        default=locust.runners.HEARTBEAT_LIVENESS,
+        help="seconds without a worker heartbeat before the master marks the worker missing",
+    )
     g.add_argument("--connect-timeout", env_var="FANOUT_CONNECT_TIMEOUT", type=float, default=120.0)
     g.add_argument("--broadcast-timeout", env_var="FANOUT_BROADCAST_TIMEOUT", type=float, default=300.0)
 
@@ -198,6 +207,11 @@ def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if runner is None:
         return
+    if isinstance(runner, MasterRunner) and environment.parsed_options:
+        # Locust reads this module constant whenever a worker reports; it has no option of its own.
+        # Raise it where the workers share their cores with the system under test: a worker whose
+        # heartbeat is late is marked missing and its users are spawned again on the others.
+        locust.runners.HEARTBEAT_LIVENESS = int(environment.parsed_options.heartbeat_liveness)
     ledger = ledger_of(environment)
     apply = {MSG_GO: ledger.on_go, MSG_STARTED: ledger.on_started, MSG_COMPLETED: ledger.on_completed}
 
@@ -280,7 +294,9 @@ class WebSocketUser(User):
     """One real WebSocket connection: connect, heartbeat, receive, and judge its own gaps."""
 
     def wait_time(self) -> float:
-        return random.uniform(1.5, 2.5)
+        # the task pings every --ping-interval and judges gaps; each run costs worker CPU, which
+        # on one machine is taken from the stack under test (5,000 users: ~2,000 runs/s at 2 s)
+        return random.uniform(4.0, 6.0)
 
     def on_start(self) -> None:
         o = self.environment.parsed_options
@@ -471,7 +487,8 @@ class OperatorUser(User):
         started_ms = now_ms()
         t0 = time.perf_counter()
         try:
-            bid = self.api.start(message)
+            # the key makes the client's retries (timeouts, 5xx, 409 in progress) start one broadcast
+            bid = self.api.start(message, idempotency_key=f"loadtest-{self.run_id}-{index}")
         except Exception as exc:
             _fire(self, "operator", "start broadcast", (time.perf_counter() - t0) * 1000, exception=exc)
             runner.send_message(

@@ -170,6 +170,8 @@ def ledger_of(environment: Any) -> BroadcastLedger:
 class ShapeSettings:
     users: int
     ramp_rate: float = 500.0
+    # Closing is cheap for the system under test and slow ramp-downs only make runs longer
+    ramp_down_rate: float = 1000.0
     settle_seconds: float = 3.0
     hold_seconds: float = 0.0
     broadcasts: int = 1
@@ -189,6 +191,7 @@ def shape_settings(environment: Any) -> ShapeSettings:
     return ShapeSettings(
         users=int(o.num_users or 1),
         ramp_rate=ramp,
+        ramp_down_rate=float(getattr(o, "ramp_down_rate", 1000.0)),
         settle_seconds=float(getattr(o, "settle", 3.0)),
         hold_seconds=float(o.run_time or 0),
         broadcasts=int(getattr(o, "broadcasts", 1)),
@@ -247,7 +250,7 @@ class ShapePlan:
             graced = last is None or now_ms() - last >= (s.grace_seconds + STATS_FLUSH_SECONDS) * 1000
             if done and graced and held >= s.hold_seconds:
                 self._enter("ramp_down", t)
-                return 0, rate
+                return 0, max(1.0, s.ramp_down_rate)
             return total, rate
         if self.phase == "ramp_down":
             if users_now == 0:
@@ -255,7 +258,7 @@ class ShapePlan:
                     self.finished_at = t
                 if t - self.finished_at >= STATS_FLUSH_SECONDS:
                     return None
-            return 0, rate
+            return 0, max(1.0, s.ramp_down_rate)
         return None
 
     def _enter(self, phase: str, t: float) -> None:

@@ -80,7 +80,7 @@ def wall(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def settings(**kw: Any) -> ShapeSettings:
     base: dict[str, Any] = dict(
-        users=10, ramp_rate=5.0, settle_seconds=2.0, hold_seconds=0.0, broadcasts=1,
+        users=10, ramp_rate=5.0, ramp_down_rate=40.0, settle_seconds=2.0, hold_seconds=0.0, broadcasts=1,
         broadcast_interval=10.0, grace_seconds=3.0, connect_timeout_seconds=60.0,
         broadcast_timeout_seconds=120.0,
     )  # fmt: skip
@@ -94,6 +94,7 @@ def test_settings_come_from_locusts_options_and_ignore_the_spawn_rate() -> None:
             run_time=30,
             spawn_rate=1,
             ramp_rate=250.0,
+            ramp_down_rate=2000.0,
             settle=4.0,
             broadcasts=3,
             broadcast_interval=20.0,
@@ -103,7 +104,13 @@ def test_settings_come_from_locusts_options_and_ignore_the_spawn_rate() -> None:
         )
     )
     s = shape_settings(env)
-    assert (s.users, s.ramp_rate, s.hold_seconds, s.broadcasts) == (5000, 250.0, 30.0, 3)
+    assert (s.users, s.ramp_rate, s.ramp_down_rate, s.hold_seconds, s.broadcasts) == (
+        5000,
+        250.0,
+        2000.0,
+        30.0,
+        3,
+    )
     assert shape_settings(Namespace(parsed_options=None)).users == 1
 
 
@@ -134,12 +141,12 @@ def test_the_plan_ramps_waits_for_connects_broadcasts_holds_and_ramps_down(wall:
     wall[0] += (3.0 + shapes.STATS_FLUSH_SECONDS) * 1000 - 1
     assert tick(12.0) == (11, 5.0)
     wall[0] += 1
-    assert tick(12.5) == (0, 5.0)
+    assert tick(12.5) == (0, 40.0)
     assert plan.phase == "ramp_down"
 
     # stop once every user is gone and the last stats had time to arrive
-    assert tick(13.0, users_now=3) == (0, 5.0)
-    assert tick(14.0, users_now=0) == (0, 5.0)
+    assert tick(13.0, users_now=3) == (0, 40.0)
+    assert tick(14.0, users_now=0) == (0, 40.0)
     assert tick(14.0 + shapes.STATS_FLUSH_SECONDS, users_now=0) is None
     assert len(gos) == 1
 
@@ -164,7 +171,7 @@ def test_the_plan_holds_at_least_the_run_time(wall: list[float]) -> None:
     )
     wall[0] += 100_000
     assert plan.tick(30.0, s, **kw) == (2, 5.0)
-    assert plan.tick(61.0, s, **kw) == (0, 5.0)
+    assert plan.tick(61.0, s, **kw) == (0, 40.0)
 
 
 def test_the_plan_gives_up_waiting_for_a_stuck_broadcast(wall: list[float]) -> None:
@@ -174,4 +181,4 @@ def test_the_plan_gives_up_waiting_for_a_stuck_broadcast(wall: list[float]) -> N
     plan.tick(0.5, s, **kw)
     ledger.on_started({"broadcastId": "stuck", "index": 1, "startedAtMs": 0.0})
     assert plan.tick(100.0, s, **kw) == (2, 5.0)
-    assert plan.tick(0.5 + 10.0 + 120.0 + 1, s, **kw) == (0, 5.0)
+    assert plan.tick(0.5 + 10.0 + 120.0 + 1, s, **kw) == (0, 40.0)
