@@ -34,6 +34,12 @@ class Settings(BaseSettings):
 
     # Shape of the pipeline
     partition_count: int = Field(default=100, ge=1, le=100_000, description="N partitions")
+    reconcile_quiet_seconds: float = Field(
+        default=15.0,
+        ge=0,
+        description="the reconciler leaves a partition alone if the stream changed it this recently "
+        "(above the stream's processing lag, or recounts race the records in flight)",
+    )
     shard_count: int = Field(default=4, ge=1, le=1_000, description="Q queue shards per stage")
     post_batch_size: int = Field(default=100, ge=1, le=5_000, description="B ids per post batch")
     partition_queue_urls: list[str] = Field(default_factory=list)

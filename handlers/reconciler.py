@@ -1,7 +1,7 @@
 """fanout-reconciler: scheduled → recount every partition, correct drifted counters, publish skew.
 
 Metrics: `PartitionSkew` (largest partition / mean, 1.0 = perfectly balanced), `Connections`,
-`PartitionsCorrected`, `PartitionsSkipped` (moved under us: left for the next run), `DriftTotal`
+`PartitionsCorrected`, `PartitionsSkipped` (changed by the stream lately or under us: next run), `DriftTotal`
 (sum of |stored - counted| corrected).
 """
 
@@ -29,6 +29,7 @@ class Deps:
     connections: ConnectionsTable
     partitions: PartitionsTable
     partition_count: int
+    quiet_ms: int
 
 
 @lru_cache(maxsize=1)
@@ -45,6 +46,7 @@ def deps() -> Deps:
         ),
         PartitionsTable(client, settings.partitions_table),
         settings.partition_count,
+        int(settings.reconcile_quiet_seconds * 1000),
     )
 
 
@@ -54,7 +56,11 @@ def deps() -> Deps:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     d = deps()
     result = reconcile(
-        d.connections, d.partitions, partition_count=d.partition_count, now_ms=int(time.time() * 1000)
+        d.connections,
+        d.partitions,
+        partition_count=d.partition_count,
+        now_ms=int(time.time() * 1000),
+        quiet_ms=d.quiet_ms,
     )
     plan = result.plan
     drift = sum(abs(c.drift) for c in result.corrected)

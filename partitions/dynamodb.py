@@ -5,7 +5,8 @@ Transport errors become :mod:`fanout.errors` here; callers never see botocore co
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,13 +53,23 @@ class AppliedDeltas:
     failed: dict[int, FanoutError] = field(default_factory=dict)
 
 
-class PartitionsTable:
-    """The partitions table: `partitionId` (N) → `connectionCount` (N), `reconciledAt` (N, ms)."""
+@dataclass(frozen=True)
+class StoredCounter:
+    count: int | None  # None: the row has no counter
+    counted_at_ms: int | None  # when the stream last changed it (None: never, or before this field)
 
-    def __init__(self, client: Any, table: str, *, max_workers: int = 8) -> None:
+
+class PartitionsTable:
+    """The partitions table: `partitionId` (N) → `connectionCount` (N), `countedAt` (N, ms: the last
+    stream ADD), `reconciledAt` (N, ms)."""
+
+    def __init__(
+        self, client: Any, table: str, *, max_workers: int = 8, clock: Callable[[], float] = time.time
+    ) -> None:
         self.client = client
         self.table = table
         self.max_workers = max_workers
+        self.clock = clock
 
     def load_view(self) -> ViewLoad:
         """Every partition's counter: one paginated, eventually consistent Scan (pages = reads)."""
@@ -83,16 +94,18 @@ class PartitionsTable:
             raise translate(exc, "scan partitions") from exc
         return ViewLoad(counts, pages)
 
-    def stored_counts(self) -> dict[int, int | None]:
-        """Every partition row's counter (None for a row without one)."""
-        rows: dict[int, int | None] = {}
+    def stored_counters(self) -> dict[int, StoredCounter]:
+        """Every partition row's counter and when the stream last changed it."""
+        rows: dict[int, StoredCounter] = {}
         kwargs: dict[str, Any] = {"TableName": self.table, "ConsistentRead": True}
         try:
             while True:
                 page = self.client.scan(**kwargs)
                 for item in page.get("Items", []):
-                    count = item.get("connectionCount")
-                    rows[int(item["partitionId"]["N"])] = int(count["N"]) if count else None
+                    count, at = item.get("connectionCount"), item.get("countedAt")
+                    rows[int(item["partitionId"]["N"])] = StoredCounter(
+                        int(count["N"]) if count else None, int(at["N"]) if at else None
+                    )
                 last = page.get("LastEvaluatedKey")
                 if not last:
                     return rows
@@ -111,13 +124,14 @@ class PartitionsTable:
         return int(count["N"]) if count else None
 
     def add(self, partition_id: int, delta: int) -> None:
-        """`ADD connectionCount :d` on one partition row (creates the row if needed)."""
+        """`ADD connectionCount :d` on one partition row (creates the row if needed), stamping
+        `countedAt`: the reconciler leaves a partition the stream changed recently alone."""
         try:
             self.client.update_item(
                 TableName=self.table,
                 Key={"partitionId": _n(partition_id)},
-                UpdateExpression="ADD connectionCount :d",
-                ExpressionAttributeValues={":d": _n(delta)},
+                UpdateExpression="ADD connectionCount :d SET countedAt = :t",
+                ExpressionAttributeValues={":d": _n(delta), ":t": _n(int(self.clock() * 1000))},
             )
         except (ClientError, BotoCoreError) as exc:
             raise translate(exc, f"add to partition {partition_id}") from exc

@@ -98,7 +98,7 @@ def count_batch(changes: Sequence[StreamChange | None], counters: DeltaSink) -> 
 class Reconciliation:
     plan: ReconciliationPlan
     corrected: list[Correction]
-    skipped: list[Correction]  # moved under us twice (or kept failing): left for the next run
+    skipped: list[Correction]  # changed by the stream lately, or moved under us: left for the next run
     queries: int
 
 
@@ -108,39 +108,31 @@ def reconcile(
     *,
     partition_count: int,
     now_ms: int,
-    retries: int = 1,
+    quiet_ms: int = 0,
 ) -> Reconciliation:
     """Recount every partition through the GSI and correct the counters that drifted.
 
-    The stored counters are read before the recount, and each correction is conditional on the
-    counter still holding the value read, so an ADD from the stream that lands in between is never
-    overwritten: that correction fails, and is retried on a fresh read and recount of that one
-    partition (`retries` times), else left for the next run.
+    A row and its stream record are not written at once: a recount can include rows whose INSERT
+    (or miss rows whose REMOVE) the stream has not applied yet, and setting the counter to it would
+    count them twice when the records land. So a partition the stream changed less than `quiet_ms`
+    before this run is left for a later one (skipped), and so is one whose counter moves between
+    the read and the write (the correction is conditional on the value read). `quiet_ms` must be
+    above the stream's processing lag.
     """
-    stored = partitions.stored_counts()
+    rows = partitions.stored_counters()
+    stored = {pid: row.count for pid, row in rows.items()}
     ids = set(range(partition_count)) | set(stored)
     counted, queries = connections.count_partitions(ids)
     plan = plan_reconciliation(counted, stored, partition_count=partition_count)
     corrected: list[Correction] = []
     skipped: list[Correction] = []
     for correction in plan.corrections:
-        current = correction
-        done = partitions.correct(
-            current.partition_id, expected=current.stored, value=current.counted, now_ms=now_ms
-        )
-        attempts = 0
-        while not done and attempts < retries:
-            attempts += 1
-            expected = partitions.get_count(current.partition_id)
-            count, pages = connections.count_partition(current.partition_id)
-            queries += pages
-            current = Correction(current.partition_id, expected, count)
-            if expected == count:
-                done = True  # the stream caught up by itself: nothing to correct
-                break
-            done = partitions.correct(current.partition_id, expected=expected, value=count, now_ms=now_ms)
-        if not done:
-            skipped.append(current)
-        elif current.stored != current.counted:
-            corrected.append(current)
+        at = rows[correction.partition_id].counted_at_ms if correction.partition_id in rows else None
+        busy = at is not None and at > now_ms - quiet_ms
+        if busy or not partitions.correct(
+            correction.partition_id, expected=correction.stored, value=correction.counted, now_ms=now_ms
+        ):
+            skipped.append(correction)
+        else:
+            corrected.append(correction)
     return Reconciliation(plan, corrected, skipped, queries)

@@ -43,6 +43,7 @@ class StackOptions(BaseModel):
     idle_timeout_seconds: float = Field(default=600, gt=0)
     max_connection_seconds: float = Field(default=7200, gt=0)
     reconcile_every_seconds: float = Field(default=60, gt=0)
+    reconcile_quiet_seconds: float = Field(default=15, ge=0)
     state_dir: Path = Path(".fanout")
 
 
@@ -128,6 +129,7 @@ class LocalStack:
             "FANOUT_CONNECTIONS_ENDPOINT": connections_url,
             "FANOUT_TOKEN_SECRET": token_secret,
             "FANOUT_REGION": REGION,
+            "FANOUT_RECONCILE_QUIET_SECONDS": str(o.reconcile_quiet_seconds),
         }
         runtime_cfg = self.state_dir / "runtime.json"
         runtime_cfg.write_text(json.dumps(runtime_config(env, queues, stream_arn, o, sqs), indent=2))

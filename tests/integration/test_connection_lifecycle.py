@@ -71,6 +71,8 @@ def stack(dynamodb_local: str) -> Iterator[Stack]:
         "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
         "FANOUT_PARTITION_COUNT": str(PARTITIONS),
         "FANOUT_TOKEN_SECRET": SECRET,
+        # the tests drive the stream by hand, so nothing is in flight when the reconciler runs
+        "FANOUT_RECONCILE_QUIET_SECONDS": "0",
     }
     with pytest.MonkeyPatch.context() as mp:
         for key, value in env.items():
@@ -447,3 +449,44 @@ def test_default_route_survives_an_unreadable_event() -> None:
 
     answer = default.handler({"requestContext": {"connectionId": "x"}}, LambdaContext())
     assert json.loads(answer["body"]) == {"type": "error", "error": "unreadable request"}
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet-period", "no-quiet-period"])
+def test_a_recount_never_counts_a_record_still_in_flight_twice(stack: Stack, quiet: bool) -> None:
+    from handlers import reconciler
+    from partitions.lifecycle import reconcile
+
+    d = reconciler.deps()
+    pid = 4
+    reconcile(d.connections, d.partitions, partition_count=PARTITIONS, now_ms=int(time.time() * 1000))
+    before = d.partitions.get_count(pid)
+    assert before is not None
+    # Given a row whose INSERT the stream has not applied yet, on a partition the stream just changed
+    stack.dynamodb.put_item(
+        TableName=stack.connections_table,
+        Item={"connectionId": {"S": f"in-flight-{quiet}="}, "partitionId": {"N": str(pid)}},
+    )
+    d.partitions.add(pid, 0)
+
+    # When the reconciler runs before the record is applied, then the record lands
+    out = reconcile(
+        d.connections,
+        d.partitions,
+        partition_count=PARTITIONS,
+        now_ms=int(time.time() * 1000),
+        quiet_ms=60_000 if quiet else 0,
+    )
+    d.partitions.add(pid, 1)
+
+    # Then with the quiet period the partition was left alone and the counter is exact; without it,
+    # the recount already held the row and the record counted it a second time
+    if quiet:
+        assert [c.partition_id for c in out.skipped] == [pid]
+        assert d.partitions.get_count(pid) == before + 1 == table_counts(stack)[pid]
+    else:
+        assert [c.partition_id for c in out.corrected] == [pid]
+        assert d.partitions.get_count(pid) == before + 2 == table_counts(stack)[pid] + 1
+    stack.dynamodb.delete_item(
+        TableName=stack.connections_table, Key={"connectionId": {"S": f"in-flight-{quiet}="}}
+    )
+    reconcile(d.connections, d.partitions, partition_count=PARTITIONS, now_ms=int(time.time() * 1000))
