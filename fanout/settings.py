@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=0.05, gt=0)
     retry_cap_seconds: float = Field(default=2.0, gt=0)
     requeue_base_delay_seconds: int = Field(default=1, ge=0, le=900)
+    uvloop: bool = Field(default=True, description="run the container's event loop on uvloop if importable")
 
     # Broadcast API
     inline_payload_limit: int = Field(
