@@ -21,7 +21,12 @@ Variants:
   transaction, completion check) made by the real aioboto3 client against the sink.
 - ``boto3``: the boto3 ``apigatewaymanagementapi`` client, sequential (``endpoint_url`` = the sink).
 - ``aioboto3``: the aioboto3 ``apigatewaymanagementapi`` client, ``--aio-inflight`` posts in flight.
-- ``floor``: bare aiohttp, unsigned, same concurrency as the engine: the floor of this HTTP stack.
+- ``floor``: bare aiohttp, unsigned, as many workers over one iterator as the engine's concurrency, no
+  error handling: the floor of this HTTP stack.
+
+Every async variant runs on the engine's event loop (`fanout.container.new_loop`: uvloop unless
+``FANOUT_UVLOOP=false``), so that ratios compare clients, not loops; ``FANOUT_UVLOOP=false`` measures all
+of them on asyncio's own loop.
 """
 
 from __future__ import annotations
@@ -138,6 +143,21 @@ def _timed(
     return Measure(variant, posts, delivered, cpu, wall)
 
 
+def engine_loop() -> asyncio.AbstractEventLoop:
+    from fanout.container import new_loop
+    from fanout.settings import Settings
+
+    return new_loop(Settings().uvloop)
+
+
+def loop_name() -> str:
+    loop = engine_loop()
+    try:
+        return "uvloop" if type(loop).__module__.startswith("uvloop") else "asyncio"
+    finally:
+        loop.close()
+
+
 def _async_timed(
     variant: str,
     posts: int,
@@ -145,8 +165,9 @@ def _async_timed(
     body: Callable[[Any, list[str]], Coroutine[Any, Any, int]],
     profile: str | None,
 ) -> Measure:
-    """Set up the clients, warm up with 200 posts, then time `body` over `posts` ids, on one loop."""
-    loop = asyncio.new_event_loop()
+    """Set up the clients, warm up with 200 posts, then time `body` over `posts` ids, on one loop: the
+    engine's (`fanout.container.new_loop`, uvloop unless FANOUT_UVLOOP=false), for every async variant."""
+    loop = engine_loop()
     asyncio.set_event_loop(loop)
     try:
         ctx, close = loop.run_until_complete(setup())
@@ -259,16 +280,17 @@ def worker(variant: str, posts: int, sink: str, inflight: int, profile: str | No
 
         async def floor_body(ctx: Any, ids: list[str]) -> int:
             session, _ = ctx
-            sem = asyncio.Semaphore(concurrency)
             delivered = 0
+            it = iter(ids)
 
-            async def one(cid: str) -> None:
+            async def worker() -> None:  # the engine's pattern: workers over one iterator, no task per id
                 nonlocal delivered
-                async with sem, session.post(f"{endpoint}/%40connections/{cid}", data=frame) as resp:
-                    if resp.status == 200:
-                        delivered += 1
+                for cid in it:
+                    async with session.post(f"{endpoint}/%40connections/{cid}", data=frame) as resp:
+                        if resp.status == 200:
+                            delivered += 1
 
-            await asyncio.gather(*(one(c) for c in ids))
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
             return delivered
 
         return _async_timed(
@@ -468,6 +490,7 @@ def bench(
         "benchmark": "post_cost",
         "frame_bytes": len(make_frame()),
         "aioboto3_inflight": inflight,
+        "loop": loop_name(),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load": os.getloadavg()},
         "variants": {v: asdict(s) for v, s in summary.items()},
         "ratios": ratios,
@@ -484,6 +507,7 @@ def print_table(result: dict[str, Any]) -> None:
         )
     for k, r in result["ratios"].items():
         print(f"ratio {k}: {r:.2f}x")
+    print(f"event loop of the async variants: {result['loop']}")
 
 
 def main(argv: list[str] | None = None) -> int:
