@@ -65,9 +65,9 @@ def run_post(rounds: int) -> dict[str, Any]:
     posts = dict(bench_post.DEFAULT_POSTS)
     result = bench_post.bench(rounds, posts, list(bench_post.VARIANTS), 50, log)
     result["command"] = f".venv/bin/python -m loadtest.bench_post --rounds {rounds}"
-    log("post: profiling the engine variant (cProfile)")
-    result["profile"] = {"engine": bench_post.profiled("engine", posts["engine"])}
-    result["profile"]["command"] = ".venv/bin/python -m loadtest.bench_post --profile engine"
+    log("post: profiling the engine and stage variants (cProfile)")
+    result["profile"] = {v: bench_post.profiled(v, posts[v]) for v in ("engine", "stage")}
+    result["profile"]["command"] = ".venv/bin/python -m loadtest.bench_post --profile engine|stage"
     return result
 
 
@@ -374,15 +374,27 @@ async def _bare_loop(endpoint: str, ids: list[str], concurrency: int) -> tuple[f
 
 
 def bare_loop_main(args: argparse.Namespace) -> int:
+    from fanout.container import new_loop
+    from fanout.settings import Settings
+
     ids = json.loads(Path(args.ids).read_text())
-    start, end, ok = asyncio.run(_bare_loop(args.endpoint, ids, args.concurrency))
-    print(json.dumps({"start": start, "end": end, "delivered": ok}))
+    loop = new_loop(Settings().uvloop)  # the engine's event loop, so that the ceiling compares like with like
+    try:
+        cpu0 = time.process_time()
+        start, end, ok = loop.run_until_complete(_bare_loop(args.endpoint, ids, args.concurrency))
+        cpu = time.process_time() - cpu0
+    finally:
+        loop.close()
+    print(json.dumps({"start": start, "end": end, "delivered": ok, "cpuSeconds": round(cpu, 3)}))
     return 0
 
 
-def ceiling(state: dict[str, Any], workers: int, concurrency: int, tmp: Path) -> dict[str, Any]:
+def ceiling(
+    state: dict[str, Any], workers: int, concurrency: int, tmp: Path, pgids: dict[str, int] | None = None
+) -> dict[str, Any]:
     """The bare loop in `workers` processes of `concurrency` each, as many posts in flight as the engine."""
     ids = _all_connection_ids(state)
+    cpu0 = stack_cpu(pgids) if pgids else {}
     procs = []
     for w in range(workers):
         path = tmp / f"ids-{w}.json"
@@ -412,79 +424,106 @@ def ceiling(state: dict[str, Any], workers: int, concurrency: int, tmp: Path) ->
         outs.append(json.loads(stdout.strip().splitlines()[-1]))
     wall = max(o["end"] for o in outs) - min(o["start"] for o in outs)
     delivered = sum(o["delivered"] for o in outs)
-    return {
+    out = {
         "connections": len(ids),
         "workers": workers,
         "concurrency": concurrency,
         "delivered": delivered,
         "seconds": round(wall, 3),
         "framesPerSecond": round(delivered / wall, 1),
+        "loopCpuSeconds": round(sum(o.get("cpuSeconds", 0.0) for o in outs), 3),
     }
+    if pgids:
+        out["stackCpuSeconds"] = _cpu_delta(cpu0, stack_cpu(pgids))
+    return out
 
 
 def run_stack(sizes: list[int], post_workers: int, timeout: float) -> dict[str, Any]:
-    import tempfile
-
-    from infra.local.stack import LocalStack, StackOptions
-    from loadtest.seed import seed
-
     out: dict[str, Any] = {
         "scale": [],
+        "failed": [],
         "naive": None,
         "ceiling": None,
         "postWorkers": post_workers,
         "command": f".venv/bin/python -m loadtest.bench --only stack --sizes {','.join(map(str, sizes))}",
     }
     for size in sizes:
-        partitions = max(1, math.ceil(size / 100))
-        state_dir = ROOT / ".fanout" / "bench"
-        options = StackOptions(
-            partitions=partitions, shards=4, post_workers=post_workers, state_dir=state_dir
-        )
-        log(f"stack for {size} connections ({partitions} partitions, {post_workers} post workers)")
-        with LocalStack(options, log=log) as stack, tempfile.TemporaryDirectory() as tmp:
-            state = stack.state
-            pgids = {name: proc.pid for name, proc in stack.children}
-            if stack.ddb is not None and stack.ddb.proc is not None:
-                pgids["dynamodb"] = stack.ddb.proc.pid
-            t0 = time.monotonic()
-            seeded = seed(state, size, workers=8, rng_seed=size, wait=True, timeout=timeout, log=log)
-            log(f"seeded {size} in {time.monotonic() - t0:.1f} s")
-            engine_broadcast(state, pgids, {"warmup": True}, timeout)  # cold starts out of the figure
-            point = engine_broadcast(state, pgids, {"size": size}, timeout)
-            point |= {
-                "connections": size,
-                "partitions": partitions,
-                "seedSeconds": seeded.get("totalSeconds"),
-            }
-            out["scale"].append(point)
-            log(f"{size}: {point['seconds']} s, {point['cpuUsPerFrame']} us CPU/frame")
-            if size == 10_000:
-                naive: dict[str, Any] = {"connections": size}
-                for latency in (0, 20):
-                    _http("POST", f"{state['adminUrl']}/faults", {"latencyMs": latency})
-                    engine = point if latency == 0 else engine_broadcast(state, pgids, {"l": 20}, timeout)
-                    baseline = naive_broadcast(state_dir / "local.json", timeout=3600, pgids=pgids)
-                    naive[f"{latency}ms"] = {
-                        "engineSeconds": engine["seconds"],
-                        "engineDelivered": engine["delivered"],
-                        "naiveSeconds": baseline["seconds"],
-                        "naiveDelivered": baseline["delivered"],
-                        "naiveCpuSeconds": baseline["cpuSeconds"],
-                        "engineStackCpuSeconds": engine.get("stackCpuSeconds"),
-                        "naiveStackCpuSeconds": baseline.get("stackCpuSeconds"),
-                        "speedup": round(baseline["seconds"] / engine["seconds"], 1),
-                    }
-                    log(f"naive at {latency} ms: {naive[f'{latency}ms']}")
-                _http("POST", f"{state['adminUrl']}/faults", {"latencyMs": 0})
-                out["naive"] = naive
-            if size == 100_000:
-                bare = ceiling(state, post_workers, stack.options.post_concurrency, Path(tmp))
-                bare["engineFramesPerSecond"] = point["framesPerSecond"]
-                bare["ratio"] = round(point["framesPerSecond"] / bare["framesPerSecond"], 3)
-                out["ceiling"] = bare
-                log(f"ceiling: {bare}")
+        try:
+            stack_size(out, size, post_workers, timeout)
+        except Exception as exc:  # one size failing keeps the others' figures
+            log(traceback.format_exc())
+            out["failed"].append({"connections": size, "error": f"{exc!r}"[:500]})
     return with_slope(out)
+
+
+def stack_post_batch_size(size: int) -> int:
+    """B as `fanout plan` recommends it for `size` connections (above the largest partition)."""
+    from fanout.plan import recommend_deployment
+
+    return recommend_deployment(size, 10_000).post_batch_size
+
+
+def stack_size(out: dict[str, Any], size: int, post_workers: int, timeout: float) -> None:
+    import tempfile
+
+    from infra.local.stack import LocalStack, StackOptions
+    from loadtest.seed import seed
+
+    partitions = max(1, math.ceil(size / 100))
+    batch = stack_post_batch_size(size)
+    state_dir = ROOT / ".fanout" / "bench"
+    options = StackOptions(
+        partitions=partitions,
+        shards=4,
+        post_workers=post_workers,
+        post_batch_size=batch,
+        state_dir=state_dir,
+    )
+    log(f"stack for {size} connections ({partitions} partitions, B = {batch}, {post_workers} post workers)")
+    with LocalStack(options, log=log) as stack, tempfile.TemporaryDirectory() as tmp:
+        state = stack.state
+        pgids = {name: proc.pid for name, proc in stack.children}
+        if stack.ddb is not None and stack.ddb.proc is not None:
+            pgids["dynamodb"] = stack.ddb.proc.pid
+        t0 = time.monotonic()
+        seeded = seed(state, size, workers=8, rng_seed=size, wait=True, timeout=timeout, log=log)
+        log(f"seeded {size} in {time.monotonic() - t0:.1f} s")
+        engine_broadcast(state, pgids, {"warmup": True}, timeout)  # cold starts out of the figure
+        point = engine_broadcast(state, pgids, {"size": size}, timeout)
+        point |= {
+            "connections": size,
+            "partitions": partitions,
+            "postBatchSize": batch,
+            "largestPartition": seeded.get("perPartitionMax"),
+            "seedSeconds": seeded.get("totalSeconds"),
+        }
+        out["scale"].append(point)
+        log(f"{size}: {point['seconds']} s, {point['cpuUsPerFrame']} us CPU/frame")
+        if size == 10_000:
+            naive: dict[str, Any] = {"connections": size}
+            for latency in (0, 20):
+                _http("POST", f"{state['adminUrl']}/faults", {"latencyMs": latency})
+                engine = point if latency == 0 else engine_broadcast(state, pgids, {"l": 20}, timeout)
+                baseline = naive_broadcast(state_dir / "local.json", timeout=3600, pgids=pgids)
+                naive[f"{latency}ms"] = {
+                    "engineSeconds": engine["seconds"],
+                    "engineDelivered": engine["delivered"],
+                    "naiveSeconds": baseline["seconds"],
+                    "naiveDelivered": baseline["delivered"],
+                    "naiveCpuSeconds": baseline["cpuSeconds"],
+                    "engineStackCpuSeconds": engine.get("stackCpuSeconds"),
+                    "naiveStackCpuSeconds": baseline.get("stackCpuSeconds"),
+                    "speedup": round(baseline["seconds"] / engine["seconds"], 1),
+                }
+                log(f"naive at {latency} ms: {naive[f'{latency}ms']}")
+            _http("POST", f"{state['adminUrl']}/faults", {"latencyMs": 0})
+            out["naive"] = naive
+        if size == 100_000:
+            bare = ceiling(state, post_workers, stack.options.post_concurrency, Path(tmp), pgids)
+            bare["engineFramesPerSecond"] = point["framesPerSecond"]
+            bare["ratio"] = round(point["framesPerSecond"] / bare["framesPerSecond"], 3)
+            out["ceiling"] = bare
+            log(f"ceiling: {bare}")
 
 
 def with_slope(out: dict[str, Any]) -> dict[str, Any]:
@@ -619,17 +658,182 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         f"{m['cpus']} CPUs, Python {m['python']}, load average at start "
         f"{m['loadStart']}, at end {m['loadEnd']}. **The machine is noisy**: 2 cores shared with other "
         "engineers' work during the run, so compare figures of one run side by side (ratios), "
-        "not across runs.",
+        "not across runs."
+        + (
+            " 1-minute load average while each section ran (min / median / max): "
+            + "; ".join(
+                f"{k} {x['min']} / {x['median']} / {x['max']}" for k, x in results.get("load", {}).items()
+            )
+            + "."
+            if results.get("load")
+            else ""
+        ),
         "",
         "## Goals",
         "",
         "| goal | target | measured | |",
         "| --- | --- | --- | --- |",
     ]
-    lines += [f"| {g} | {t} | {v} | {_met(ok)} |" for g, t, v, ok in goals(results)]
+    rows = goals(results)
+    lines += [f"| {g} | {t} | {v} | {_met(ok)} |" for g, t, v, ok in rows]
+    unmet = [g for g, _t, _v, ok in rows if ok is False]
+    if unmet:
+        lines += ["", "### What limits the goals not met", ""]
+        lines += [f"- **{g}**: {limit(results, g)}" for g in unmet]
     lines += ["", *section_notes(results)]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n")
+
+
+def _groups(prof: dict[str, Any], n: int = 3, *, but: str = "") -> str:
+    """The `n` largest shares of a grouped profile (except `but`), as text."""
+    top = sorted(((k, g) for k, g in prof["groups"].items() if k != but), key=lambda kv: -kv[1]["share"])[:n]
+    return ", ".join(f"{name} {g['share']:.0%}" for name, g in top)
+
+
+def _per_process(cpu: dict[str, float], delivered: int, n: int = 4) -> str:
+    """The `n` largest CPU consumers of the stack, in us per delivered frame."""
+    top = sorted(((k, v) for k, v in cpu.items() if v > 0), key=lambda kv: -kv[1])[:n]
+    return ", ".join(f"{k} {v / max(1, delivered) * 1e6:.0f}" for k, v in top)
+
+
+def _us(seconds: float, frames: int) -> float:
+    return seconds / max(1, frames) * 1e6
+
+
+def limit(results: dict[str, Any], goal: str) -> str:
+    """What limits one goal not met, from the figures and profiles of this run."""
+    post = results.get("post") or {}
+    med = {k: x["cpu_us_per_frame_median"] for k, x in post.get("variants", {}).items()}
+    prof = post.get("profile", {})
+    stack = results.get("stack") or {}
+    points = {p["connections"]: p for p in stack.get("scale", [])}
+    if goal.startswith(("1. engine vs boto3", "1. post path")):
+        return _limit_engine(med, prof)
+    if goal.startswith("1. whole post stage"):
+        return _limit_stage(med, prof)
+    if goal.startswith("2. engine vs naive"):
+        latency, target = ("20ms", 40) if "20ms" in goal else ("0ms", 5)
+        return _limit_naive(stack.get("naive") or {}, points.get(10_000), latency, target)
+    if goal.startswith("3. engine vs bare loop"):
+        return _limit_ceiling(stack.get("ceiling") or {}, points.get(100_000))
+    if goal.startswith("4. CPU per frame flat") and len(points) >= 2:
+        a, b = points[min(points)], points[max(points)]
+        growth = {
+            k: _us(b.get("stackCpuSeconds", {}).get(k, 0.0), b["delivered"]) - _us(x, a["delivered"])
+            for k, x in a.get("stackCpuSeconds", {}).items()
+        }
+        top = sorted(growth.items(), key=lambda kv: -kv[1])[:3]
+        return "CPU per frame that grew from the smallest to the largest size: " + ", ".join(
+            f"{k} {g:+.0f} us" for k, g in top
+        )
+    for sc in (results.get("plan") or {}).get("scenarios", []):
+        pr = sc["prediction"]
+        if goal.startswith(f"6. quota model, {pr['connections']:,} at {pr['quota']:,.0f}/s"):
+            return (
+                f"the pipeline's fixed start latency ({pr['start_seconds']:.2f} s: async invoke, swarm, "
+                f"two SQS hops, query), the post workers' ramp ({pr['ramp_seconds']:.2f} s) and the tail "
+                f"({pr['tail_seconds']:.2f} s) against N/R = {pr['floor_seconds']:.2f} s; steady state is "
+                f"bound by {pr['bottleneck']}."
+            )
+    return "see its section below."
+
+
+def _limit_engine(med: dict[str, float], prof: dict[str, Any]) -> str:
+    e, b3, fl = med.get("engine"), med.get("boto3"), med.get("floor")
+    text = ""
+    if e and b3 and fl:
+        text = (
+            f"bare unsigned aiohttp (the floor) costs {fl:.0f} us per frame in this run, so boto3 / floor = "
+            f"{b3 / fl:.2f}x is the best ratio any aiohttp-based post path can show here; the engine is "
+            f"{e - fl:.0f} us above the floor (signing, error translation, the client wrapper). "
+        )
+    if "engine" in prof:
+        text += f"Engine profile (section 1): {_groups(prof['engine'])}: the HTTP client, not the engine."
+    return text or "see section 1."
+
+
+def _limit_stage(med: dict[str, float], prof: dict[str, Any]) -> str:
+    from fanout.settings import Settings
+    from loadtest.bench_post import BOTO_GROUP
+
+    e, st = med.get("engine"), med.get("stage")
+    b = Settings().post_batch_size
+    text = ""
+    if e and st:
+        text = (
+            f"the stage costs {st - e:.0f} us per frame more than the engine's posting alone, "
+            f"{(st - e) * b / 1000:.1f} ms of CPU per batch of {b} ids: the per-batch DynamoDB calls "
+            "(ledger GetItem, counting TransactWriteItems, completion GetItem) through aioboto3, decoding "
+            "and metrics. "
+        )
+    if "stage" in prof:
+        boto = prof["stage"]["groups"].get(BOTO_GROUP, {}).get("share", 0.0)
+        text += (
+            f"Stage profile (section 1): {BOTO_GROUP} {boto:.0%}, and the HTTP of "
+            f"those requests counts under aiohttp; {_groups(prof['stage'], but=BOTO_GROUP)}. Larger post "
+            "batches amortize the per-batch calls: "
+            f"`fanout plan` recommends B = {stack_post_batch_size(10_000)} for ~100 connections per "
+            "partition (the stack runs use it)."
+        )
+    return text or "see section 1."
+
+
+def _limit_naive(naive: dict[str, Any], p10: dict[str, Any] | None, latency: str, target: int) -> str:
+    text = ""
+    n = naive.get(latency) or {}
+    if n:
+        text = (
+            f"{target}x needs the engine to finish in {n['naiveSeconds'] / target:.2f} s "
+            f"(naive {n['naiveSeconds']} s / {target}); it took {n['engineSeconds']} s. "
+        )
+    if p10 and p10.get("stackCpuSeconds"):
+        busy = p10["stackCpuUsPerFrame"] * p10["framesPerSecond"] / 1e6
+        largest = _per_process(p10["stackCpuSeconds"], p10["delivered"])
+        text += (
+            "The engine is CPU-bound on this machine's 2 cores, not latency-bound: at 10k the whole stack "
+            f"spent {p10['stackCpuUsPerFrame']:.0f} us of CPU per delivered frame, {busy:.2f} cores busy "
+            f"over the broadcast (largest, us/frame: {largest}). "
+        )
+    if "0ms" in naive and "20ms" in naive:
+        text += (
+            f"Engine {naive['0ms']['engineSeconds']} s with 0 ms added, {naive['20ms']['engineSeconds']} s "
+            "with 20 ms. "
+        )
+    if n.get("naiveCpuSeconds"):
+        own = _us(n["naiveCpuSeconds"], n["naiveDelivered"])
+        text += (
+            f"The naive sender needs only its own process ({own:.0f} us/frame of boto3 CPU) and the gateway"
+        )
+        if n.get("naiveStackCpuSeconds"):
+            text += f" ({_per_process(n['naiveStackCpuSeconds'], n['naiveDelivered'], 2)} us/frame)"
+        text += (
+            ". In AWS the pipeline's DynamoDB, SQS and API Gateway cost no worker CPU and each post worker "
+            "has its own vCPU."
+        )
+    return text or "see section 2-4."
+
+
+def _limit_ceiling(c: dict[str, Any], p100: dict[str, Any] | None) -> str:
+    if not (c and p100):
+        return "see section 2-4."
+    largest = _per_process(p100.get("stackCpuSeconds", {}), p100["delivered"])
+    text = (
+        f"the engine ({p100['framesPerSecond']:,} frames/s) spent {p100['stackCpuUsPerFrame']:.0f} us of "
+        f"stack CPU per frame at 100k (largest, us/frame: {largest}); "
+    )
+    if c.get("stackCpuSeconds"):
+        own = c.get("loopCpuSeconds", 0.0)
+        total = sum(c["stackCpuSeconds"].values()) + own
+        text += (
+            f"the bare loop ({c['framesPerSecond']:,} frames/s) {_us(total, c['delivered']):.0f} us "
+            f"(its own posting {_us(own, c['delivered']):.0f}, "
+            f"{_per_process(c['stackCpuSeconds'], c['delivered'], 2)}). "
+        )
+    return text + (
+        "On 2 shared cores frames/s is set by CPU per frame: the queues, tables and per-batch DynamoDB calls "
+        "are the difference, on the same 2 cores as the gateway."
+    )
 
 
 def section_notes(results: dict[str, Any]) -> list[str]:
@@ -658,15 +862,16 @@ def section_notes(results: dict[str, Any]) -> list[str]:
             "Ratios of medians: " + ", ".join(f"{k} = {v:.2f}x" for k, v in post["ratios"].items()),
             "",
         ]
+        loop = post.get("loop", "asyncio")
         out += [
             "Variants: *engine* = `fanout.delivery.deliver` + `fanout.postclient.ConnectionsClient` "
-            "(signed) at "
-            "`post_concurrency` 64, one call over all ids; *stage* = `fanout.stages.run_post_batch` on "
-            "SQS-shaped records of 100 ids, 10 records at once, including its per-batch DynamoDB calls "
-            "through "
-            "aioboto3 (answered by the sink); *boto3* = `apigatewaymanagementapi` client, sequential; "
-            "*aioboto3* = its aioboto3 client with 50 in flight; *floor* = bare aiohttp, unsigned, "
-            "64 in flight.",
+            "(signed) at `post_concurrency` 64, one call over all ids; *stage* = "
+            "`fanout.stages.run_post_batch` on SQS-shaped records of 100 ids, 10 records at once, including "
+            "its per-batch DynamoDB calls through aioboto3 (answered by the sink); *boto3* = "
+            "`apigatewaymanagementapi` client, sequential; *aioboto3* = its aioboto3 client with 50 in "
+            "flight; *floor* = bare aiohttp, unsigned, 64 workers over one iterator, no error handling. "
+            f"Every async variant runs on the engine's event loop ({loop}; `FANOUT_UVLOOP=false` for "
+            "asyncio's), so the ratios compare clients, not loops.",
             "",
         ]
         v = post["variants"]
@@ -676,27 +881,34 @@ def section_notes(results: dict[str, Any]) -> list[str]:
                 f"How far the engine can go on this HTTP stack: bare unsigned aiohttp costs {fl:.0f} us per "
                 f"frame, so boto3 / floor = {b3 / fl:.2f}x is the best ratio any aiohttp-based post path can "
                 f"show here; the engine is {e / fl:.2f}x the floor ({e - fl:.0f} us above it: signing, "
-                "`deliver`'s per-id task and semaphore, the client wrapper). "
+                "error translation, the client wrapper). "
                 + (
                     "The 5x goal needs the engine within "
-                    f"{(b3 / 5) - fl:.0f} us of the floor, or a cheaper HTTP stack / event loop."
+                    f"{(b3 / 5) - fl:.0f} us of the floor, or a cheaper HTTP stack."
                     if b3 / e < 5
                     else ""
                 ),
                 "",
             ]
-        prof = post.get("profile", {}).get("engine")
-        if prof:
+        titles = {
+            "engine": "Where the engine's CPU goes",
+            "stage": "Where the whole stage's CPU goes (aiohttp includes the DynamoDB requests' HTTP)",
+        }
+        for variant, title in titles.items():
+            prof = post.get("profile", {}).get(variant)
+            if not prof:
+                continue
             out += [
-                f"Where the engine's CPU goes (`{post['profile']['command']}`; cProfile inflates the "
-                "total to "
-                f"{prof['cpuUsPerFrameUnderProfiler']:.0f} us/frame, so read the shares):",
+                f"{title} (`{post['profile']['command'].replace('engine|stage', variant)}`; cProfile "
+                f"inflates the total to {prof['cpuUsPerFrameUnderProfiler']:.0f} us/frame, so read the "
+                "shares):",
                 "",
                 "| where | share of CPU | us per frame (under the profiler) |",
                 "| --- | --- | --- |",
             ]
             for name, g in sorted(prof["groups"].items(), key=lambda kv: -kv[1]["share"]):
-                out.append(f"| {name} | {g['share']:.0%} | {g['usPerFrame']:.0f} |")
+                if g["usPerFrame"] >= 0.5:
+                    out.append(f"| {name} | {g['share']:.0%} | {g['usPerFrame']:.0f} |")
             out += ["", "Top functions by own time:", "", "| own s | calls | cumulative s | function |"]
             out += ["| --- | --- | --- | --- |"]
             out += [
@@ -711,21 +923,25 @@ def section_notes(results: dict[str, Any]) -> list[str]:
     if stack and not stack.get("error"):
         out += [
             f"Command: `{stack.get('command')}`. One fresh local stack per size "
-            f"(~100 connections per partition, 4 shards, {stack['postWorkers']} post workers), simulated "
-            "connections seeded by `loadtest/seed.py`; a warm-up broadcast first, so cold starts stay out. "
-            "CPU: all processes of the local Lambda runtime (every function), read from /proc; processes "
-            "that exited during the broadcast are not counted.",
+            f"(~100 connections per partition, 4 shards, {stack['postWorkers']} post workers, post batch B "
+            "as `fanout plan` recommends it: above the largest partition, so one post batch per partition), "
+            "simulated connections seeded by `loadtest/seed.py`; a warm-up broadcast first, so cold starts "
+            "stay out. CPU: all processes of the local Lambda runtime (every function), read from /proc; "
+            "processes that exited during the broadcast are not counted.",
             "",
-            "| connections | partitions | broadcast s | frames/s | CPU us/frame (all functions) "
-            "| post CPU us/frame |",
-            "| --- | --- | --- | --- | --- | --- |",
+            "| connections | partitions | largest partition | B | broadcast s | frames/s "
+            "| CPU us/frame (all functions) | post CPU us/frame |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |",
         ]
         for p in stack["scale"]:
             out.append(
-                f"| {p['connections']:,} | {p['partitions']:,} | {p['seconds']} | {p['framesPerSecond']:,} "
+                f"| {p['connections']:,} | {p['partitions']:,} | {p.get('largestPartition', '-')} "
+                f"| {p.get('postBatchSize', 100)} | {p['seconds']} | {p['framesPerSecond']:,} "
                 f"| {p['cpuUsPerFrame']} | {p['postCpuUsPerFrame']} |"
             )
         out.append("")
+        for f in stack.get("failed", []):
+            out += [f"**{f['connections']:,} connections: failed**: `{f['error']}`", ""]
         with_cpu = [p for p in stack["scale"] if p.get("stackCpuSeconds")]
         if with_cpu:
             names = sorted({k for p in with_cpu for k, v in p["stackCpuSeconds"].items() if v > 0})
@@ -755,11 +971,20 @@ def section_notes(results: dict[str, Any]) -> list[str]:
             c = stack["ceiling"]
             out += [
                 f"Ceiling: a bare loop ({c['workers']} processes x {c['concurrency']} in flight, "
-                "pre-known ids) "
+                "pre-known ids, `ConnectionsClient` on the engine's event loop) "
                 f"delivered {c['framesPerSecond']:,} frames/s; the engine {c['engineFramesPerSecond']:,} "
                 f"frames/s ({c['ratio']:.0%}).",
                 "",
             ]
+            if c.get("stackCpuSeconds"):
+                per = {k: _us(x, c["delivered"]) for k, x in c["stackCpuSeconds"].items() if x > 0}
+                per["bare loop processes"] = _us(c.get("loopCpuSeconds", 0.0), c["delivered"])
+                out += [
+                    "CPU during the bare loop, us per delivered frame: "
+                    + ", ".join(f"{k} {x:.0f}" for k, x in sorted(per.items(), key=lambda kv: -kv[1]))
+                    + f"; total {sum(per.values()):.0f}.",
+                    "",
+                ]
     else:
         reason = (stack or {}).get("error") or results.get("skipped", {}).get("stack", "not requested")
         out += [
@@ -830,6 +1055,36 @@ def section_notes(results: dict[str, Any]) -> list[str]:
     return out
 
 
+class LoadSampler:
+    """The 1-minute load average every 10 s while a section runs (other work on the 2 shared cores)."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        import threading
+
+        self.samples: list[float] = []
+        self._every = every
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while True:
+            self.samples.append(os.getloadavg()[0])
+            if self._stop.wait(self._every):
+                return
+
+    def __enter__(self) -> LoadSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self) -> dict[str, float]:
+        xs = self.samples or [os.getloadavg()[0]]
+        return {"min": round(min(xs), 2), "median": round(statistics.median(xs), 2), "max": round(max(xs), 2)}
+
+
 # -- main -------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0] if __doc__ else None)
@@ -881,10 +1136,13 @@ def main(argv: list[str] | None = None) -> int:
         "plan": lambda: run_plan(results.get("post")),
         "balance": run_balance,
     }
+    loads = results.setdefault("load", {})
     for section in ("post", "plan", "balance"):
         if section in only:
             log(f"{section} ...")
-            results[section] = runners[section]()
+            with LoadSampler() as sampler:
+                results[section] = runners[section]()
+            loads[section] = sampler.summary()
             results["skipped"].pop(section, None)
     if "stack" in only:
         why = stack_status()
@@ -895,7 +1153,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             try:
                 sizes = [int(s) for s in args.sizes.split(",") if s]
-                fresh = run_stack(sizes, args.post_workers, args.timeout)
+                with LoadSampler() as sampler:
+                    fresh = run_stack(sizes, args.post_workers, args.timeout)
+                loads["stack"] = sampler.summary()
                 results["stack"] = merge_stack(results.get("stack") if args.merge else None, fresh)
                 results["skipped"].pop("stack", None)
             except Exception as exc:

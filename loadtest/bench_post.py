@@ -553,6 +553,7 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+BOTO_GROUP = "botocore/aiobotocore (DynamoDB requests)"
 CATEGORIES = (
     (
         "signing (fanout/sigv4.py, urllib quote, hashlib/hmac)",
@@ -562,9 +563,19 @@ CATEGORIES = (
         "engine delivery (fanout/delivery.py, fanout/postclient.py)",
         ("fanout/delivery.py", "fanout/postclient.py"),
     ),
+    (
+        "post stage (fanout/stages.py, models, pydantic, json)",
+        ("fanout/stages.py", "fanout/models.py", "fanout/store.py", "pydantic", "json/"),
+    ),
+    (BOTO_GROUP, ("botocore/", "aiobotocore/", "aioboto3/", "jmespath/", "email/", "dateutil/")),
     ("aiohttp/yarl/multidict client machinery", ("aiohttp/", "yarl/", "multidict/")),
     ("socket send/recv (kernel calls)", ("_socket.socket", "select.epoll")),
     ("asyncio event loop, tasks, futures", ("asyncio/", "_asyncio", "_contextvars")),
+    (
+        # uvloop is C: its scheduling, epoll and socket reads show as the own time of the call running it
+        "uvloop (C; own time of the call that runs the loop)",
+        ("uvloop", "loadtest/bench_post.py", "fanout/container.py"),
+    ),
 )
 
 
