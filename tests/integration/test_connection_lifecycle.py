@@ -403,6 +403,13 @@ def test_conditional_correction_never_overwrites_a_concurrent_add(stack: Stack) 
     table.add(3, -1)
 
 
+def test_stored_counts_are_the_counters_without_their_stamps(stack: Stack) -> None:
+    from partitions.dynamodb import PartitionsTable
+
+    table = PartitionsTable(stack.dynamodb, stack.partitions_table)
+    assert table.stored_counts() == {pid: c.count for pid, c in table.stored_counters().items()}
+
+
 def test_authorizer_allows_with_the_contract_policy(stack: Stack) -> None:
     from handlers import authorizer
 
