@@ -718,15 +718,7 @@ def limit(results: dict[str, Any], goal: str) -> str:
     if goal.startswith("3. engine vs bare loop"):
         return _limit_ceiling(stack.get("ceiling") or {}, points.get(100_000))
     if goal.startswith("4. CPU per frame flat") and len(points) >= 2:
-        a, b = points[min(points)], points[max(points)]
-        growth = {
-            k: _us(b.get("stackCpuSeconds", {}).get(k, 0.0), b["delivered"]) - _us(x, a["delivered"])
-            for k, x in a.get("stackCpuSeconds", {}).items()
-        }
-        top = sorted(growth.items(), key=lambda kv: -kv[1])[:3]
-        return "CPU per frame that grew from the smallest to the largest size: " + ", ".join(
-            f"{k} {g:+.0f} us" for k, g in top
-        )
+        return "from the smallest to the largest size, " + _growth(points[min(points)], points[max(points)])
     for sc in (results.get("plan") or {}).get("scenarios", []):
         pr = sc["prediction"]
         if goal.startswith(f"6. quota model, {pr['connections']:,} at {pr['quota']:,.0f}/s"):
@@ -737,6 +729,18 @@ def limit(results: dict[str, Any], goal: str) -> str:
                 f"bound by {pr['bottleneck']}."
             )
     return "see its section below."
+
+
+def _growth(a: dict[str, Any], b: dict[str, Any]) -> str:
+    """Which processes' CPU per frame grew most from point `a` to point `b`."""
+    names = set(a.get("stackCpuSeconds", {})) | set(b.get("stackCpuSeconds", {}))
+    growth = {
+        k: _us(b.get("stackCpuSeconds", {}).get(k, 0.0), b["delivered"])
+        - _us(a.get("stackCpuSeconds", {}).get(k, 0.0), a["delivered"])
+        for k in names
+    }
+    top = sorted(growth.items(), key=lambda kv: -kv[1])[:4]
+    return "CPU per frame grew most in: " + ", ".join(f"{k} {g:+.0f} us" for k, g in top)
 
 
 def _limit_engine(med: dict[str, float], prof: dict[str, Any]) -> str:
@@ -780,20 +784,26 @@ def _limit_stage(med: dict[str, float], prof: dict[str, Any]) -> str:
 
 
 def _limit_naive(naive: dict[str, Any], p10: dict[str, Any] | None, latency: str, target: int) -> str:
-    text = ""
     n = naive.get(latency) or {}
-    if n:
-        text = (
-            f"{target}x needs the engine to finish in {n['naiveSeconds'] / target:.2f} s "
-            f"(naive {n['naiveSeconds']} s / {target}); it took {n['engineSeconds']} s. "
+    if not n:
+        return "see section 2-4."
+    text = (
+        f"{target}x needs the engine to finish in {n['naiveSeconds'] / target:.2f} s "
+        f"(naive {n['naiveSeconds']} s / {target}); it took {n['engineSeconds']} s. "
+    )
+    cpu = n.get("engineStackCpuSeconds") or (p10 or {}).get("stackCpuSeconds")
+    frames = n.get("engineDelivered") or (p10 or {}).get("delivered", 0)
+    if cpu and frames:
+        per = _us(sum(cpu.values()), frames)
+        busy = sum(cpu.values()) / n["engineSeconds"]
+        bound = (
+            "CPU-bound on this machine's 2 cores"
+            if busy >= 1.6
+            else f"not CPU-bound ({busy:.2f} of 2 cores busy)"
         )
-    if p10 and p10.get("stackCpuSeconds"):
-        busy = p10["stackCpuUsPerFrame"] * p10["framesPerSecond"] / 1e6
-        largest = _per_process(p10["stackCpuSeconds"], p10["delivered"])
         text += (
-            "The engine is CPU-bound on this machine's 2 cores, not latency-bound: at 10k the whole stack "
-            f"spent {p10['stackCpuUsPerFrame']:.0f} us of CPU per delivered frame, {busy:.2f} cores busy "
-            f"over the broadcast (largest, us/frame: {largest}). "
+            f"That broadcast is {bound}: the whole stack spent {per:.0f} us of CPU per delivered frame, "
+            f"{busy:.2f} cores busy on average (largest, us/frame: {_per_process(cpu, frames)}). "
         )
     if "0ms" in naive and "20ms" in naive:
         text += (
@@ -805,13 +815,14 @@ def _limit_naive(naive: dict[str, Any], p10: dict[str, Any] | None, latency: str
         text += (
             f"The naive sender needs only its own process ({own:.0f} us/frame of boto3 CPU) and the gateway"
         )
-        if n.get("naiveStackCpuSeconds"):
-            text += f" ({_per_process(n['naiveStackCpuSeconds'], n['naiveDelivered'], 2)} us/frame)"
+        gateway = (n.get("naiveStackCpuSeconds") or {}).get("gateway")
+        if gateway:
+            text += f" ({_us(gateway, n['naiveDelivered']):.0f} us/frame)"
         text += (
             ". In AWS the pipeline's DynamoDB, SQS and API Gateway cost no worker CPU and each post worker "
             "has its own vCPU."
         )
-    return text or "see section 2-4."
+    return text
 
 
 def _limit_ceiling(c: dict[str, Any], p100: dict[str, Any] | None) -> str:
@@ -942,6 +953,20 @@ def section_notes(results: dict[str, Any]) -> list[str]:
         out.append("")
         for f in stack.get("failed", []):
             out += [f"**{f['connections']:,} connections: failed**: `{f['error']}`", ""]
+        scale = stack["scale"]
+        if len(scale) >= 2:
+            cheapest = min(scale, key=lambda p: p["cpuUsPerFrame"])
+            largest = max(scale, key=lambda p: p["connections"])
+            if cheapest is not largest:
+                out += [
+                    f"Goal 4 compares the largest size with the smallest; from the cheapest size "
+                    f"({cheapest['connections']:,}: {cheapest['cpuUsPerFrame']:.0f} us/frame) to the largest "
+                    f"({largest['connections']:,}: {largest['cpuUsPerFrame']:.0f} us/frame) the functions' "
+                    f"CPU per frame grew {largest['cpuUsPerFrame'] / cheapest['cpuUsPerFrame']:.2f}x; "
+                    + _growth(cheapest, largest)
+                    + " (whole stack, per process).",
+                    "",
+                ]
         with_cpu = [p for p in stack["scale"] if p.get("stackCpuSeconds")]
         if with_cpu:
             names = sorted({k for p in with_cpu for k, v in p["stackCpuSeconds"].items() if v > 0})
