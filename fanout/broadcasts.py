@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from typing import Any
 
@@ -11,8 +12,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from fanout.errors import BroadcastNotFound, InvalidInput, RetryableError
 from fanout.frames import build_frame
 from fanout.models import BroadcastRecord, BroadcastStatus, SwarmRequest
+from fanout.retry import backoff_delay
 from fanout.settings import Settings
-from fanout.store import BroadcastRequests, now_ms, parse_broadcast
+from fanout.store import BroadcastRequests, now_ms, parse_broadcast, shards_of, totals_of, with_totals
 
 
 def requests_for(settings: Settings) -> BroadcastRequests:
@@ -44,18 +46,33 @@ def start_broadcast(
             FunctionName=settings.swarm_function_name, InvocationType="Event", Payload=payload
         )
     except (ClientError, BotoCoreError) as exc:
-        dynamodb.update_item(**requests.finish(broadcast_id, BroadcastStatus.FAILED, now_ms()))
+        error = f"the swarm function could not be invoked: {exc}"
+        dynamodb.update_item(**requests.finish(broadcast_id, BroadcastStatus.FAILED, now_ms(), error=error))
         raise RetryableError(f"could not start the swarm for broadcast {broadcast_id}: {exc}") from exc
     return broadcast_id
 
 
 def get_broadcast(dynamodb: Any, settings: Settings, broadcast_id: str) -> BroadcastRecord:
+    """The broadcast with its counts (the sum of its counter shards)."""
     broadcast_id = validate_broadcast_id(broadcast_id)
-    out = dynamodb.get_item(**requests_for(settings).get(broadcast_id))
+    requests = requests_for(settings)
+    out = dynamodb.get_item(**requests.get(broadcast_id))
     if "Item" not in out:
         raise BroadcastNotFound(f"no broadcast {broadcast_id}")
-    record, _ = parse_broadcast(out["Item"])
-    return record
+    record, values = parse_broadcast(out["Item"])
+    shards = shards_of(values)
+    if not shards:
+        return record
+    request = requests.get_shards(broadcast_id, shards)
+    responses = []
+    for attempt in range(1, 9):
+        got = dynamodb.batch_get_item(**request)
+        responses.append(got)
+        if not got.get("UnprocessedKeys"):
+            return with_totals(record, totals_of(responses, requests.ledger))
+        request = {"RequestItems": got["UnprocessedKeys"]}
+        time.sleep(backoff_delay(attempt, base=0.05, cap=1.0))
+    raise RetryableError(f"the counts of broadcast {broadcast_id} could not be read (throttled)")
 
 
 def message_digest(message: Any) -> str:

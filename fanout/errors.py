@@ -69,3 +69,11 @@ class PermanentError(FanoutError):
     def __init__(self, message: str, *, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class MessageRefused(PermanentError):
+    """SQS refused a message for its content or size (SenderFault): sending it again cannot succeed."""
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message, status=400)
+        self.code = code

@@ -26,6 +26,12 @@ def build_frame(broadcast_id: str, sent_at_ms: int, message: Any, *, limit: int)
         raise InvalidInput(f"message is not serializable as JSON: {exc}", field="message") from exc
     except RecursionError as exc:
         raise InvalidInput("message is nested too deeply to serialize", field="message") from exc
+    if "\ufffe" in frame or "\uffff" in frame:
+        # SQS refuses U+FFFE and U+FFFF in a message body, and the frame travels in partition tasks and
+        # post batches: escaped, they are the same JSON text for every client, in characters SQS accepts
+        # (json.dumps already escapes the other characters SQS refuses: controls and lone surrogates).
+        frame = frame.replace("\ufffe", "\\ufffe").replace("\uffff", "\\uffff")
+        size = len(frame.encode("utf-8"))
     if size > limit:
         raise PayloadTooLarge(size, limit)
     return frame

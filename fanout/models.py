@@ -32,6 +32,9 @@ class PartitionTask(_Message):
 
     broadcast_id: str = Field(alias="broadcastId")
     partition_id: int = Field(alias="partitionId", ge=0)
+    # The broadcast's shape, fixed by the swarm: partitions targeted and counter shards (accounting).
+    partitions: int = Field(ge=1)
+    counter_shards: int = Field(alias="counterShards", ge=1, le=100)
     # The frame travels inline when small; otherwise the query/post stages load it by broadcastId.
     frame: str | None = None
 
@@ -43,6 +46,8 @@ class PostBatch(_Message):
     partition_id: int = Field(alias="partitionId", ge=0)
     batch_id: str = Field(alias="batchId", description="stable across re-enqueues of the same ids")
     connection_ids: list[str] = Field(alias="connectionIds", min_length=1)
+    partitions: int = Field(ge=1)
+    counter_shards: int = Field(alias="counterShards", ge=1, le=100)
     attempt: int = Field(default=1, ge=1)
     # True when this batch is a retry of ids that already counted toward `targeted`.
     retry: bool = False
@@ -67,6 +72,12 @@ class BroadcastRecord(BaseModel):
     failed: int = 0
     created_at: int = Field(alias="createdAt", description="epoch ms")
     completed_at: int | None = Field(default=None, alias="completedAt")
+    counter_shards: int = Field(default=0, alias="counterShards")
+    # why the broadcast failed (or why its last attempt failed, while it is still pending)
+    error: str | None = None
+    sweeps: int = 0
+    swept_at: int | None = Field(default=None, alias="sweptAt")
+    swept_progress: int = Field(default=0, alias="sweptProgress")
 
     @property
     def accounted(self) -> int:
@@ -83,4 +94,5 @@ class BroadcastRecord(BaseModel):
             "failed": self.failed,
             "createdAt": self.created_at,
             "completedAt": self.completed_at,
+            **({"error": self.error} if self.error else {}),
         }

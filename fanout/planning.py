@@ -1,10 +1,8 @@
-"""Pure planning of the pipeline: shards, post batches, completion."""
+"""Pure planning of the pipeline: shards and post batches (completion: fanout.accounting)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-
-from fanout.models import BroadcastRecord, BroadcastStatus
 
 
 def partition_shard(partition_id: int, shards: int) -> int:
@@ -26,12 +24,3 @@ def plan_batches(
         (f"p{partition_id}-b{n}", list(connection_ids[start : start + batch_size]))
         for n, start in enumerate(range(0, len(connection_ids), batch_size))
     ]
-
-
-def is_complete(record: BroadcastRecord) -> bool:
-    """Every partition was queried and every targeted connection is accounted for."""
-    return (
-        record.status in (BroadcastStatus.RUNNING, BroadcastStatus.QUEUED)
-        and record.partitions_done >= record.partitions
-        and record.accounted >= record.targeted
-    )

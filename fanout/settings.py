@@ -70,6 +70,16 @@ class Settings(BaseSettings):
     retry_base_seconds: float = Field(default=0.05, gt=0)
     retry_cap_seconds: float = Field(default=2.0, gt=0)
     requeue_base_delay_seconds: int = Field(default=1, ge=0, le=900)
+    prune_grace_seconds: float = Field(
+        default=10.0,
+        ge=0,
+        le=900,
+        description="a 410 on a connection row younger than this is retried, not pruned: its $connect may "
+        "still be running (the connect function's timeout is the bound)",
+    )
+    counter_shards: int = Field(
+        default=4, ge=1, le=100, description="fewest counter shards per broadcast (fanout.accounting)"
+    )
     uvloop: bool = Field(default=True, description="run the container's event loop on uvloop if importable")
 
     # Broadcast API
@@ -78,6 +88,12 @@ class Settings(BaseSettings):
     )
     max_frame_bytes: int = Field(default=MAX_FRAME_BYTES, ge=1, le=MAX_FRAME_BYTES)
     idempotency_ttl_seconds: int = Field(default=3600, ge=60)
+
+    # Sweeper
+    sweep_after_seconds: float = Field(
+        default=300, gt=0, description="a broadcast still queued or running this long is re-driven"
+    )
+    sweep_attempts: int = Field(default=3, ge=0, le=20, description="re-drives before it is marked failed")
     region: str = Field(
         default="us-east-1",
         validation_alias=AliasChoices("FANOUT_REGION", "AWS_REGION", "AWS_DEFAULT_REGION"),

@@ -1,31 +1,36 @@
-"""The pipeline's stages: swarm → query → post. Async, with clients passed in (aioboto3 low-level)."""
+"""The pipeline's stages: swarm → query → post. Async, with clients passed in (aioboto3 low-level).
+
+Each stage reads and writes through the adapters (fanout.adapters) and decides with plain functions
+(fanout.accounting, fanout.planning, fanout.settlement).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Protocol
 
-from botocore.exceptions import ClientError
-
+from fanout.accounting import counter_shards, is_complete, post_entry, query_entry
+from fanout.adapters.dynamodb import PipelineTables
+from fanout.adapters.sqs import SQS_BATCH, send_batches
 from fanout.delivery import DeliveryOutcome, RateLimiter, deliver
-from fanout.errors import BroadcastNotFound, RetryableError
+from fanout.errors import MessageRefused
 from fanout.models import BroadcastRecord, BroadcastStatus, PartitionTask, PostBatch
-from fanout.planning import is_complete, partition_shard, plan_batches
+from fanout.planning import partition_shard, plan_batches
 from fanout.postclient import Poster
-from fanout.retry import requeue_delay_seconds
 from fanout.settings import Settings
+from fanout.settlement import PostOutcome, settle
 from fanout.sigv4 import payload_hash
-from fanout.store import BroadcastRequests, from_item, is_transaction_duplicate, now_ms, parse_broadcast
+from fanout.store import BroadcastRequests, shards_of, with_totals
 
-SQS_BATCH = 10
-DDB_DELETE_BATCH = 25
+__all__ = ["SQS_BATCH", "StageDeps", "run_partition_task", "run_post_batch", "run_swarm", "send_batches"]
 
 
 class MetricsSink(Protocol):
@@ -54,6 +59,18 @@ class StageDeps:
     def requests(self) -> BroadcastRequests:
         return BroadcastRequests(self.settings.broadcasts_table, self.settings.idempotency_table)
 
+    @cached_property
+    def tables(self) -> PipelineTables:
+        s = self.settings
+        return PipelineTables(
+            self.dynamodb,
+            self.requests,
+            connections_table=s.connections_table,
+            connections_index=s.connections_index,
+            partitions_table=s.partitions_table,
+            on_conflict=lambda: self.metrics.add_metric("TransactionConflicts", "Count", 1),
+        )
+
     def next_post_shard(self) -> int:
         if self._shard_cycle is None:
             self._shard_cycle = itertools.cycle(range(self.settings.shard_count))
@@ -63,22 +80,13 @@ class StageDeps:
 
 
 # -- shared helpers ---------------------------------------------------------------------------------
-async def load_broadcast(
-    deps: StageDeps, broadcast_id: str, *, frame: bool = False
-) -> tuple[BroadcastRecord, dict]:
-    out = await deps.dynamodb.get_item(**deps.requests.get(broadcast_id, frame=frame))
-    if "Item" not in out:
-        raise BroadcastNotFound(f"no broadcast {broadcast_id}")
-    return parse_broadcast(out["Item"])
-
-
 async def frame_of(deps: StageDeps, broadcast_id: str, inline: str | None) -> tuple[bytes, str]:
     """The frame's bytes and SHA-256, inline or read once per container from the broadcasts table."""
     cached = deps.frames.get(broadcast_id)
     if cached is not None:
         return cached
     if inline is None:
-        _, values = await load_broadcast(deps, broadcast_id, frame=True)
+        _, values = await deps.tables.load_broadcast(broadcast_id, frame=True)
         inline = str(values["frame"])
     data = inline.encode("utf-8")
     entry = (data, payload_hash(data))
@@ -88,107 +96,89 @@ async def frame_of(deps: StageDeps, broadcast_id: str, inline: str | None) -> tu
     return entry
 
 
-async def send_batches(
-    sqs: Any, queue_url: str, bodies: Sequence[str], *, delay: int = 0, attempts: int = 5
-) -> None:
-    """SendMessageBatch in groups of 10, resending only the entries that failed."""
-    for start in range(0, len(bodies), SQS_BATCH):
-        entries = [
-            {"Id": str(i), "MessageBody": body, **({"DelaySeconds": delay} if delay else {})}
-            for i, body in enumerate(bodies[start : start + SQS_BATCH])
-        ]
-        for attempt in range(attempts):
-            out = await sqs.send_message_batch(QueueUrl=queue_url, Entries=entries)
-            failed = {f["Id"] for f in out.get("Failed", [])}
-            if not failed:
-                break
-            entries = [e for e in entries if e["Id"] in failed]
-            await asyncio.sleep(0.05 * 2**attempt)
-        else:
-            raise RetryableError(f"SendMessageBatch to {queue_url} kept failing for {len(entries)} entries")
-
-
-async def check_completion(deps: StageDeps, broadcast_id: str) -> BroadcastRecord | None:
-    """Mark the broadcast completed if every partition was queried and every target accounted for."""
-    record, _ = await load_broadcast(deps, broadcast_id)
-    if not is_complete(record):
+async def check_completion(
+    deps: StageDeps, broadcast_id: str, partitions: int, shards: int
+) -> BroadcastRecord | None:
+    """Mark the broadcast completed if every partition was counted and every target accounted for."""
+    tables = deps.tables
+    totals = await tables.totals(broadcast_id, shards)
+    if not is_complete(partitions, totals):
         return None
-    at = now_ms()
-    try:
-        await deps.dynamodb.update_item(**deps.requests.finish(broadcast_id, BroadcastStatus.COMPLETED, at))
-    except ClientError as exc:
-        if exc.response["Error"]["Code"] == "ConditionalCheckFailedException":
-            return None  # another worker completed it
-        raise
+    if not await tables.finish(broadcast_id, BroadcastStatus.COMPLETED):
+        return None  # another worker completed it
+    record, _ = await tables.load_broadcast(broadcast_id)
     deps.metrics.add_metric("BroadcastsCompleted", "Count", 1)
-    deps.metrics.add_metric("BroadcastDuration", "Milliseconds", at - record.created_at)
-    return record.model_copy(update={"status": BroadcastStatus.COMPLETED, "completed_at": at})
-
-
-async def _transact(deps: StageDeps, request: dict[str, Any]) -> bool:
-    """Run a ledger transaction; False if its ledger item already existed (a replay)."""
-    try:
-        await deps.dynamodb.transact_write_items(**request)
-    except ClientError as exc:
-        if is_transaction_duplicate(exc):
-            return False
-        raise
-    return True
+    if record.completed_at is not None:
+        deps.metrics.add_metric("BroadcastDuration", "Milliseconds", record.completed_at - record.created_at)
+    return with_totals(record, totals)
 
 
 # -- swarm ------------------------------------------------------------------------------------------
-async def non_empty_partitions(deps: StageDeps) -> list[int]:
-    ids: list[int] = []
-    kwargs: dict[str, Any] = {
-        "TableName": deps.settings.partitions_table,
-        "ProjectionExpression": "partitionId",
-        "FilterExpression": "connectionCount > :zero",
-        "ExpressionAttributeValues": {":zero": {"N": "0"}},
-    }
-    while True:
-        out = await deps.dynamodb.scan(**kwargs)
-        ids.extend(int(i["partitionId"]["N"]) for i in out.get("Items", []))
-        if "LastEvaluatedKey" not in out:
-            return sorted(ids)
-        kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-
-
 @dataclass(frozen=True)
 class SwarmResult:
     broadcast_id: str
     partitions: int
     tasks_sent: int
+    error: str | None = None
 
 
 async def run_swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
-    """Queue one task per non-empty partition over the Q partition queues, many batches in flight."""
+    """Queue one task per non-empty partition over the Q partition queues, many batches in flight.
+
+    A message SQS refuses for good fails the broadcast with the reason; any other failure is noted on
+    the broadcast and raised, so that Lambda retries the invocation (and the sweeper after it).
+    """
+    try:
+        return await _swarm(deps, broadcast_id)
+    except MessageRefused as exc:
+        error = f"the partition tasks were refused by SQS: {exc}"
+        await deps.tables.finish(broadcast_id, BroadcastStatus.FAILED, error=error)
+        deps.metrics.add_metric("BroadcastsFailed", "Count", 1)
+        return SwarmResult(broadcast_id, 0, 0, error=error)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            await deps.tables.note_error(broadcast_id, f"swarm: {type(exc).__name__}: {exc}")
+        raise
+
+
+async def _swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
     settings = deps.settings
     settings.require("partition_queue_urls")
-    record, values = await load_broadcast(deps, broadcast_id, frame=True)
+    tables = deps.tables
+    record, values = await tables.load_broadcast(broadcast_id, frame=True)
     if record.status in (BroadcastStatus.COMPLETED, BroadcastStatus.FAILED):
         return SwarmResult(broadcast_id, record.partitions, 0)
-    if record.status == BroadcastStatus.QUEUED:
-        partition_ids = await non_empty_partitions(deps)
-        try:
-            await deps.dynamodb.update_item(**deps.requests.start(broadcast_id, partition_ids))
-        except ClientError as exc:
-            if exc.response["Error"]["Code"] != "ConditionalCheckFailedException":
-                raise
-            record, values = await load_broadcast(deps, broadcast_id, frame=True)
-            partition_ids = [int(p) for p in values.get("partitionIds") or []]
-    else:  # running: a retried invocation re-sends the recorded plan; the query ledger dedupes
+    redrive = record.status == BroadcastStatus.RUNNING
+    if not redrive:
+        counts = await tables.non_empty_partitions()
+        partition_ids = list(counts)
+        shards = counter_shards(counts.values(), settings.post_batch_size, minimum=settings.counter_shards)
+        if not await tables.start(broadcast_id, partition_ids, shards):
+            record, values = await tables.load_broadcast(broadcast_id, frame=True)
+            redrive = True
+    if redrive:  # a retried invocation or a re-drive: the recorded plan, less what was counted
         partition_ids = [int(p) for p in values.get("partitionIds") or []]
+        shards = shards_of(values)
+    partitions = len(partition_ids)
+    if redrive and partition_ids:
+        # Partitions already counted were queried: sending them again would post their batches again.
+        counted = (await tables.totals(broadcast_id, shards)).counted_partitions()
+        partition_ids = [p for p in partition_ids if p not in counted]
     if not partition_ids:
-        await check_completion(deps, broadcast_id)
-        return SwarmResult(broadcast_id, 0, 0)
+        await check_completion(deps, broadcast_id, partitions, max(shards, 1))
+        return SwarmResult(broadcast_id, partitions, 0)
 
     frame = str(values["frame"])
     inline = frame if len(frame.encode("utf-8")) <= settings.inline_payload_limit else None
     by_shard: dict[int, list[str]] = {}
     for pid in partition_ids:
-        body = PartitionTask(broadcast_id=broadcast_id, partition_id=pid, frame=inline).model_dump_json(
-            by_alias=True
-        )
+        body = PartitionTask(
+            broadcast_id=broadcast_id,
+            partition_id=pid,
+            partitions=partitions,
+            counter_shards=shards,
+            frame=inline,
+        ).model_dump_json(by_alias=True)
         by_shard.setdefault(partition_shard(pid, settings.shard_count), []).append(body)
     semaphore = asyncio.Semaphore(settings.swarm_send_concurrency)
 
@@ -203,28 +193,10 @@ async def run_swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
             for i in range(0, len(bodies), SQS_BATCH)
         )
     )
-    return SwarmResult(broadcast_id, len(partition_ids), len(partition_ids))
+    return SwarmResult(broadcast_id, partitions, len(partition_ids))
 
 
 # -- query ------------------------------------------------------------------------------------------
-async def partition_connection_ids(deps: StageDeps, partition_id: int) -> list[str]:
-    """Page through the keys-only GSI for one partition."""
-    ids: list[str] = []
-    kwargs: dict[str, Any] = {
-        "TableName": deps.settings.connections_table,
-        "IndexName": deps.settings.connections_index,
-        "KeyConditionExpression": "partitionId = :p",
-        "ExpressionAttributeValues": {":p": {"N": str(partition_id)}},
-        "ProjectionExpression": "connectionId",
-    }
-    while True:
-        out = await deps.dynamodb.query(**kwargs)
-        ids.extend(i["connectionId"]["S"] for i in out.get("Items", []))
-        if "LastEvaluatedKey" not in out:
-            return ids
-        kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
-
-
 @dataclass(frozen=True)
 class QueryResult:
     targeted: int
@@ -233,39 +205,39 @@ class QueryResult:
 
 
 async def run_partition_task(deps: StageDeps, task: PartitionTask) -> QueryResult:
-    """Load a partition's connections, count them once, and send post batches of B ids."""
+    """Load a partition's connections (or the plan of an earlier run), count them once, and send post
+    batches of B ids."""
     settings = deps.settings
     settings.require("post_queue_urls")
-    requests = deps.requests
-    ledger_key = requests.query_ledger_key(task.broadcast_id, task.partition_id)
-    replayed = False
-    existing = await deps.dynamodb.get_item(**requests.get_ledger(ledger_key))
-    if "Item" in existing:
-        ids = [str(i) for i in from_item(existing["Item"]).get("connectionIds") or []]
-        replayed = True
-    else:
-        ids = await partition_connection_ids(deps, task.partition_id)
-        if not await _transact(deps, requests.count_partition(task.broadcast_id, task.partition_id, ids)):
-            existing = await deps.dynamodb.get_item(**requests.get_ledger(ledger_key))
-            ids = [str(i) for i in from_item(existing["Item"]).get("connectionIds") or []]
+    tables = deps.tables
+    bid, pid, shards = task.broadcast_id, task.partition_id, task.counter_shards
+    ids = await tables.load_plan(bid, pid)
+    replayed = ids is not None
+    if ids is None:
+        ids = await tables.partition_connection_ids(pid)
+        if not await tables.save_plan(bid, pid, ids):  # another run of this task stored its plan first
+            ids = await tables.load_plan(bid, pid) or []
             replayed = True
+    counted = await tables.count(bid, query_entry(pid), {"targeted": len(ids), "partitionsDone": 1}, shards)
 
-    batches = plan_batches(ids, settings.post_batch_size, partition_id=task.partition_id)
+    batches = plan_batches(ids, settings.post_batch_size, partition_id=pid)
     by_shard: dict[int, list[str]] = {}
     for batch_id, chunk in batches:
         body = PostBatch(
-            broadcast_id=task.broadcast_id,
-            partition_id=task.partition_id,
+            broadcast_id=bid,
+            partition_id=pid,
             batch_id=batch_id,
             connection_ids=chunk,
+            partitions=task.partitions,
+            counter_shards=shards,
             frame=task.frame,
         ).model_dump_json(by_alias=True, exclude_defaults=True)
         by_shard.setdefault(deps.next_post_shard(), []).append(body)
     await asyncio.gather(
         *(send_batches(deps.sqs, settings.post_queue_urls[s], b) for s, b in by_shard.items())
     )
-    if not ids:
-        await check_completion(deps, task.broadcast_id)
+    if not ids and counted:
+        await check_completion(deps, bid, task.partitions, shards)
     return QueryResult(len(ids), len(batches), replayed)
 
 
@@ -280,39 +252,20 @@ class PostResult:
     last_error: str | None = None
 
 
-async def prune(deps: StageDeps, connection_ids: Sequence[str]) -> None:
-    """Delete gone connections' rows (the stream then lowers the partition counts)."""
-    table = deps.settings.connections_table
-    for start in range(0, len(connection_ids), DDB_DELETE_BATCH):
-        pending: dict[str, Any] = {
-            table: [
-                {"DeleteRequest": {"Key": {"connectionId": {"S": c}}}}
-                for c in connection_ids[start : start + DDB_DELETE_BATCH]
-            ]
-        }
-        for attempt in range(6):
-            out = await deps.dynamodb.batch_write_item(RequestItems=pending)
-            pending = out.get("UnprocessedItems") or {}
-            if not pending:
-                break
-            await asyncio.sleep(0.05 * 2**attempt)
-
-
 async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
     """Post the frame to every id of the batch; prune 410s; re-enqueue only the ids still failing."""
     settings = deps.settings
     settings.require("connections_endpoint", "post_queue_urls")
     if deps.poster is None:
         raise RuntimeError("the post stage needs a poster")
-    requests = deps.requests
-    ledger = await deps.dynamodb.get_item(
-        **requests.get_ledger(requests.post_ledger_key(batch.broadcast_id, batch.batch_id, batch.attempt))
-    )
-    if "Item" in ledger:
+    tables = deps.tables
+    bid, shards = batch.broadcast_id, batch.counter_shards
+    entry = post_entry(batch.batch_id, batch.attempt)
+    if await tables.is_applied(bid, entry, shards):
         return PostResult(0, 0, 0, 0, duplicate=True)
 
     started = time.perf_counter()
-    frame, sha = await frame_of(deps, batch.broadcast_id, batch.frame)
+    frame, sha = await frame_of(deps, bid, batch.frame)
     outcome: DeliveryOutcome = await deliver(
         batch.connection_ids,
         frame,
@@ -324,59 +277,43 @@ async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
         cap_delay=settings.retry_cap_seconds,
         limiter=deps.limiter,
     )
+    gone: list[str] = []
+    connecting: list[str] = []
     if outcome.gone:
-        await prune(deps, outcome.gone)
-
-    failed = list(outcome.failed)
-    requeued = 0
-    if outcome.retry:
-        nxt = batch.model_copy(
-            update={"connection_ids": outcome.retry, "attempt": batch.attempt + 1, "retry": True}
-        )
-        if batch.attempt < settings.max_post_attempts and not batch.dead_lettered:
-            delay = requeue_delay_seconds(batch.attempt, base=settings.requeue_base_delay_seconds)
-            url = settings.post_queue_urls[deps.next_post_shard()]
-            await send_batches(
-                deps.sqs, url, [nxt.model_dump_json(by_alias=True, exclude_defaults=True)], delay=delay
-            )
-            requeued = len(outcome.retry)
-        else:
-            dead = nxt.model_copy(update={"dead_lettered": True})
-            if settings.post_dead_letter_queue_urls:
-                url = settings.post_dead_letter_queue_urls[deps.next_post_shard()]
-                await send_batches(
-                    deps.sqs, url, [dead.model_dump_json(by_alias=True, exclude_defaults=True)]
-                )
-            if not batch.dead_lettered:  # a redriven batch's ids already count as failed
-                failed.extend(outcome.retry)
-
-    counts = {"delivered": len(outcome.delivered), "gone": len(outcome.gone), "failed": len(failed)}
-    if batch.dead_lettered:  # redrive: what is delivered or gone now leaves `failed`; the rest stays failed
-        counts["failed"] = -(len(outcome.delivered) + len(outcome.gone))
-    counted = (
-        await _transact(
-            deps,
-            requests.count_batch(
-                batch.broadcast_id, batch.batch_id, batch.attempt, {k: v for k, v in counts.items() if v}
-            ),
-        )
-        if any(counts.values())
-        else True
+        gone, connecting = await tables.prune(outcome.gone, grace_ms=int(settings.prune_grace_seconds * 1000))
+    settlement = settle(
+        batch,
+        PostOutcome(outcome.delivered, gone, outcome.retry, outcome.failed, connecting),
+        max_attempts=settings.max_post_attempts,
+        requeue_base_delay=settings.requeue_base_delay_seconds,
+        connecting_delay=int(-(-settings.prune_grace_seconds // 1)),
     )
+    if settlement.requeue is not None:
+        url = settings.post_queue_urls[deps.next_post_shard()]
+        body = settlement.requeue.model_dump_json(by_alias=True, exclude_defaults=True)
+        await send_batches(deps.sqs, url, [body], delay=settlement.requeue_delay)
+    if settlement.dead_letter is not None and settings.post_dead_letter_queue_urls:
+        url = settings.post_dead_letter_queue_urls[deps.next_post_shard()]
+        body = settlement.dead_letter.model_dump_json(by_alias=True, exclude_defaults=True)
+        await send_batches(deps.sqs, url, [body])
+
+    counts = settlement.counts
+    counted = await tables.count(bid, entry, counts, shards) if counts else True
 
     m = deps.metrics
+    failed = counts.get("failed", 0) if not batch.dead_lettered else 0
     m.add_metric("Delivered", "Count", len(outcome.delivered))
-    m.add_metric("Gone", "Count", len(outcome.gone))
+    m.add_metric("Gone", "Count", len(gone))
     m.add_metric("Throttled", "Count", outcome.throttled)
-    m.add_metric("Failed", "Count", len(failed))
+    m.add_metric("Failed", "Count", failed)
     m.add_metric("BatchLatency", "Milliseconds", (time.perf_counter() - started) * 1000)
-    if counted and any(counts.values()):
-        await check_completion(deps, batch.broadcast_id)
+    if counted and counts:
+        await check_completion(deps, bid, batch.partitions, shards)
     return PostResult(
         len(outcome.delivered),
-        len(outcome.gone),
-        len(failed),
-        requeued,
+        counts.get("gone", 0),
+        failed,
+        settlement.requeued,
         duplicate=not counted,
         last_error=outcome.last_error,
     )

@@ -3,14 +3,10 @@
 Request builders are pure (they return the keyword arguments of a low-level DynamoDB call), so the
 synchronous operator API (boto3) and the asynchronous stages (aioboto3) share them.
 
-Exactly-once accounting. SQS delivers at least once and a worker may die mid-batch, so counters are
-never bumped by a bare ``ADD``: each count travels in a transaction with a ledger item (in the
-idempotency table) that can be written only once:
-
-- the query stage writes ``query#<broadcast>#<partition>`` holding the partition's ids, together with
-  ``ADD targeted :n, partitionsDone :1``; a replayed task finds the ledger and re-sends the same plan;
-- the post stage writes ``post#<broadcast>#<batch>#<attempt>`` together with
-  ``ADD delivered, gone, failed``; a replayed batch finds the ledger and is skipped.
+Exactly-once accounting (fanout.accounting): a broadcast's counts live in counter shards in the
+ledger table, each entry added by one conditional UpdateItem that also records the entry's key, so a
+replay counts nothing. The query stage also keeps, per partition, the ids it targeted (the plan), so
+that a replayed task re-sends the same post batches, which the post stage's entries deduplicate.
 
 Why not Powertools' idempotency utility here: it is synchronous (it would block the stages' event
 loop) and its record is not written atomically with the counter update, so a crash between the two
@@ -24,11 +20,15 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
+from fanout.accounting import COUNT_FIELDS, Totals, chunk_ids, shard_of, sum_shards
 from fanout.models import BroadcastRecord, BroadcastStatus
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
 LEDGER_TTL_SECONDS = 7 * 24 * 3600
+PENDING = "1"
+PENDING_INDEX = "byPending"
+MAX_ERROR_CHARS = 1000
 
 
 def to_item(values: dict[str, Any]) -> dict[str, Any]:
@@ -51,6 +51,8 @@ class BroadcastRequests:
         self.ledger = ledger_table
 
     # -- broadcasts ---------------------------------------------------------------------------------
+    # `pending` is set while a broadcast is queued or running and removed when it ends: the sparse
+    # index on it (PENDING_INDEX) is how the sweeper finds broadcasts that never finished.
     def create(
         self, broadcast_id: str, created_at: int, frame: str, idempotency_key: str | None
     ) -> dict[str, Any]:
@@ -58,14 +60,10 @@ class BroadcastRequests:
             "broadcastId": broadcast_id,
             "status": BroadcastStatus.QUEUED.value,
             "partitions": 0,
-            "partitionsDone": 0,
-            "targeted": 0,
-            "delivered": 0,
-            "gone": 0,
-            "failed": 0,
             "createdAt": created_at,
             "frame": frame,
             "idempotencyKey": idempotency_key,
+            "pending": PENDING,
         }
         return {
             "TableName": self.table,
@@ -78,14 +76,14 @@ class BroadcastRequests:
             "broadcastId",
             "status",
             "partitions",
-            "partitionsDone",
-            "targeted",
-            "delivered",
-            "gone",
-            "failed",
             "createdAt",
             "completedAt",
             "partitionIds",
+            "counterShards",
+            "error",
+            "sweeps",
+            "sweptAt",
+            "sweptProgress",
         ]
         if frame:
             names.append("frame")
@@ -97,12 +95,13 @@ class BroadcastRequests:
             "ExpressionAttributeNames": {f"#a{i}": n for i, n in enumerate(names)},
         }
 
-    def start(self, broadcast_id: str, partition_ids: list[int]) -> dict[str, Any]:
-        """queued → running, recording the partitions targeted (so that a retried swarm reuses them)."""
+    def start(self, broadcast_id: str, partition_ids: list[int], shards: int) -> dict[str, Any]:
+        """queued → running, recording the partitions targeted and the counter shards (so that a retried
+        swarm reuses them)."""
         return {
             "TableName": self.table,
             "Key": {"broadcastId": {"S": broadcast_id}},
-            "UpdateExpression": "SET #s = :running, #p = :n, partitionIds = :ids",
+            "UpdateExpression": "SET #s = :running, #p = :n, partitionIds = :ids, counterShards = :k",
             "ConditionExpression": "#s = :queued",
             "ExpressionAttributeNames": {"#s": "status", "#p": "partitions"},
             "ExpressionAttributeValues": {
@@ -110,96 +109,190 @@ class BroadcastRequests:
                 ":queued": {"S": BroadcastStatus.QUEUED.value},
                 ":n": {"N": str(len(partition_ids))},
                 ":ids": _ser.serialize(partition_ids),
+                ":k": {"N": str(shards)},
             },
         }
 
-    def finish(self, broadcast_id: str, status: BroadcastStatus, at_ms: int) -> dict[str, Any]:
-        """running/queued → completed or failed, once."""
+    def finish(
+        self, broadcast_id: str, status: BroadcastStatus, at_ms: int, *, error: str | None = None
+    ) -> dict[str, Any]:
+        """running/queued → completed or failed (with the reason), once."""
+        values: dict[str, Any] = {
+            ":done": {"S": status.value},
+            ":at": {"N": str(at_ms)},
+            ":running": {"S": BroadcastStatus.RUNNING.value},
+            ":queued": {"S": BroadcastStatus.QUEUED.value},
+        }
+        update = "SET #s = :done, completedAt = :at"
+        if error:
+            update += ", #e = :error"
+            values[":error"] = {"S": error[:MAX_ERROR_CHARS]}
         return {
             "TableName": self.table,
             "Key": {"broadcastId": {"S": broadcast_id}},
-            "UpdateExpression": "SET #s = :done, completedAt = :at",
+            "UpdateExpression": update + " REMOVE pending",
             "ConditionExpression": "#s IN (:running, :queued)",
-            "ExpressionAttributeNames": {"#s": "status"},
+            "ExpressionAttributeNames": {"#s": "status", **({"#e": "error"} if error else {})},
+            "ExpressionAttributeValues": values,
+        }
+
+    def note_error(self, broadcast_id: str, error: str) -> dict[str, Any]:
+        """Record why the last attempt at a broadcast failed, while it is still pending."""
+        return {
+            "TableName": self.table,
+            "Key": {"broadcastId": {"S": broadcast_id}},
+            "UpdateExpression": "SET #e = :error",
+            "ConditionExpression": "attribute_exists(pending)",
+            "ExpressionAttributeNames": {"#e": "error"},
+            "ExpressionAttributeValues": {":error": {"S": error[:MAX_ERROR_CHARS]}},
+        }
+
+    def pending(self, exclusive_start: dict[str, Any] | None = None) -> dict[str, Any]:
+        """One page of the broadcasts still queued or running, oldest first (the sparse index)."""
+        kwargs: dict[str, Any] = {
+            "TableName": self.table,
+            "IndexName": PENDING_INDEX,
+            "KeyConditionExpression": "pending = :p",
+            "ExpressionAttributeValues": {":p": {"S": PENDING}},
+        }
+        if exclusive_start:
+            kwargs["ExclusiveStartKey"] = exclusive_start
+        return kwargs
+
+    def swept(
+        self, broadcast_id: str, *, sweeps: int, next_sweeps: int, progress: int, at_ms: int
+    ) -> dict[str, Any]:
+        """Record one sweep of a pending broadcast (the condition makes two sweepers racing record one)."""
+        return {
+            "TableName": self.table,
+            "Key": {"broadcastId": {"S": broadcast_id}},
+            "UpdateExpression": "SET sweeps = :n, sweptAt = :at, sweptProgress = :progress",
+            "ConditionExpression": "attribute_exists(pending) AND "
+            "(attribute_not_exists(sweeps) OR sweeps = :prev)",
             "ExpressionAttributeValues": {
-                ":done": {"S": status.value},
+                ":n": {"N": str(next_sweeps)},
+                ":prev": {"N": str(sweeps)},
                 ":at": {"N": str(at_ms)},
-                ":running": {"S": BroadcastStatus.RUNNING.value},
-                ":queued": {"S": BroadcastStatus.QUEUED.value},
+                ":progress": {"N": str(progress)},
             },
         }
 
-    # -- ledger transactions ------------------------------------------------------------------------
-    def _ledger_put(self, key: str, extra: dict[str, Any]) -> dict[str, Any]:
-        values = {"id": key, "expiration": int(time.time()) + LEDGER_TTL_SECONDS, **extra}
+    # -- counter shards --------------------------------------------------------------------------
+    @staticmethod
+    def shard_key(broadcast_id: str, shard: int) -> str:
+        return f"acct#{broadcast_id}#{shard}"
+
+    def count(self, broadcast_id: str, entry: str, counts: dict[str, int], shards: int) -> dict[str, Any]:
+        """Add `counts` to the entry's shard unless the entry was applied before (the condition fails)."""
+        names = {"#ap": "applied", "#ex": "expiration"}
+        values: dict[str, Any] = {
+            ":e": {"S": entry},
+            ":es": {"SS": [entry]},
+            ":exp": {"N": str(int(time.time()) + LEDGER_TTL_SECONDS)},
+        }
+        adds = ["#ap :es"]
+        for i, (name, value) in enumerate(counts.items()):
+            if name not in COUNT_FIELDS:
+                raise ValueError(f"unknown counter {name}")
+            names[f"#c{i}"] = name
+            values[f":v{i}"] = {"N": str(value)}
+            adds.append(f"#c{i} :v{i}")
         return {
-            "Put": {
-                "TableName": self.ledger,
-                "Item": to_item(values),
-                "ConditionExpression": "attribute_not_exists(id)",
+            "TableName": self.ledger,
+            "Key": {"id": {"S": self.shard_key(broadcast_id, shard_of(entry, shards))}},
+            "UpdateExpression": "SET #ex = if_not_exists(#ex, :exp) ADD " + ", ".join(adds),
+            "ConditionExpression": "NOT contains(#ap, :e)",
+            "ExpressionAttributeNames": names,
+            "ExpressionAttributeValues": values,
+        }
+
+    def get_applied(self, broadcast_id: str, entry: str, shards: int) -> dict[str, Any]:
+        """Read the entry's shard's `applied` set (consistent), to skip work already counted."""
+        return {
+            "TableName": self.ledger,
+            "Key": {"id": {"S": self.shard_key(broadcast_id, shard_of(entry, shards))}},
+            "ConsistentRead": True,
+            "ProjectionExpression": "applied",
+        }
+
+    def get_shards(self, broadcast_id: str, shards: int) -> dict[str, Any]:
+        """BatchGetItem of every shard of the broadcast (consistent)."""
+        return {
+            "RequestItems": {
+                self.ledger: {
+                    "Keys": [{"id": {"S": self.shard_key(broadcast_id, k)}} for k in range(shards)],
+                    "ConsistentRead": True,
+                }
             }
         }
 
-    def _add(self, broadcast_id: str, counts: dict[str, int]) -> dict[str, Any]:
-        names = {f"#c{i}": k for i, k in enumerate(counts)}
-        values = {f":v{i}": {"N": str(v)} for i, v in enumerate(counts.values())}
-        return {
-            "Update": {
-                "TableName": self.table,
-                "Key": {"broadcastId": {"S": broadcast_id}},
-                "UpdateExpression": "ADD " + ", ".join(f"#c{i} :v{i}" for i in range(len(counts))),
-                "ExpressionAttributeNames": names,
-                "ExpressionAttributeValues": values,
-            }
-        }
-
+    # -- query plans --------------------------------------------------------------------------------
     @staticmethod
-    def query_ledger_key(broadcast_id: str, partition_id: int) -> str:
-        return f"query#{broadcast_id}#{partition_id}"
+    def plan_key(broadcast_id: str, partition_id: int, chunk: int = 0) -> str:
+        base = f"query#{broadcast_id}#{partition_id}"
+        return base if chunk == 0 else f"{base}#{chunk}"
 
-    @staticmethod
-    def post_ledger_key(broadcast_id: str, batch_id: str, attempt: int) -> str:
-        return f"post#{broadcast_id}#{batch_id}#{attempt}"
-
-    def count_partition(
+    def put_plan(
         self, broadcast_id: str, partition_id: int, connection_ids: list[str]
-    ) -> dict[str, Any]:
-        return {
-            "TransactItems": [
-                self._ledger_put(
-                    self.query_ledger_key(broadcast_id, partition_id),
-                    {"connectionIds": connection_ids or None},
-                ),
-                self._add(broadcast_id, {"targeted": len(connection_ids), "partitionsDone": 1}),
-            ]
-        }
+    ) -> tuple[str, dict[str, Any]]:
+        """The write of a partition's plan, once: ("put_item", kwargs), or ("transact_write_items", kwargs)
+        when the ids need several items (an item holds 400 KB at most): all of them or none."""
+        chunks = chunk_ids(connection_ids)
+        expiration = int(time.time()) + LEDGER_TTL_SECONDS
+        puts = []
+        for n, ids in enumerate(chunks):
+            values: dict[str, Any] = {
+                "id": self.plan_key(broadcast_id, partition_id, n),
+                "expiration": expiration,
+                "connectionIds": ids or None,
+            }
+            if n == 0:
+                values["chunks"] = len(chunks)
+            puts.append(
+                {
+                    "TableName": self.ledger,
+                    "Item": to_item(values),
+                    "ConditionExpression": "attribute_not_exists(id)",
+                }
+            )
+        if len(puts) == 1:
+            return "put_item", puts[0]
+        return "transact_write_items", {"TransactItems": [{"Put": p} for p in puts]}
 
-    def count_batch(
-        self, broadcast_id: str, batch_id: str, attempt: int, counts: dict[str, int]
-    ) -> dict[str, Any]:
+    def get_plan(self, broadcast_id: str, partition_id: int, chunk: int = 0) -> dict[str, Any]:
         return {
-            "TransactItems": [
-                self._ledger_put(self.post_ledger_key(broadcast_id, batch_id, attempt), {}),
-                self._add(broadcast_id, counts),
-            ]
+            "TableName": self.ledger,
+            "Key": {"id": {"S": self.plan_key(broadcast_id, partition_id, chunk)}},
+            "ConsistentRead": True,
         }
-
-    def get_ledger(self, key: str) -> dict[str, Any]:
-        return {"TableName": self.ledger, "Key": {"id": {"S": key}}, "ConsistentRead": True}
 
 
 def parse_broadcast(item: dict[str, Any]) -> tuple[BroadcastRecord, dict[str, Any]]:
-    """The record, and the raw values (frame, partitionIds) that are not part of the public view."""
+    """The record (without its counts: see with_totals), and the raw values (frame, partitionIds, ...)."""
     values = from_item(item)
     ints = {k: int(v) for k, v in values.items() if k != "partitionIds" and hasattr(v, "as_integer_ratio")}
     record = BroadcastRecord.model_validate({**values, **ints})
     return record, values
 
 
-def is_transaction_duplicate(exc: BaseException) -> bool:
-    """True when a ledger transaction was cancelled because its ledger item already exists."""
-    response = getattr(exc, "response", None) or {}
-    if response.get("Error", {}).get("Code") != "TransactionCanceledException":
-        return False
-    reasons = response.get("CancellationReasons") or []
-    return bool(reasons) and reasons[0].get("Code") == "ConditionalCheckFailed"
+def shards_of(values: dict[str, Any]) -> int:
+    """The broadcast's counter shards (0 until the swarm has started it)."""
+    return int(values.get("counterShards") or 0)
+
+
+def totals_of(responses: list[dict[str, Any]], ledger_table: str) -> Totals:
+    """Sum the shards found in BatchGetItem responses."""
+    items = [from_item(i) for out in responses for i in out.get("Responses", {}).get(ledger_table, [])]
+    return sum_shards(items)
+
+
+def with_totals(record: BroadcastRecord, totals: Totals) -> BroadcastRecord:
+    return record.model_copy(
+        update={
+            "targeted": totals.targeted,
+            "partitions_done": totals.partitions_done,
+            "delivered": totals.delivered,
+            "gone": totals.gone,
+            "failed": totals.failed,
+        }
+    )

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fanout.settings import Settings
+from fanout.store import PENDING_INDEX
 
 MAX_RECEIVE_COUNT = 5
 
@@ -44,8 +45,22 @@ def create_tables(dynamodb: Any, settings: Settings, *, seed_partitions: bool = 
         },
         {
             "TableName": settings.broadcasts_table,
-            "AttributeDefinitions": [{"AttributeName": "broadcastId", "AttributeType": "S"}],
+            "AttributeDefinitions": [
+                {"AttributeName": "broadcastId", "AttributeType": "S"},
+                {"AttributeName": "pending", "AttributeType": "S"},
+                {"AttributeName": "createdAt", "AttributeType": "N"},
+            ],
             "KeySchema": [{"AttributeName": "broadcastId", "KeyType": "HASH"}],
+            "GlobalSecondaryIndexes": [
+                {
+                    "IndexName": PENDING_INDEX,
+                    "KeySchema": [
+                        {"AttributeName": "pending", "KeyType": "HASH"},
+                        {"AttributeName": "createdAt", "KeyType": "RANGE"},
+                    ],
+                    "Projection": {"ProjectionType": "KEYS_ONLY"},
+                }
+            ],
         },
         {
             "TableName": settings.idempotency_table,

@@ -200,6 +200,7 @@ class FunctionStats:
     async_queued: int = 0
     async_retries: int = 0
     async_failed: int = 0
+    async_destination: int = 0
     concurrent: int = 0
     max_concurrent: int = 0
     duration_ms_total: float = 0.0
@@ -1234,22 +1235,76 @@ class Runtime:
         return request_id
 
     async def _run_async(self, pool: FunctionPool, event: Any, request_id: str) -> None:
+        """Lambda's asynchronous invocation: up to `maximumRetryAttempts` retries after a function error,
+        the first after `asyncRetryDelay` and the second after twice that, while the event is younger than
+        `maximumEventAge`; then the event goes to the on-failure destination, or is dropped."""
         retries = pool.fn.maximum_retry_attempts
+        queued = time.monotonic()
+        result: InvocationResult | None = None
+        condition = "RetriesExhausted"
+        attempts = 0
         for attempt in range(retries + 1):
             if attempt:
+                delay = self.config.async_retry_delay * 2 ** (attempt - 1)
+                if time.monotonic() + delay - queued > pool.fn.maximum_event_age:
+                    condition = "EventAgeExceeded"
+                    break
                 pool.stats.async_retries += 1
-                await asyncio.sleep(self.config.async_retry_delay * 2 ** (attempt - 1))
+                await asyncio.sleep(delay)
             try:
                 result = await pool.invoke(event, request_id=request_id)
             except RuntimeError:
                 return  # stopping
+            attempts += 1
             if result.ok:
                 return
         pool.stats.async_failed += 1
         log.warning(
             "async invocation failed after retries",
-            extra={"function": pool.fn.name, "requestId": request_id, "attempts": retries + 1},
+            extra={"function": pool.fn.name, "requestId": request_id, "attempts": attempts},
         )
+        if pool.fn.on_failure_queue_url and result is not None:
+            await self._send_failure(pool, event, request_id, result, condition, attempts)
+
+    async def _send_failure(
+        self,
+        pool: FunctionPool,
+        event: Any,
+        request_id: str,
+        result: InvocationResult,
+        condition: str,
+        attempts: int,
+    ) -> None:
+        """Send the invocation record AWS sends to an SQS on-failure destination."""
+        url = pool.fn.on_failure_queue_url
+        assert url is not None
+        record = {
+            "version": "1.0",
+            "timestamp": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "requestContext": {
+                "requestId": request_id,
+                "functionArn": f"{pool.arn}:$LATEST",
+                "condition": condition,
+                "approximateInvokeCount": attempts,
+            },
+            "requestPayload": event,
+            "responseContext": {
+                "statusCode": 200,
+                "executedVersion": "$LATEST",
+                "functionError": "Unhandled",
+            },
+            "responsePayload": result.value,
+        }
+        try:
+            async with _aws_client(self, "sqs", os.environ.get("AWS_ENDPOINT_URL_SQS")) as sqs:
+                await sqs.send_message(QueueUrl=url, MessageBody=json.dumps(record, default=_json_default))
+        except Exception as exc:  # the destination is best effort in AWS too: log and drop
+            log.error(
+                "on-failure destination refused the event",
+                extra={"function": pool.fn.name, "requestId": request_id, "error": str(exc)},
+            )
+        else:
+            pool.stats.async_destination += 1
 
     # ---- HTTP handlers
 

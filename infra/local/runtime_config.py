@@ -35,6 +35,11 @@ class FunctionConfig(_Model):
     """Most containers running at once; unset: the runtime's `defaultConcurrency`."""
     maximum_retry_attempts: int = Field(default=2, ge=0, le=2)
     """Retries of an asynchronous (`Event`) invocation after a function error, as in AWS."""
+    maximum_event_age: float = Field(default=21600, ge=60, le=21600)
+    """Seconds an asynchronous event is kept (AWS: 60 s to 6 h); older, it is not retried any more."""
+    on_failure_queue_url: str | None = None
+    """The on-failure destination of asynchronous invocations (an SQS queue), as AWS's DestinationConfig:
+    an event whose retries are exhausted (or too old) is sent there as an invocation record."""
     provisioned_concurrency: int = Field(default=0, ge=0, le=1000)
     """Containers started (handler imported) when the runtime starts, as Lambda's provisioned concurrency."""
 

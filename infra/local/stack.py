@@ -44,6 +44,11 @@ class StackOptions(BaseModel):
     max_connection_seconds: float = Field(default=7200, gt=0)
     reconcile_every_seconds: float = Field(default=60, gt=0)
     reconcile_quiet_seconds: float = Field(default=15, ge=0)
+    sweep_every_seconds: float = Field(default=60, gt=0)
+    sweep_after_seconds: float = Field(default=300, gt=0)
+    async_retry_delay_seconds: float = Field(
+        default=1.0, ge=0, description="first retry of a failed async invocation (AWS: ~1 min; then 2x)"
+    )
     state_dir: Path = Path(".fanout")
 
 
@@ -104,6 +109,9 @@ class LocalStack:
         stream_arn = connections_stream_arn(dynamodb, settings)
         sqs = local_client("sqs", sqs_url)
         queues = create_queues(sqs, shards=o.shards, visibility_timeout=30)
+        swarm_failures = sqs.create_queue(
+            QueueName="fanout-swarm-failures", Attributes={"MessageRetentionPeriod": "1209600"}
+        )["QueueUrl"]
 
         env = {
             "AWS_ACCESS_KEY_ID": "local",
@@ -130,9 +138,12 @@ class LocalStack:
             "FANOUT_TOKEN_SECRET": token_secret,
             "FANOUT_REGION": REGION,
             "FANOUT_RECONCILE_QUIET_SECONDS": str(o.reconcile_quiet_seconds),
+            "FANOUT_SWEEP_AFTER_SECONDS": str(o.sweep_after_seconds),
         }
         runtime_cfg = self.state_dir / "runtime.json"
-        runtime_cfg.write_text(json.dumps(runtime_config(env, queues, stream_arn, o, sqs), indent=2))
+        runtime_cfg.write_text(
+            json.dumps(runtime_config(env, queues, stream_arn, o, sqs, swarm_failures), indent=2)
+        )
         self.log(f"starting the Lambda runtime ({len(FUNCTIONS)} functions)")
         self._spawn(
             "runtime",
@@ -180,6 +191,7 @@ class LocalStack:
             "partitionQueueUrls": queues.partition_queue_urls,
             "postQueueUrls": queues.post_queue_urls,
             "deadLetterQueueUrls": queues.dead_letter_queue_urls,
+            "swarmFailureQueueUrl": swarm_failures,
             "settings": {
                 k: v for k, v in env.items() if k.startswith("FANOUT_") and k != "FANOUT_TOKEN_SECRET"
             },
@@ -254,6 +266,7 @@ FUNCTIONS = {
     "fanout-swarm": "handlers.swarm.handler",
     "fanout-query": "handlers.query.handler",
     "fanout-post": "handlers.post.handler",
+    "fanout-sweeper": "handlers.sweeper.handler",
 }
 
 
@@ -269,7 +282,12 @@ def _concurrency(name: str, o: StackOptions) -> int:
 
 
 def runtime_config(
-    env: dict[str, str], queues: Any, stream_arn: str, o: StackOptions, sqs: Any
+    env: dict[str, str],
+    queues: Any,
+    stream_arn: str,
+    o: StackOptions,
+    sqs: Any,
+    swarm_failures: str | None = None,
 ) -> dict[str, Any]:
     """The Lambda runtime's configuration: the same functions and triggers as the CDK app."""
     from infra.local.runtime_config import (
@@ -280,7 +298,13 @@ def runtime_config(
         SqsMapping,
     )
 
-    timeouts = {"fanout-query": 60.0, "fanout-post": 60.0, "fanout-swarm": 120.0, "fanout-reconciler": 120.0}
+    timeouts = {
+        "fanout-query": 60.0,
+        "fanout-post": 60.0,
+        "fanout-swarm": 120.0,
+        "fanout-reconciler": 120.0,
+        "fanout-sweeper": 55.0,
+    }
     functions = [
         FunctionConfig(
             name=name,
@@ -289,6 +313,7 @@ def runtime_config(
             memory_size=1024,
             reserved_concurrency=_concurrency(name, o),
             provisioned_concurrency=_concurrency(name, o),
+            on_failure_queue_url=swarm_failures if name == "fanout-swarm" else None,
         )
         for name, handler in FUNCTIONS.items()
     ]
@@ -325,14 +350,18 @@ def runtime_config(
         report_batch_item_failures=True,
         poll_interval=0.1,
     )
-    schedule = ScheduleConfig(
-        function="fanout-reconciler", rate_seconds=o.reconcile_every_seconds, name="reconcile"
-    )
+    schedules = [
+        ScheduleConfig(
+            function="fanout-reconciler", rate_seconds=o.reconcile_every_seconds, name="reconcile"
+        ),
+        ScheduleConfig(function="fanout-sweeper", rate_seconds=o.sweep_every_seconds, name="sweep"),
+    ]
     config = RuntimeConfig(
         functions=functions,
         sqs_mappings=mappings,
         dynamodb_stream_mappings=[stream],
-        schedules=[schedule],
+        schedules=schedules,
+        async_retry_delay=o.async_retry_delay_seconds,
         environment=env,
         region=REGION,
         python_path=[str(ROOT)],

@@ -158,8 +158,9 @@ async def test_stale_connections_are_pruned_within_the_broadcast_and_counts_reco
     set_faults(state, rate429=0.05, rate500=0.02, rate410=0.0, latencyMs=0)
     client = ddb(state)
     base = await settled_connections(state)
-    # Given 40 rows for connections the gateway does not know (missed $disconnect): it answers 410
-    now = int(time.time())
+    # Given 40 rows for connections the gateway does not know (missed $disconnect an hour ago): it
+    # answers 410, and the rows are old enough for the 410 to be believed
+    now = int(time.time()) - 3600
     stale = [f"Stale{i:03d}=" for i in range(40)]
     for i, cid in enumerate(stale):
         client.put_item(

@@ -45,15 +45,17 @@ class Pipeline:
     dead_letter_urls: list[str]
 
     # -- seeding -------------------------------------------------------------------------------------
-    def seed_connections(self, per_partition: dict[int, list[str]]) -> None:
+    def seed_connections(self, per_partition: dict[int, list[str]], *, connected_ago: float = 60) -> None:
+        """Connection rows (and partition counts) for connections opened `connected_ago` seconds ago."""
         now = int(time.time())
+        connected_ms = int((time.time() - connected_ago) * 1000)
         rows = [
             {
                 "PutRequest": {
                     "Item": {
                         "connectionId": {"S": c},
                         "partitionId": {"N": str(p)},
-                        "connectedAt": {"N": str(now * 1000)},
+                        "connectedAt": {"N": str(connected_ms)},
                         "expiresAt": {"N": str(now + 8000)},
                     }
                 }
@@ -76,6 +78,13 @@ class Pipeline:
         for page in self.dynamodb.get_paginator("scan").paginate(TableName=self.settings.connections_table):
             ids.update(i["connectionId"]["S"] for i in page["Items"])
         return ids
+
+    def shape(self, broadcast_id: str) -> dict[str, int]:
+        """What the swarm fixed for a broadcast and put in every task and batch (partitions, shards)."""
+        item = self.dynamodb.get_item(
+            TableName=self.settings.broadcasts_table, Key={"broadcastId": {"S": broadcast_id}}
+        )["Item"]
+        return {"partitions": int(item["partitions"]["N"]), "counter_shards": int(item["counterShards"]["N"])}
 
     # -- driving handlers ----------------------------------------------------------------------------
     def api(self, method: str, path: str, **kwargs: Any) -> tuple[int, dict[str, Any], dict[str, str]]:

@@ -105,7 +105,11 @@ def test_a_replayed_post_batch_is_neither_posted_nor_counted_twice(pipe: Pipelin
 
     # SQS delivers the same post batch again (at-least-once)
     batch = PostBatch(
-        broadcast_id=view["broadcastId"], partition_id=0, batch_id="p0-b0", connection_ids=per_partition[0]
+        broadcast_id=view["broadcastId"],
+        partition_id=0,
+        batch_id="p0-b0",
+        connection_ids=per_partition[0],
+        **pipe.shape(view["broadcastId"]),
     )
     message = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": batch.model_dump_json(by_alias=True)}
     out = handlers.post.handler(sqs_event([message], "arn:aws:sqs:us-east-1:0:q"), LambdaContextStub())
@@ -127,7 +131,7 @@ def test_a_replayed_partition_task_resends_the_same_plan_without_recounting(pipe
     view = pipe.broadcast("plan")
     assert view["targeted"] == 7
 
-    task = PartitionTask(broadcast_id=view["broadcastId"], partition_id=0)
+    task = PartitionTask(broadcast_id=view["broadcastId"], partition_id=0, **pipe.shape(view["broadcastId"]))
     message = {"MessageId": "m1", "ReceiptHandle": "r1", "Body": task.model_dump_json(by_alias=True)}
     handlers.query.handler(sqs_event([message], "arn:aws:sqs:us-east-1:0:q"), LambdaContextStub())
     pipe.drain()

@@ -20,8 +20,7 @@ from fanout.errors import (
     Throttled,
 )
 from fanout.frames import build_frame
-from fanout.models import BroadcastRecord, BroadcastStatus
-from fanout.planning import is_complete, partition_shard, plan_batches
+from fanout.planning import partition_shard, plan_batches
 from fanout.retry import backoff_delay, requeue_delay_seconds
 
 json_values = st.recursive(
@@ -87,18 +86,6 @@ def test_requeue_delay_stays_within_sqs_limits(attempt: int, base: int, r: float
     delay = requeue_delay_seconds(attempt, base=base, rand=lambda: r)
     assert 0 <= delay <= 900
     assert isinstance(delay, int)
-
-
-def record(**kw: Any) -> BroadcastRecord:
-    values = {"broadcastId": "b", "status": BroadcastStatus.RUNNING, "createdAt": 1, **kw}
-    return BroadcastRecord.model_validate(values)
-
-
-def test_completion_needs_every_partition_and_every_target() -> None:
-    assert is_complete(record(partitions=2, partitionsDone=2, targeted=5, delivered=3, gone=1, failed=1))
-    assert not is_complete(record(partitions=2, partitionsDone=1, targeted=5, delivered=5))
-    assert not is_complete(record(partitions=2, partitionsDone=2, targeted=5, delivered=4))
-    assert not is_complete(record(status=BroadcastStatus.COMPLETED, partitions=0, partitionsDone=0))
 
 
 class ScriptedPoster:
