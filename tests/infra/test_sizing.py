@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fanout.plan import DEFAULT_POST_RATE_SHARE
 from infra.cdk.config import FanoutConfig
 from infra.cdk.sizing import post_concurrency_plan, visibility_timeout_seconds
 
@@ -89,6 +90,7 @@ def test_config_rejects_bad_context(bad: dict[str, str]) -> None:
 def test_post_budget_is_a_share_of_the_account_quota_unless_given() -> None:
     # the account throttle is shared by every API and client message of the account: 80 % by default
     assert FanoutConfig().post_budget == 8_000
+    assert FanoutConfig().post_rate_share == DEFAULT_POST_RATE_SHARE  # what `fanout plan` assumes
     shared = FanoutConfig.from_context(Context(accountPostQuota="50000", postRateShare="0.5"))
     assert shared.post_budget == 25_000
     assert shared.post_plan.total_workers * shared.post_plan.rate_per_worker <= 25_000 + 0.01
