@@ -29,7 +29,7 @@ from infra.cdk.nag import acknowledge
 
 @dataclass(frozen=True)
 class Spec:
-    key: str  # fanout-<key> is the function name; handlers.<module>.handler the handler
+    key: str  # <prefix>-<key> is the function name; handlers.<module>.handler the handler
     module: str
     memory: int
     timeout: Duration
