@@ -16,6 +16,10 @@ latency-bound (K posts in flight / PostToConnection latency). W comes from Q sha
 `MaximumConcurrency`: an SQS event source mapping starts 5 concurrent batches and adds up to 300 per
 minute, so Q = ceil(W / 5) shards put every worker to work at once (no ramp).
 
+The account's throttle is shared by every API and every client message of the account and Region,
+so a deployment's post stage gets a share of it (the CDK app's `postRateShare`, 80 % by default): the
+model plans against that budget, quota x share.
+
 Pure: plain data in, plain data out; no I/O. `fanout plan` prints it (`add_parser`).
 """
 
@@ -34,6 +38,8 @@ ESM_MAX_CONCURRENCY = 1000
 SQS_BATCH_SIZES = (10, 20, 50, 100)  # post ESM batch sizes considered; above 10 needs a batching window
 MAX_POST_CONCURRENCY = 2000  # Settings.post_concurrency's bound
 TARGET_FACTOR = 1.10  # "within 10% of N / R"
+# The CDK app's default postRateShare (infra/cdk/config.py): what `fanout plan` assumes unless told.
+DEFAULT_POST_RATE_SHARE = 0.8
 
 
 @dataclass(frozen=True)
@@ -127,10 +133,16 @@ class Prediction:
 @dataclass(frozen=True)
 class Plan:
     deployment: Deployment
-    prediction: Prediction
+    prediction: Prediction  # against the budget: prediction.quota is account_quota x share
     headroom: float
     warm: bool
-    min_connections_for_target: int | None  # smallest N within 10% of N/R at this quota (None: never)
+    min_connections_for_target: int | None  # smallest N within 10% of N/R at this budget (None: never)
+    account_quota: float  # the account's throttle, shared by every API and client message
+    share: float  # the part of it this deployment's post stage uses (CDK postRateShare)
+
+    @property
+    def budget(self) -> float:
+        return self.prediction.quota
 
 
 # -- the model ------------------------------------------------------------------------------------------
@@ -374,12 +386,17 @@ def plan(
     headroom: float = 0.97,
     warm: bool = False,
     provisioned: bool = True,
+    share: float = 1.0,
 ) -> Plan:
+    """The plan for `connections` when the post stage may use `share` of the account's `quota`."""
+    if not 0 < share <= 1:
+        raise ValueError("share must be in (0, 1]")
     costs = costs or Costs()
-    d = recommend_deployment(connections, quota, costs, headroom=headroom, provisioned=provisioned)
-    p = predict(connections, quota, d, costs, warm=warm)
-    least = min_connections_for_target(quota, costs, headroom=headroom, warm=warm, provisioned=provisioned)
-    return Plan(d, p, headroom, warm, least)
+    budget = quota * share
+    d = recommend_deployment(connections, budget, costs, headroom=headroom, provisioned=provisioned)
+    p = predict(connections, budget, d, costs, warm=warm)
+    least = min_connections_for_target(budget, costs, headroom=headroom, warm=warm, provisioned=provisioned)
+    return Plan(d, p, headroom, warm, least, account_quota=quota, share=share)
 
 
 # -- CLI --------------------------------------------------------------------------------------------------
@@ -404,8 +421,21 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0] if __doc__ else None,
     )
     p.add_argument("--connections", type=int, required=True, help="N live connections")
-    p.add_argument("--post-quota", type=float, default=10_000, help="account quota, posts/s (default 10,000)")
-    p.add_argument("--headroom", type=float, default=0.97, help="fraction of the quota to use (default 0.97)")
+    p.add_argument(
+        "--post-quota",
+        type=float,
+        default=10_000,
+        help="the account's API Gateway throttle, requests/s, shared by every API (default 10,000)",
+    )
+    p.add_argument(
+        "--share",
+        type=_share,
+        default=DEFAULT_POST_RATE_SHARE,
+        help="share of the quota the post stage uses, the CDK postRateShare (default %(default)s)",
+    )
+    p.add_argument(
+        "--headroom", type=float, default=0.97, help="fraction of the budget to pace at (default 0.97)"
+    )
     p.add_argument("--warm", action="store_true", help="workers already warm (no cold starts)")
     p.add_argument(
         "--no-provisioned",
@@ -426,6 +456,16 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     return p
 
 
+def _share(value: str) -> float:
+    try:
+        share = float(value)
+    except ValueError:
+        share = math.nan
+    if not 0 < share <= 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a share in (0, 1]")
+    return share
+
+
 def cmd_plan(args: argparse.Namespace) -> int:
     costs = Costs(**{name: getattr(args, name) for name in _COST_FLAGS})
     result = plan(
@@ -435,6 +475,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
         headroom=args.headroom,
         warm=args.warm,
         provisioned=args.provisioned,
+        share=args.share,
     )
     if args.json:
         print(json.dumps(to_json(result, costs), indent=2))
@@ -448,6 +489,9 @@ def to_json(result: Plan, costs: Costs) -> dict[str, Any]:
         "deployment": asdict(result.deployment)
         | {"postWorkers": result.deployment.post_workers, "totalPostRate": result.deployment.total_post_rate},
         "prediction": asdict(result.prediction),
+        "accountQuota": result.account_quota,
+        "share": result.share,
+        "budget": result.budget,
         "headroom": result.headroom,
         "warm": result.warm,
         "minConnectionsForTarget": result.min_connections_for_target,
@@ -457,7 +501,15 @@ def to_json(result: Plan, costs: Costs) -> dict[str, Any]:
 
 def render(result: Plan) -> str:
     d, p = result.deployment, result.prediction
+    others = 1 - result.share
     rows = [
+        ("CDK -c accountPostQuota", f"{result.account_quota:g}", "the account's throttle, requests/s"),
+        (
+            "CDK -c postRateShare",
+            f"{result.share:g}",
+            f"post budget {result.budget:,.0f}/s"
+            + (f"; {others:.0%} left to other APIs and client messages" if others > 0 else ""),
+        ),
         ("FANOUT_PARTITION_COUNT", f"{d.partitions}", "~100 connections per partition"),
         ("FANOUT_SHARD_COUNT", f"{d.shards}", "Q: each shard's ESM starts 5 workers at once"),
         ("FANOUT_POST_BATCH_SIZE", f"{d.post_batch_size}", "B: above the largest partition, one batch each"),
@@ -490,16 +542,17 @@ def render(result: Plan) -> str:
     width = max(len(r[0]) for r in rows)
     vwidth = max(len(r[1]) for r in rows)
     out = [
-        f"fanout plan: {p.connections:,} connections at a quota of {p.quota:,.0f} posts/s "
-        f"({'warm' if result.warm or d.provisioned_concurrency else 'cold'} workers, "
-        f"{result.headroom:.0%} of the quota)",
+        f"fanout plan: {p.connections:,} connections at a budget of {p.quota:,.0f} posts/s "
+        f"({result.share:.0%} of the account's {result.account_quota:,.0f}/s; "
+        f"{'warm' if result.warm or d.provisioned_concurrency else 'cold'} workers, "
+        f"{result.headroom:.0%} of the budget)",
         "",
         "settings to deploy with",
     ]
     out += [f"  {name:<{width}}  {value:<{vwidth}}  {why}" for name, value, why in rows]
     out += [
         f"  total post rate: {d.post_workers} x {d.post_rate_per_worker:g} = "
-        f"{d.post_workers * d.post_rate_per_worker:,.0f}/s (quota {p.quota:,.0f}/s)",
+        f"{d.post_workers * d.post_rate_per_worker:,.0f}/s (budget {p.quota:,.0f}/s)",
         "",
         "predicted broadcast",
         f"  floor N / R          {p.floor_seconds:9.2f} s",
@@ -517,10 +570,10 @@ def render(result: Plan) -> str:
     if result.min_connections_for_target is not None:
         out.append(
             f"  within 10% of N / R from about {result.min_connections_for_target:,} connections "
-            "at this quota"
+            "at this budget"
         )
     else:
-        out.append("  never within 10% of N / R at this quota with these costs")
+        out.append("  never within 10% of N / R at this budget with these costs")
     out += [f"  warning: {w}" for w in p.warnings]
     return "\n".join(out)
 

@@ -33,12 +33,12 @@ def build_app(context: Mapping[str, Any] | None = None, outdir: str | None = Non
     env = cdk.Environment(
         account=os.environ.get("CDK_DEFAULT_ACCOUNT"), region=os.environ.get("CDK_DEFAULT_REGION")
     )
-    stack = FanoutStack(app, "Fanout", config=config, env=env)
+    stack = FanoutStack(app, config.stack_name, config=config, env=env)
     if config.loadtest:
         LoadTestStack(
             app,
-            "FanoutLoadTest",
-            config=config,
+            f"{config.stack_name}LoadTest",
+            config=stack.config,
             websocket_url=stack.websocket.url,
             token_secret=stack.token_secret,
             env=env,

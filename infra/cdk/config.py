@@ -7,6 +7,7 @@ so a typo fails the synth with a clear message instead of deploying something od
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 from typing import Any, Protocol
 
@@ -18,13 +19,17 @@ from infra.cdk.sizing import PostConcurrencyPlan, post_concurrency_plan
 
 
 class RemovalMode(StrEnum):
-    RETAIN = "retain"  # production: tables and secret survive `cdk destroy`
+    # production: tables, secret, log groups and the API Gateway logging role survive `cdk destroy`
+    RETAIN = "retain"
     DESTROY = "destroy"  # test deployments: `cdk destroy` removes everything
 
 
 class Billing(StrEnum):
     PAY_PER_REQUEST = "PAY_PER_REQUEST"
     PROVISIONED = "PROVISIONED"
+
+
+NAME_PREFIX_PATTERN = r"^[a-z][a-z0-9-]{1,31}$"
 
 
 class ContextReader(Protocol):
@@ -36,7 +41,11 @@ class FanoutConfig(BaseModel):
 
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
-    name_prefix: str = Field(default="fanout", pattern=r"^[a-z][a-z0-9-]{1,20}$")
+    stack_name: str = Field(default="Fanout", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
+    # Prefix of the readable physical names (functions, queues, topic, dashboard, rules); by default
+    # the stack's name in lower case, so that two stacks never claim the same name. Retained resources
+    # (tables, secret, log groups) have no fixed name at all: CloudFormation generates theirs.
+    name_prefix: str | None = Field(default=None, pattern=NAME_PREFIX_PATTERN)
     stage_name: str = Field(default="prod", pattern=r"^[A-Za-z0-9_-]{1,64}$")
     removal_policy: RemovalMode = RemovalMode.RETAIN
     billing_mode: Billing = Billing.PAY_PER_REQUEST
@@ -55,16 +64,29 @@ class FanoutConfig(BaseModel):
     stream_parallelization: int = Field(default=2, ge=1, le=10)
     query_max_concurrency: int = Field(default=5, ge=2, le=1000, description="per partition shard")
 
-    # Post rate budget: the account's PostToConnection quota (API Gateway, requests/s)
-    post_rate_budget: float = Field(default=10_000, gt=0)
+    # Post rate budget. The account's API Gateway throttle (10,000 requests/s by default, per account
+    # and Region) is shared by every API and every client message in the account, so the post stage
+    # takes only a share of it unless an explicit budget is given.
+    account_post_quota: float = Field(default=10_000, gt=0, description="the account's throttle, requests/s")
+    post_rate_share: float = Field(default=0.8, gt=0, le=1, description="share of it the post stage uses")
+    post_rate_budget: float | None = Field(
+        default=None, gt=0, description="PostToConnection calls/s for this stack; wins over the share"
+    )
     post_worker_capacity: float = Field(
         default=1_000, gt=0, description="posts/s one post worker sustains (measure with the benchmarks)"
     )
     post_concurrency: int = Field(default=64, ge=1, le=2_000, description="posts in flight per worker")
+    # Off by default: AWS keeps 100 of the account's concurrency unreserved, so any reservation fails
+    # in an account whose quota is below the reservations + 100 (new accounts may have 10). The post
+    # rate is bounded without it, by the post event source mappings' MaximumConcurrency.
     reserve_concurrency: bool = Field(
-        default=True,
-        description="reserve the post (and reconciler) concurrency; needs unreserved account concurrency",
+        default=False,
+        description="reserve the post fleet's, the reconciler's and the sweeper's concurrency",
     )
+
+    # Sweeper: re-drives broadcasts whose asynchronous swarm invocation was lost
+    sweep_after_seconds: int = Field(default=300, ge=60, le=6 * 3600)
+    sweep_attempts: int = Field(default=3, ge=1, le=20)
 
     # API throttling (requests/s and burst) of the WebSocket stage and the operator API
     websocket_rate_limit: float = Field(default=1_000, gt=0)
@@ -81,6 +103,7 @@ class FanoutConfig(BaseModel):
     alarm_email: str | None = None
     queue_age_alarm_seconds: int = Field(default=300, ge=60)
     throttled_alarm_per_minute: int = Field(default=1_000, ge=1)
+    transaction_conflict_alarm_per_minute: int = Field(default=300, ge=1)
 
     # Optional load-test stack (Locust on ECS Fargate)
     loadtest: bool = False
@@ -103,11 +126,32 @@ class FanoutConfig(BaseModel):
         return self
 
     @property
+    def post_budget(self) -> float:
+        """PostToConnection calls/s the post fleet may make: the explicit budget, else the share."""
+        if self.post_rate_budget is not None:
+            return self.post_rate_budget
+        return self.account_post_quota * self.post_rate_share
+
+    @property
     def post_plan(self) -> PostConcurrencyPlan:
-        return post_concurrency_plan(self.post_rate_budget, self.shards, self.post_worker_capacity)
+        return post_concurrency_plan(self.post_budget, self.shards, self.post_worker_capacity)
+
+    def for_stack(self, stack_name: str) -> FanoutConfig:
+        """This config with the name prefix resolved for a stack (its name in lower case by default)."""
+        if self.name_prefix is not None:
+            return self
+        prefix = stack_name.lower()
+        if not re.fullmatch(NAME_PREFIX_PATTERN, prefix):
+            raise ValueError(
+                f"stack name {stack_name!r} does not make a name prefix ({NAME_PREFIX_PATTERN}): "
+                "set -c namePrefix=<prefix>"
+            )
+        return self.model_copy(update={"name_prefix": prefix})
 
     def name(self, suffix: str) -> str:
-        """Physical name of a resource: ``<prefix>-<suffix>`` (fanout-connections, fanout-post-0)."""
+        """Readable physical name: ``<prefix>-<suffix>`` (fanout-post-0); never for retained resources."""
+        if self.name_prefix is None:
+            raise ValueError("name prefix not resolved: build resources with config.for_stack(stack_name)")
         return f"{self.name_prefix}-{suffix}"
 
     @classmethod

@@ -26,15 +26,17 @@ class FanoutStack(Stack):
         super().__init__(
             scope, id, description="fanout: broadcast engine for API Gateway WebSockets", **kwargs
         )
-        self.config = config
-        removal = (
+        # Readable names (functions, queues, ...) carry this stack's prefix, so stacks never collide.
+        self.config = config = config.for_stack(self.stack_name)
+        self.removal = removal = (
             RemovalPolicy.DESTROY if config.removal_policy is RemovalMode.DESTROY else RemovalPolicy.RETAIN
         )
 
+        # No secret_name: a retained secret keeps its name after `cdk destroy` (and Secrets Manager
+        # holds a deleted one's name for its recovery window), so a fixed name fails the next deploy.
         self.token_secret = secretsmanager.Secret(
             self,
             "TokenSecret",
-            secret_name=config.name("token-secret"),
             description="HS256 key of the client connect tokens (fanout.tokens)",
             generate_secret_string=secretsmanager.SecretStringGenerator(
                 password_length=64, exclude_punctuation=True
@@ -87,6 +89,7 @@ class FanoutStack(Stack):
             config=config,
             table_name=self.tables.partitions.table_name,
             table_arn=self.tables.partitions.table_arn,
+            removal_policy=removal,
         )
         self.monitoring = Monitoring(
             self, "Monitoring", config=config, queues=self.queues, functions=self.functions.by_key
@@ -94,7 +97,13 @@ class FanoutStack(Stack):
         self._outputs()
 
     def _api_gateway_logging_role(self) -> None:
-        """API Gateway writes WebSocket stage logs only with a Region-wide CloudWatch role set."""
+        """API Gateway writes WebSocket stage logs only with a Region-wide CloudWatch role set.
+
+        The role and the account setting share the stack's removal policy (as CDK's own
+        ``cloudWatchRoleRemovalPolicy`` does): retained, the setting never points at a deleted role,
+        which would stop the stage logs of every API in the Region. The role's name is generated, so
+        a deploy after `cdk destroy` creates a new one and points the setting at it.
+        """
         role = iam.Role(
             self,
             "ApiGatewayCloudWatchRole",
@@ -111,8 +120,9 @@ class FanoutStack(Stack):
             "The Region-wide API Gateway logging role must write to log groups API Gateway names "
             "itself (one per API and stage); AWS's managed policy for exactly that purpose is the scope.",
         )
+        role.apply_removal_policy(self.removal)
         account = apigw_v1.CfnAccount(self, "ApiGatewayAccount", cloud_watch_role_arn=role.role_arn)
-        account.apply_removal_policy(RemovalPolicy.RETAIN)  # other APIs in the Region may rely on it
+        account.apply_removal_policy(self.removal)
         self.websocket.stage.node.add_dependency(account)
 
     def _outputs(self) -> None:
@@ -126,6 +136,7 @@ class FanoutStack(Stack):
         out("PartitionsTable", self.tables.partitions.table_name, "partitions table")
         out("BroadcastsTable", self.tables.broadcasts.table_name, "broadcasts table")
         out("IdempotencyTable", self.tables.idempotency.table_name, "idempotency and ledger table")
+        out("SwarmFailuresQueueUrl", self.queues.swarm_failures.queue_url, "swarm events Lambda gave up on")
         out("DashboardName", self.monitoring.dashboard.dashboard_name, "CloudWatch dashboard")
         out("AlarmTopicArn", self.monitoring.topic.topic_arn, "subscribe on-call here")
         out("TokenSecretArn", self.token_secret.secret_arn, "HS256 key for connect tokens")

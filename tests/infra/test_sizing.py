@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fanout.plan import DEFAULT_POST_RATE_SHARE
 from infra.cdk.config import FanoutConfig
 from infra.cdk.sizing import post_concurrency_plan, visibility_timeout_seconds
 
@@ -84,3 +85,37 @@ def test_config_rejects_bad_context(bad: dict[str, str]) -> None:
         return
     with pytest.raises(ValueError, match="invalid fanout context"):
         FanoutConfig.from_context(Context(bad))
+
+
+def test_post_budget_is_a_share_of_the_account_quota_unless_given() -> None:
+    # the account throttle is shared by every API and client message of the account: 80 % by default
+    assert FanoutConfig().post_budget == 8_000
+    assert FanoutConfig().post_rate_share == DEFAULT_POST_RATE_SHARE  # what `fanout plan` assumes
+    shared = FanoutConfig.from_context(Context(accountPostQuota="50000", postRateShare="0.5"))
+    assert shared.post_budget == 25_000
+    assert shared.post_plan.total_workers * shared.post_plan.rate_per_worker <= 25_000 + 0.01
+    explicit = FanoutConfig.from_context(Context(accountPostQuota="50000", postRateBudget="1200"))
+    assert explicit.post_budget == 1_200
+    for bad in ({"postRateShare": "0"}, {"postRateShare": "1.5"}, {"accountPostQuota": "-1"}):
+        with pytest.raises(ValueError, match="invalid fanout context"):
+            FanoutConfig.from_context(Context(bad))
+
+
+def test_reserved_concurrency_is_opt_in() -> None:
+    from infra.cdk.constructs.functions import reserved_concurrency
+
+    assert FanoutConfig().reserve_concurrency is False
+    assert reserved_concurrency(FanoutConfig()) == {}
+    on = FanoutConfig.from_context(Context(reserveConcurrency="true"))
+    assert reserved_concurrency(on) == {"post": on.post_plan.total_workers, "reconciler": 1, "sweeper": 1}
+
+
+def test_name_prefix_follows_the_stack_unless_given() -> None:
+    assert FanoutConfig().for_stack("Fanout").name("post-0") == "fanout-post-0"
+    assert FanoutConfig().for_stack("FanoutStaging").name("swarm") == "fanoutstaging-swarm"
+    given_prefix = FanoutConfig.from_context(Context(namePrefix="blue"))
+    assert given_prefix.for_stack("FanoutStaging").name("swarm") == "blue-swarm"
+    with pytest.raises(ValueError, match="namePrefix"):
+        FanoutConfig().for_stack("F" * 40)
+    with pytest.raises(ValueError, match="not resolved"):
+        FanoutConfig().name("swarm")

@@ -25,8 +25,12 @@ FUNCTIONS = {
     "fanout-swarm": "handlers.swarm.handler",
     "fanout-query": "handlers.query.handler",
     "fanout-post": "handlers.post.handler",
+    "fanout-sweeper": "handlers.sweeper.handler",
 }
-PLAN = post_concurrency_plan(FanoutConfig().post_rate_budget, SHARDS, FanoutConfig().post_worker_capacity)
+PLAN = post_concurrency_plan(FanoutConfig().post_budget, SHARDS, FanoutConfig().post_worker_capacity)
+# Tables have generated names; each is known by its key.
+TABLE_KEYS = {"connectionId": "connections", "partitionId": "partitions", "broadcastId": "broadcasts",
+              "id": "idempotency"}  # fmt: skip
 
 
 def by_type(t: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
@@ -41,6 +45,16 @@ def logical_id_of(t: dict[str, Any], type_: str, prop: str, value: Any) -> str:
 
 def function_id(t: dict[str, Any], name: str) -> str:
     return logical_id_of(t, "AWS::Lambda::Function", "FunctionName", name)
+
+
+def table_ids(t: dict[str, Any]) -> dict[str, str]:
+    """Logical id of each table by its role (connections, partitions, broadcasts, idempotency)."""
+    out = {}
+    for lid, r in by_type(t, "AWS::DynamoDB::Table").items():
+        (hash_key,) = [k["AttributeName"] for k in r["Properties"]["KeySchema"] if k["KeyType"] == "HASH"]
+        out[TABLE_KEYS[hash_key]] = lid
+    assert len(out) == len(TABLE_KEYS)
+    return out
 
 
 def refs(value: Any) -> set[str]:
@@ -135,19 +149,13 @@ def test_operator_api_routes_are_iam_authorized_and_throttled(fanout: dict[str, 
 
 # -- tables --------------------------------------------------------------------------------------
 def test_tables_keys_gsi_stream_ttl_pitr_encryption(fanout: dict[str, Any]) -> None:
-    tables = {r["Properties"]["TableName"]: r for r in by_type(fanout, "AWS::DynamoDB::Table").values()}
-    assert set(tables) == {
-        "fanout-connections",
-        "fanout-partitions",
-        "fanout-broadcasts",
-        "fanout-idempotency",
-    }
+    tables = {role: fanout["Resources"][lid] for role, lid in table_ids(fanout).items()}
     keys = {n: t["Properties"]["KeySchema"] for n, t in tables.items()}
-    assert keys["fanout-connections"] == [{"AttributeName": "connectionId", "KeyType": "HASH"}]
-    assert keys["fanout-partitions"] == [{"AttributeName": "partitionId", "KeyType": "HASH"}]
-    assert keys["fanout-broadcasts"] == [{"AttributeName": "broadcastId", "KeyType": "HASH"}]
-    assert keys["fanout-idempotency"] == [{"AttributeName": "id", "KeyType": "HASH"}]
-    conn = tables["fanout-connections"]["Properties"]
+    assert keys["connections"] == [{"AttributeName": "connectionId", "KeyType": "HASH"}]
+    assert keys["partitions"] == [{"AttributeName": "partitionId", "KeyType": "HASH"}]
+    assert keys["broadcasts"] == [{"AttributeName": "broadcastId", "KeyType": "HASH"}]
+    assert keys["idempotency"] == [{"AttributeName": "id", "KeyType": "HASH"}]
+    conn = tables["connections"]["Properties"]
     (gsi,) = conn["GlobalSecondaryIndexes"]
     assert gsi["IndexName"] == "byPartition"
     assert gsi["KeySchema"] == [
@@ -158,15 +166,29 @@ def test_tables_keys_gsi_stream_ttl_pitr_encryption(fanout: dict[str, Any]) -> N
     assert {"AttributeName": "partitionId", "AttributeType": "N"} in conn["AttributeDefinitions"]
     assert conn["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
     assert conn["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
-    assert (
-        tables["fanout-idempotency"]["Properties"]["TimeToLiveSpecification"]["AttributeName"] == "expiration"
-    )
+    assert tables["idempotency"]["Properties"]["TimeToLiveSpecification"]["AttributeName"] == "expiration"
     for name, table in tables.items():
         props = table["Properties"]
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
         assert props["SSESpecification"]["SSEEnabled"] is True, name
         assert props["BillingMode"] == "PAY_PER_REQUEST", name
         assert table["DeletionPolicy"] == "Retain", name  # default removal policy keeps data
+        assert props["DeletionProtectionEnabled"] is True, name
+        assert "TableName" not in props, name  # generated: a redeploy after destroy never collides
+
+
+def test_broadcasts_pending_index_is_sparse_and_keys_only(fanout: dict[str, Any]) -> None:
+    props = fanout["Resources"][table_ids(fanout)["broadcasts"]]["Properties"]
+    (gsi,) = props["GlobalSecondaryIndexes"]
+    assert gsi["IndexName"] == "byPending"
+    assert gsi["KeySchema"] == [
+        {"AttributeName": "pending", "KeyType": "HASH"},
+        {"AttributeName": "createdAt", "KeyType": "RANGE"},
+    ]
+    assert gsi["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+    # only the index keys are declared: `pending` is absent from finished rows (sparse)
+    assert {"AttributeName": "pending", "AttributeType": "S"} in props["AttributeDefinitions"]
+    assert {"AttributeName": "createdAt", "AttributeType": "N"} in props["AttributeDefinitions"]
 
 
 def test_partition_rows_are_seeded(fanout: dict[str, Any]) -> None:
@@ -185,7 +207,7 @@ def test_queue_and_dlq_counts_follow_q(fanout: dict[str, Any]) -> None:
         for i in range(SHARDS)
         for dlq in ("", "-dlq")
     }
-    assert set(queues) == expected | {"fanout-partition-counter-failures"}
+    assert set(queues) == expected | {"fanout-partition-counter-failures", "fanout-swarm-failures"}
     ids = {r["Properties"]["QueueName"]: k for k, r in by_type(fanout, "AWS::SQS::Queue").items()}
     for stage, timeout in (("partition", 60), ("post", 60)):
         for i in range(SHARDS):
@@ -200,7 +222,7 @@ def test_queue_and_dlq_counts_follow_q(fanout: dict[str, Any]) -> None:
 
 
 # -- functions and event sources -----------------------------------------------------------------
-def test_ten_functions_arm64_with_handlers(fanout: dict[str, Any]) -> None:
+def test_functions_arm64_with_handlers(fanout: dict[str, Any]) -> None:
     fns = {
         r["Properties"]["FunctionName"]: r["Properties"]
         for r in by_type(fanout, "AWS::Lambda::Function").values()
@@ -216,8 +238,10 @@ def test_ten_functions_arm64_with_handlers(fanout: dict[str, Any]) -> None:
         assert env["POWERTOOLS_SERVICE_NAME"] == "fanout" and env["POWERTOOLS_METRICS_NAMESPACE"] == "Fanout"
         assert env["FANOUT_SHARD_COUNT"] == str(SHARDS) and env["FANOUT_PARTITION_COUNT"] == str(PARTITIONS)
     assert fns["fanout-post"]["MemorySize"] >= 1769
-    assert fns["fanout-post"]["ReservedConcurrentExecutions"] == PLAN.total_workers
-    assert fns["fanout-reconciler"]["ReservedConcurrentExecutions"] == 1
+    assert (fns["fanout-sweeper"]["MemorySize"], fns["fanout-sweeper"]["Timeout"]) == (256, 55)
+    # no reservation by default: it fails where the account's concurrency quota is below it + 100
+    for name, fn in fns.items():
+        assert "ReservedConcurrentExecutions" not in fn, name
 
 
 def _join_refs(value: dict[str, Any]) -> list[str]:
@@ -247,7 +271,17 @@ def test_function_environment_wiring(fanout: dict[str, Any]) -> None:
     (secret_id,) = by_type(fanout, "AWS::SecretsManager::Secret")
     assert fns["fanout-authorizer"]["FANOUT_TOKEN_SECRET_ARN"] == {"Ref": secret_id}
     assert "FANOUT_TOKEN_SECRET" not in fns["fanout-authorizer"]  # never the key itself
-    assert fns["fanout-operator-api"]["FANOUT_SWARM_FUNCTION_NAME"] == "fanout-swarm"
+    swarm = {"Ref": function_id(fanout, "fanout-swarm")}
+    assert fns["fanout-operator-api"]["FANOUT_SWARM_FUNCTION_NAME"] == swarm
+    assert fns["fanout-sweeper"]["FANOUT_SWARM_FUNCTION_NAME"] == swarm
+    assert fns["fanout-sweeper"]["FANOUT_SWEEP_AFTER_SECONDS"] == "300"
+    assert fns["fanout-sweeper"]["FANOUT_SWEEP_ATTEMPTS"] == "3"
+    assert fns["fanout-sweeper"]["FANOUT_BROADCASTS_PENDING_INDEX"] == "byPending"
+    # every function finds every table by the name CloudFormation generated (fanout/settings.py)
+    tables = table_ids(fanout)
+    for name, env in fns.items():
+        for role in TABLE_KEYS.values():
+            assert env[f"FANOUT_{role.upper()}_TABLE"] == {"Ref": tables[role]}, (name, role)
 
 
 def test_sqs_event_source_mappings(fanout: dict[str, Any]) -> None:
@@ -271,13 +305,13 @@ def test_sqs_event_source_mappings(fanout: dict[str, Any]) -> None:
 
 
 def test_stream_event_source_mapping(fanout: dict[str, Any]) -> None:
-    tables = {k: r["Properties"]["TableName"] for k, r in by_type(fanout, "AWS::DynamoDB::Table").items()}
+    tables = {lid: role for role, lid in table_ids(fanout).items()}
     (stream,) = [
         m["Properties"]
         for m in by_type(fanout, "AWS::Lambda::EventSourceMapping").values()
         if refs(m["Properties"]["EventSourceArn"]) & set(tables)
     ]
-    assert tables[next(iter(refs(stream["EventSourceArn"])))] == "fanout-connections"
+    assert tables[next(iter(refs(stream["EventSourceArn"])))] == "connections"
     assert function_id(fanout, "fanout-partition-counter") in refs(stream["FunctionName"])
     assert stream["BisectBatchOnFunctionError"] is True
     assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
@@ -286,11 +320,61 @@ def test_stream_event_source_mapping(fanout: dict[str, Any]) -> None:
     assert refs(stream["DestinationConfig"]["OnFailure"]["Destination"])
 
 
-def test_reconciler_runs_every_minute(fanout: dict[str, Any]) -> None:
-    (rule,) = by_type(fanout, "AWS::Events::Rule").values()
-    assert rule["Properties"]["ScheduleExpression"] == "rate(1 minute)"
-    (target,) = rule["Properties"]["Targets"]
-    assert function_id(fanout, "fanout-reconciler") in refs(target["Arn"])
+def test_reconciler_and_sweeper_run_every_minute(fanout: dict[str, Any]) -> None:
+    scheduled = {}
+    for rule in by_type(fanout, "AWS::Events::Rule").values():
+        (target,) = rule["Properties"]["Targets"]
+        (fn,) = refs(target["Arn"])
+        scheduled[fn] = rule["Properties"]["ScheduleExpression"]
+        assert target["RetryPolicy"]["MaximumRetryAttempts"] == 0  # the next minute's run retries
+    assert scheduled == {
+        function_id(fanout, "fanout-reconciler"): "rate(1 minute)",
+        function_id(fanout, "fanout-sweeper"): "rate(1 minute)",
+    }
+
+
+def test_swarm_async_failures_land_in_an_encrypted_queue(fanout: dict[str, Any]) -> None:
+    swarm = function_id(fanout, "fanout-swarm")
+    (config,) = by_type(fanout, "AWS::Lambda::EventInvokeConfig").values()
+    p = config["Properties"]
+    assert p["FunctionName"] == {"Ref": swarm} and p["Qualifier"] == "$LATEST"
+    assert p["MaximumRetryAttempts"] == 2
+    assert p["MaximumEventAgeInSeconds"] == 6 * 3600
+    (queue_id,) = refs(p["DestinationConfig"]["OnFailure"]["Destination"])
+    queue = fanout["Resources"][queue_id]["Properties"]
+    assert queue["QueueName"] == "fanout-swarm-failures"
+    assert queue["SqsManagedSseEnabled"] is True
+    assert queue["MessageRetentionPeriod"] == 14 * 24 * 3600
+    # Lambda sends the failed event with the function's own role
+    sends = _role_actions(fanout, "fanout-swarm")["sqs:SendMessage"]
+    assert any(refs(r) == {queue_id} for r in sends)
+    # and any message there pages someone
+    alarms = [
+        a["Properties"]
+        for a in by_type(fanout, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("MetricName") == "ApproximateNumberOfMessagesVisible"
+        and refs(a["Properties"]["Dimensions"]) == {queue_id}
+    ]
+    (alarm,) = alarms
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+def test_sweeper_permissions(fanout: dict[str, Any]) -> None:
+    actions = _role_actions(fanout, "fanout-sweeper")
+    broadcasts = table_ids(fanout)["broadcasts"]
+    (index,) = actions["dynamodb:Query"]
+    assert refs(index) == {broadcasts} and json.dumps(index).endswith('/index/byPending"]]}')
+    for action in ("dynamodb:GetItem", "dynamodb:UpdateItem"):
+        (table,) = actions[action]
+        assert table == {"Fn::GetAtt": [broadcasts, "Arn"]}, action
+    (swarm,) = actions["lambda:InvokeFunction"]
+    assert refs(swarm) == {function_id(fanout, "fanout-swarm")}
+    # nothing else: no other table, no queue
+    assert set(actions) == {
+        "dynamodb:Query", "dynamodb:GetItem", "dynamodb:UpdateItem", "lambda:InvokeFunction",
+        "logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments", "xray:PutTelemetryRecords",
+    }  # fmt: skip
 
 
 # -- IAM -----------------------------------------------------------------------------------------
@@ -373,13 +457,13 @@ def test_post_to_connection_only_on_this_apis_connections(fanout: dict[str, Any]
         assert json.dumps(arn).endswith('/live/POST/@connections/*"]]}')
 
 
-def test_operator_api_may_invoke_the_swarm_function_only(fanout: dict[str, Any]) -> None:
-    actions = _role_actions(fanout, "fanout-operator-api")
-    (target,) = actions["lambda:InvokeFunction"]
-    assert refs(target) == {function_id(fanout, "fanout-swarm")}
-    for name in FUNCTIONS:
-        if name != "fanout-operator-api":
-            assert "lambda:InvokeFunction" not in _role_actions(fanout, name), name
+def test_operator_api_and_sweeper_may_invoke_the_swarm_function_only(fanout: dict[str, Any]) -> None:
+    invokers = {"fanout-operator-api", "fanout-sweeper"}
+    for name in invokers:
+        (target,) = _role_actions(fanout, name)["lambda:InvokeFunction"]
+        assert refs(target) == {function_id(fanout, "fanout-swarm")}, name
+    for name in set(FUNCTIONS) - invokers:
+        assert "lambda:InvokeFunction" not in _role_actions(fanout, name), name
 
 
 # -- monitoring ----------------------------------------------------------------------------------
@@ -387,7 +471,9 @@ def test_dashboard_widgets(fanout: dict[str, Any]) -> None:
     (dashboard,) = by_type(fanout, "AWS::CloudWatch::Dashboard").values()
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
     for metric in ("Delivered", "Gone", "Throttled", "Failed", "BroadcastsStarted", "BroadcastsCompleted",
-                   "BroadcastDuration", "BatchLatency", "PartitionSkew", "Connections"):  # fmt: skip
+                   "BroadcastDuration", "BatchLatency", "PartitionSkew", "Connections", "ConnectFailed",
+                   "DisconnectFailed", "ConnectRefused", "TransactionConflicts", "BroadcastsRedriven",
+                   "BroadcastsFailed"):  # fmt: skip
         assert f'\\"Fanout\\",\\"{metric}\\"' in body, metric
     assert body.count("PERIOD(") >= 3  # delivered/s, gone/s, throttled/s
     assert body.count('\\"stat\\":\\"p99\\"') >= 2 and body.count('\\"stat\\":\\"p50\\"') >= 2
@@ -404,13 +490,71 @@ def test_alarms_are_wired_to_the_topic(fanout: dict[str, Any]) -> None:
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic_id}]
     names = [a["Properties"].get("MetricName") for a in alarms]
-    dlqs = 2 * SHARDS + 1
+    dlqs = 2 * SHARDS + 2  # per-shard DLQs, stream failures, swarm async failures
     assert names.count("ApproximateNumberOfMessagesVisible") == dlqs
     assert names.count("ApproximateAgeOfOldestMessage") == 2 * SHARDS
     assert names.count("Throttled") == 1
-    assert names.count("Errors") == len(FUNCTIONS) - 1  # not the authorizer: its errors are 401s
+    # Errors of every function but the authorizer, whose alarm is net of its token refusals
+    errors = [a["Properties"] for a in alarms if a["Properties"].get("MetricName") == "Errors"]
+    alarmed = {ref for a in errors for ref in refs(a["Dimensions"])}
+    authorizer = function_id(fanout, "fanout-authorizer")
+    assert alarmed == {function_id(fanout, n) for n in FUNCTIONS} - {authorizer}
     topic = fanout["Resources"][topic_id]["Properties"]
     assert refs(topic["KmsMasterKeyId"])
+
+
+def _fanout_alarm(fanout: dict[str, Any], metric: str) -> dict[str, Any]:
+    (alarm,) = [
+        a["Properties"]
+        for a in by_type(fanout, "AWS::CloudWatch::Alarm").values()
+        if a["Properties"].get("MetricName") == metric
+    ]
+    # exactly what Powertools emits: namespace POWERTOOLS_METRICS_NAMESPACE, dimension service=fanout
+    assert alarm["Namespace"] == "Fanout"
+    assert alarm["Dimensions"] == [{"Name": "service", "Value": "fanout"}]
+    assert alarm["Statistic"] == "Sum" and alarm["Period"] == 60
+    assert alarm["TreatMissingData"] == "notBreaching"
+    return alarm
+
+
+def test_authorizer_faults_alarm_subtracts_token_refusals(fanout: dict[str, Any]) -> None:
+    (alarm,) = [
+        a["Properties"]
+        for a in by_type(fanout, "AWS::CloudWatch::Alarm").values()
+        if "Metrics" in a["Properties"]
+    ]
+    queries = {q["Id"]: q for q in alarm["Metrics"]}
+    (expression,) = [q for q in queries.values() if "Expression" in q]
+    assert expression["Expression"] == "FILL(errors, 0) - FILL(refused, 0)"
+    assert expression.get("ReturnData", True) is True
+    errors = queries["errors"]["MetricStat"]
+    assert errors["Metric"]["MetricName"] == "Errors" and errors["Metric"]["Namespace"] == "AWS/Lambda"
+    assert refs(errors["Metric"]["Dimensions"]) == {function_id(fanout, "fanout-authorizer")}
+    refused = queries["refused"]["MetricStat"]
+    assert refused["Metric"] == {
+        "MetricName": "ConnectRefused",
+        "Namespace": "Fanout",
+        "Dimensions": [{"Name": "service", "Value": "fanout"}],
+    }
+    assert errors["Stat"] == refused["Stat"] == "Sum"
+    assert alarm["Threshold"] == 1 and alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+@pytest.mark.parametrize("metric", ["ConnectFailed", "DisconnectFailed"])
+def test_caught_connect_path_failures_are_alarmed(fanout: dict[str, Any], metric: str) -> None:
+    alarm = _fanout_alarm(fanout, metric)
+    assert alarm["Threshold"] == 1
+    assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+
+
+def test_engine_metrics_of_retries_and_redrives_are_alarmed(fanout: dict[str, Any]) -> None:
+    conflicts = _fanout_alarm(fanout, "TransactionConflicts")
+    assert conflicts["Threshold"] == FanoutConfig().transaction_conflict_alarm_per_minute
+    assert conflicts["EvaluationPeriods"] == conflicts["DatapointsToAlarm"] == 3  # sustained only
+    for metric in ("BroadcastsRedriven", "BroadcastsFailed"):
+        alarm = _fanout_alarm(fanout, metric)
+        assert alarm["Threshold"] == 1 and alarm["EvaluationPeriods"] == 1, metric
+        assert alarm["ComparisonOperator"] == "GreaterThanOrEqualToThreshold", metric
 
 
 def test_outputs(fanout: dict[str, Any]) -> None:

@@ -11,6 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from fanout.plan import (
+    DEFAULT_POST_RATE_SHARE,
     TARGET_FACTOR,
     Costs,
     add_parser,
@@ -149,3 +150,31 @@ def test_cli_prints_a_table_and_json(capsys: pytest.CaptureFixture[str]) -> None
     assert out["deployment"]["totalPostRate"] <= 100_000
     assert out["costs"]["post_latency_ms"] == 5
     assert out["prediction"]["seconds"] >= 3.0
+
+
+def test_the_plan_takes_only_its_share_of_the_account_quota() -> None:
+    whole = plan(300_000, 10_000)
+    shared = plan(300_000, 10_000, share=0.8)
+    assert (shared.account_quota, shared.share, shared.budget) == (10_000, 0.8, 8_000)
+    assert shared.prediction.floor_seconds == pytest.approx(300_000 / 8_000)
+    assert shared.deployment.total_post_rate <= 8_000 * shared.headroom + 1e-6
+    assert shared.prediction.seconds > whole.prediction.seconds
+    with pytest.raises(ValueError):
+        plan(1_000, 10_000, share=0)
+
+
+def test_cli_defaults_to_the_cdk_share_and_shows_it(capsys: pytest.CaptureFixture[str]) -> None:
+    root = argparse.ArgumentParser()
+    add_parser(root.add_subparsers(dest="command", required=True))
+    args = root.parse_args(["plan", "--connections", "300000", "--post-quota", "10000"])
+    assert args.share == DEFAULT_POST_RATE_SHARE
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "postRateShare" in text and "accountPostQuota" in text and "8,000" in text
+    args = root.parse_args(["plan", "--connections", "300000", "--share", "0.5", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["accountQuota"], out["share"], out["budget"]) == (10_000, 0.5, 5_000)
+    assert out["deployment"]["totalPostRate"] <= 5_000
+    with pytest.raises(SystemExit):  # argparse's clear error, no traceback
+        root.parse_args(["plan", "--connections", "10", "--share", "1.5"])

@@ -1,4 +1,4 @@
-"""The ten functions of docs/architecture.md, each with its own role, log group and event source.
+"""The functions of docs/architecture.md, each with its own role, log group and event source.
 
 Roles start empty (no AWS managed policy): each gets write access to its own log group, X-Ray
 (``Tracing.ACTIVE``) and then exactly the statements its stage needs, added here and in stack.py.
@@ -14,6 +14,7 @@ from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda_destinations as destinations
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -22,13 +23,13 @@ from constructs import Construct
 from infra.cdk import bundling
 from infra.cdk.config import FanoutConfig, RemovalMode
 from infra.cdk.constructs.queues import Queues
-from infra.cdk.constructs.tables import CONNECTIONS_INDEX, Tables
+from infra.cdk.constructs.tables import BROADCASTS_PENDING_INDEX, CONNECTIONS_INDEX, Tables
 from infra.cdk.nag import acknowledge
 
 
 @dataclass(frozen=True)
 class Spec:
-    key: str  # fanout-<key> is the function name; handlers.<module>.handler the handler
+    key: str  # <prefix>-<key> is the function name; handlers.<module>.handler the handler
     module: str
     memory: int
     timeout: Duration
@@ -39,6 +40,9 @@ class Spec:
 # Timeouts of the queue consumers set their queues' visibility timeouts (sizing.py).
 QUERY_TIMEOUT = Duration.seconds(60)
 POST_TIMEOUT = Duration.seconds(60)
+# Lambda's asynchronous invocation of the swarm: its two retries, and the longest an event may wait.
+SWARM_ASYNC_RETRIES = 2
+SWARM_MAX_EVENT_AGE = Duration.hours(6)
 
 SPECS = [
     Spec("authorizer", "authorizer", 512, Duration.seconds(10), "WebSocket $connect REQUEST authorizer"),
@@ -52,6 +56,7 @@ SPECS = [
     Spec("query", "query", 1024, QUERY_TIMEOUT, "partition task -> post batches"),
     # 1,769 MB is one full vCPU: the post stage is CPU-bound on request signing (FACTS.md).
     Spec("post", "post", 1769, POST_TIMEOUT, "post batch -> PostToConnection"),
+    Spec("sweeper", "sweeper", 256, Duration.seconds(55), "every minute: re-drive lost swarm events"),
 ]
 
 
@@ -87,6 +92,7 @@ class Functions(Construct):
             "FANOUT_CONNECTIONS_INDEX": CONNECTIONS_INDEX,
             "FANOUT_PARTITIONS_TABLE": tables.partitions.table_name,
             "FANOUT_BROADCASTS_TABLE": tables.broadcasts.table_name,
+            "FANOUT_BROADCASTS_PENDING_INDEX": BROADCASTS_PENDING_INDEX,
             "FANOUT_IDEMPOTENCY_TABLE": tables.idempotency.table_name,
             "FANOUT_PARTITION_COUNT": str(config.partitions),
             "FANOUT_SHARD_COUNT": str(config.shards),
@@ -96,7 +102,6 @@ class Functions(Construct):
         post_urls = json.dumps([s.queue.queue_url for s in queues.post_shards])
         extra: dict[str, dict[str, str]] = {
             "authorizer": {"FANOUT_TOKEN_SECRET_ARN": token_secret.secret_arn},
-            "operator-api": {"FANOUT_SWARM_FUNCTION_NAME": config.name("swarm")},
             "swarm": {"FANOUT_PARTITION_QUEUE_URLS": partition_urls},
             "query": {"FANOUT_POST_QUEUE_URLS": post_urls},
             "post": {
@@ -107,16 +112,28 @@ class Functions(Construct):
                 "FANOUT_POST_CONCURRENCY": str(config.post_concurrency),
                 "FANOUT_POST_RATE_PER_WORKER": str(plan.rate_per_worker),
             },
+            "sweeper": {
+                "FANOUT_SWEEP_AFTER_SECONDS": str(config.sweep_after_seconds),
+                "FANOUT_SWEEP_ATTEMPTS": str(config.sweep_attempts),
+            },
         }
-        reserved: dict[str, int] = (
-            {"post": plan.total_workers, "reconciler": 1} if config.reserve_concurrency else {}
-        )
+        self.reserved: dict[str, int] = reserved_concurrency(config)
         self.by_key: dict[str, lambda_.Function] = {}
         self.roles: dict[str, iam.Role] = {}
         for spec in SPECS:
             self.by_key[spec.key] = self._function(
-                spec, code, {**common, **extra.get(spec.key, {})}, reserved.get(spec.key)
+                spec, code, {**common, **extra.get(spec.key, {})}, self.reserved.get(spec.key)
             )
+        swarm = self.by_key["swarm"]
+        for key in ("operator-api", "sweeper"):
+            self.by_key[key].add_environment("FANOUT_SWARM_FUNCTION_NAME", swarm.function_name)
+        # Lambda retries a failed asynchronous invocation twice, then drops the event unless it has
+        # somewhere to go; the sweeper re-drives the broadcast, and this queue keeps the evidence.
+        swarm.configure_async_invoke(
+            on_failure=destinations.SqsDestination(queues.swarm_failures),
+            retry_attempts=SWARM_ASYNC_RETRIES,
+            max_event_age=SWARM_MAX_EVENT_AGE,
+        )
 
         self._grant(tables, queues, token_secret)
         self._wire_events(queues)
@@ -126,10 +143,11 @@ class Functions(Construct):
         self, spec: Spec, code: lambda_.Code, env: dict[str, str], reserved: int | None
     ) -> lambda_.Function:
         name = self.config.name(spec.key)
+        # No log_group_name: a retained group with a fixed name would make a deploy after `cdk destroy`
+        # fail with "already exists"; the function writes to this group whatever its name.
         log_group = logs.LogGroup(
             self,
             f"{spec.key}-logs",
-            log_group_name=f"/aws/lambda/{name}",
             retention=self.config.log_retention,
             removal_policy=(
                 RemovalPolicy.DESTROY
@@ -219,6 +237,9 @@ class Functions(Construct):
             [idem],
         )
         self._allow("operator-api", ["lambda:InvokeFunction"], [self.by_key["swarm"].function_arn])
+        self._allow("sweeper", ["dynamodb:Query"], [t.broadcasts_pending_index_arn])
+        self._allow("sweeper", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
+        self._allow("sweeper", ["lambda:InvokeFunction"], [self.by_key["swarm"].function_arn])
         self._allow("swarm", ["dynamodb:Scan", "dynamodb:GetItem"], [parts])
         self._allow("swarm", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("swarm", ["sqs:SendMessage", "sqs:GetQueueAttributes"], partition_queues)
@@ -294,7 +315,26 @@ class Functions(Construct):
             schedule=events.Schedule.rate(Duration.minutes(1)),
         )
         rule.add_target(targets.LambdaFunction(self.by_key["reconciler"], retry_attempts=0))
+        sweep = events.Rule(
+            self,
+            "SweepEveryMinute",
+            rule_name=c.name("sweep"),
+            description="run the broadcast sweeper every minute",
+            schedule=events.Schedule.rate(Duration.minutes(1)),
+        )
+        sweep.add_target(targets.LambdaFunction(self.by_key["sweeper"], retry_attempts=0))
 
     @property
     def all(self) -> list[lambda_.Function]:
         return list(self.by_key.values())
+
+
+def reserved_concurrency(config: FanoutConfig) -> dict[str, int]:
+    """Reserved concurrency per function key: none unless ``reserveConcurrency`` is on.
+
+    With it, the post fleet keeps its workers and the scheduled reconciler and sweeper never run twice
+    at once; the account then needs sum(reservations) + 100 concurrency (AWS keeps 100 unreserved).
+    """
+    if not config.reserve_concurrency:
+        return {}
+    return {"post": config.post_plan.total_workers, "reconciler": 1, "sweeper": 1}

@@ -24,13 +24,30 @@ NAMESPACE = "Fanout"
 DIMENSIONS = {"service": "fanout"}
 MINUTE = Duration.minutes(1)
 # The authorizer raises "Unauthorized" for every bad token (that is how API Gateway answers 401), so
-# its Errors count rejected clients, not faults: it gets no error alarm.
-NO_ERROR_ALARM = {"authorizer"}
+# its Errors count rejected clients too: its alarm watches Errors minus the refusals it counted
+# (ConnectRefused), which leaves the faults (the secret unreadable, a bug) that make connects 500.
+FAULTS_NET_OF_REFUSALS = {"authorizer": "ConnectRefused"}
+# Handlers that catch a DynamoDB failure and answer 500 (Lambda Errors stays 0): their own counts.
+CAUGHT_FAILURES = {"connect": "ConnectFailed", "disconnect": "DisconnectFailed"}
 
 
 def fanout_metric(name: str, statistic: str = "Sum", period: Duration = MINUTE) -> cw.Metric:
     return cw.Metric(
         namespace=NAMESPACE, metric_name=name, dimensions_map=DIMENSIONS, statistic=statistic, period=period
+    )
+
+
+def authorizer_faults(fn: lambda_.IFunction, refusals: str) -> cw.MathExpression:
+    """The authorizer's Errors that are not token refusals (a refusal is an error by design)."""
+    return cw.MathExpression(
+        # FILL: a minute with errors and no refusal (the secret unreadable) must not drop out.
+        expression="FILL(errors, 0) - FILL(refused, 0)",
+        using_metrics={
+            "errors": fn.metric_errors(period=MINUTE, statistic="Sum"),
+            "refused": fanout_metric(refusals),
+        },
+        label="authorizer faults",
+        period=MINUTE,
     )
 
 
@@ -125,8 +142,8 @@ class Monitoring(Construct):
             fanout_metric("Throttled").create_alarm(
                 self,
                 "PostThrottled",
-                alarm_description="PostToConnection throttled (429) above budget: lower postRateBudget "
-                "or raise the account's API Gateway quota",
+                alarm_description="PostToConnection throttled (429) above budget: lower postRateShare "
+                "(or postRateBudget) or raise the account's API Gateway quota",
                 threshold=config.throttled_alarm_per_minute,
                 evaluation_periods=3,
                 datapoints_to_alarm=2,
@@ -135,7 +152,23 @@ class Monitoring(Construct):
             ),
         )
         for key, fn in functions.items():
-            if key in NO_ERROR_ALARM:
+            if key in FAULTS_NET_OF_REFUSALS:
+                self._alarm(
+                    "errors",
+                    authorizer_faults(fn, FAULTS_NET_OF_REFUSALS[key]).create_alarm(
+                        self,
+                        f"{key}-errors",
+                        alarm_description=f"{config.name(key)} failed other than by refusing a token "
+                        "(Errors - ConnectRefused): connects answer 500",
+                        threshold=1,
+                        # Errors and the EMF count land in different minutes for an invocation that
+                        # straddles one: three of five minutes keep a flood of bad tokens quiet.
+                        evaluation_periods=5,
+                        datapoints_to_alarm=3,
+                        comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                        treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                    ),
+                )
                 continue
             self._alarm(
                 "errors",
@@ -146,6 +179,51 @@ class Monitoring(Construct):
                     threshold=1,
                     evaluation_periods=5,
                     datapoints_to_alarm=2,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ),
+            )
+        for key, metric in CAUGHT_FAILURES.items():
+            self._alarm(
+                "caught",
+                fanout_metric(metric).create_alarm(
+                    self,
+                    metric,
+                    alarm_description=f"{config.name(key)} answered 500 ({metric}): the connections "
+                    "table refused or failed the write",
+                    threshold=1,
+                    evaluation_periods=5,
+                    datapoints_to_alarm=2,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ),
+            )
+        self._alarm(
+            "conflicts",
+            fanout_metric("TransactionConflicts").create_alarm(
+                self,
+                "TransactionConflicts",
+                alarm_description="query/post transactions cancelled for conflicts above "
+                f"{config.transaction_conflict_alarm_per_minute}/min: broadcast rows are contended",
+                threshold=config.transaction_conflict_alarm_per_minute,
+                evaluation_periods=3,
+                datapoints_to_alarm=3,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ),
+        )
+        for metric, what in (
+            ("BroadcastsRedriven", "the sweeper re-invoked the swarm for a broadcast stuck queued"),
+            ("BroadcastsFailed", "the sweeper gave up on a broadcast after its attempts"),
+        ):
+            self._alarm(
+                "sweeper",
+                fanout_metric(metric).create_alarm(
+                    self,
+                    metric,
+                    alarm_description=f"{metric}: {what}",
+                    threshold=1,
+                    evaluation_periods=1,
                     comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
                     treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
                 ),
@@ -198,6 +276,30 @@ class Monitoring(Construct):
                 left=[
                     fanout_metric("BatchLatency", "p50").with_(label="p50"),
                     fanout_metric("BatchLatency", "p99").with_(label="p99"),
+                ],
+                width=third,
+            ),
+        )
+        d.add_widgets(
+            cw.GraphWidget(
+                title="Connect path failures (clients got 500)",
+                left=[
+                    fanout_metric("ConnectFailed").with_(label="connect failed"),
+                    fanout_metric("DisconnectFailed").with_(label="disconnect failed"),
+                    authorizer_faults(functions["authorizer"], FAULTS_NET_OF_REFUSALS["authorizer"]),
+                ],
+                width=third,
+            ),
+            cw.GraphWidget(
+                title="Transaction conflicts (retried)",
+                left=[fanout_metric("TransactionConflicts").with_(label="conflicts")],
+                width=third,
+            ),
+            cw.GraphWidget(
+                title="Broadcasts re-driven / failed by the sweeper",
+                left=[
+                    fanout_metric("BroadcastsRedriven").with_(label="re-driven"),
+                    fanout_metric("BroadcastsFailed").with_(label="failed"),
                 ],
                 width=third,
             ),

@@ -56,9 +56,22 @@ class Queues(Construct):
             "connections stream's event source mapping (cdk-nag only recognizes SQS redrive policies).",
         )
 
+        # Asynchronous swarm invocations Lambda gave up on (after its retries or the event's maximum
+        # age): without a destination they are dropped and their broadcast stays queued.
+        self.swarm_failures = self._queue(config, "swarm-failures", DLQ_RETENTION, None, None)
+        acknowledge(
+            self.swarm_failures,
+            "AwsSolutions-SQS3",
+            "This queue is itself a dead-letter destination: the on-failure destination of the swarm "
+            "function's asynchronous invocations (cdk-nag only recognizes SQS redrive policies).",
+        )
+
     @property
     def dead_letter_queues(self) -> list[sqs.Queue]:
-        return [s.dlq for s in self.partition_shards + self.post_shards] + [self.stream_failures]
+        return [s.dlq for s in self.partition_shards + self.post_shards] + [
+            self.stream_failures,
+            self.swarm_failures,
+        ]
 
     def _shard(self, config: FanoutConfig, suffix: str, visibility: int) -> Shard:
         dlq = self._queue(config, f"{suffix}-dlq", DLQ_RETENTION, None, None)

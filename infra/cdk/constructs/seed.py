@@ -18,14 +18,21 @@ SEED_CODE = Path(__file__).resolve().parents[1] / "seed"
 
 class PartitionSeed(Construct):
     def __init__(
-        self, scope: Construct, id: str, *, config: FanoutConfig, table_name: str, table_arn: str
+        self,
+        scope: Construct,
+        id: str,
+        *,
+        config: FanoutConfig,
+        table_name: str,
+        table_arn: str,
+        removal_policy: RemovalPolicy,
     ) -> None:
         super().__init__(scope, id)
         log_group = logs.LogGroup(
             self,
             "Logs",
             retention=config.log_retention,
-            removal_policy=RemovalPolicy.DESTROY,
+            removal_policy=removal_policy,  # like every log group of the stack
         )
         role = iam.Role(
             self,

@@ -11,6 +11,7 @@ from constructs import Construct
 from infra.cdk.config import Billing, FanoutConfig, RemovalMode
 
 CONNECTIONS_INDEX = "byPartition"
+BROADCASTS_PENDING_INDEX = "byPending"
 
 
 class Tables(Construct):
@@ -19,7 +20,6 @@ class Tables(Construct):
         self.config = config
         self.connections = self._table(
             "Connections",
-            "connections",
             ddb.Attribute(name="connectionId", type=ddb.AttributeType.STRING),
             ttl="expiresAt",
             stream=ddb.StreamViewType.NEW_AND_OLD_IMAGES,
@@ -34,15 +34,23 @@ class Tables(Construct):
             **self._capacity(),
         )
         self.partitions = self._table(
-            "Partitions", "partitions", ddb.Attribute(name="partitionId", type=ddb.AttributeType.NUMBER)
+            "Partitions", ddb.Attribute(name="partitionId", type=ddb.AttributeType.NUMBER)
         )
         self.broadcasts = self._table(
-            "Broadcasts", "broadcasts", ddb.Attribute(name="broadcastId", type=ddb.AttributeType.STRING)
+            "Broadcasts", ddb.Attribute(name="broadcastId", type=ddb.AttributeType.STRING)
+        )
+        # Sparse: only broadcasts still queued or running carry `pending`, so the sweeper reads the
+        # unfinished ones, oldest first, without scanning the history. Keys only: it reads each row.
+        self.broadcasts.add_global_secondary_index(
+            index_name=BROADCASTS_PENDING_INDEX,
+            partition_key=ddb.Attribute(name="pending", type=ddb.AttributeType.STRING),
+            sort_key=ddb.Attribute(name="createdAt", type=ddb.AttributeType.NUMBER),
+            projection_type=ddb.ProjectionType.KEYS_ONLY,
+            **self._capacity(),
         )
         # Powertools idempotency records and the stages' delivery ledger; both expire via `expiration`.
         self.idempotency = self._table(
             "Idempotency",
-            "idempotency",
             ddb.Attribute(name="id", type=ddb.AttributeType.STRING),
             ttl="expiration",
         )
@@ -55,6 +63,10 @@ class Tables(Construct):
     def connections_index_arn(self) -> str:
         return f"{self.connections.table_arn}/index/{CONNECTIONS_INDEX}"
 
+    @property
+    def broadcasts_pending_index_arn(self) -> str:
+        return f"{self.broadcasts.table_arn}/index/{BROADCASTS_PENDING_INDEX}"
+
     def _capacity(self) -> dict[str, Any]:
         if self.config.billing_mode is Billing.PROVISIONED:
             return {"read_capacity": self.config.read_capacity, "write_capacity": self.config.write_capacity}
@@ -63,16 +75,16 @@ class Tables(Construct):
     def _table(
         self,
         id: str,
-        suffix: str,
         key: ddb.Attribute,
         *,
         ttl: str | None = None,
         stream: ddb.StreamViewType | None = None,
     ) -> ddb.Table:
+        # No table_name: a retained table outlives `cdk destroy`, and a fixed name would make the next
+        # deploy fail with "already exists". CloudFormation generates one; functions get it by env.
         return ddb.Table(
             self,
             id,
-            table_name=self.config.name(suffix),
             partition_key=key,
             billing_mode=ddb.BillingMode(self.config.billing_mode.value),
             encryption=ddb.TableEncryption.AWS_MANAGED,
