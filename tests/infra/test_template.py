@@ -370,9 +370,13 @@ def test_sweeper_permissions(fanout: dict[str, Any]) -> None:
         assert table == {"Fn::GetAtt": [broadcasts, "Arn"]}, action
     (swarm,) = actions["lambda:InvokeFunction"]
     assert refs(swarm) == {function_id(fanout, "fanout-swarm")}
+    # the counts of a broadcast: its counter shards in the ledger table
+    (ledger,) = actions["dynamodb:BatchGetItem"]
+    assert ledger == {"Fn::GetAtt": [table_ids(fanout)["idempotency"], "Arn"]}
     # nothing else: no other table, no queue
     assert set(actions) == {
-        "dynamodb:Query", "dynamodb:GetItem", "dynamodb:UpdateItem", "lambda:InvokeFunction",
+        "dynamodb:Query", "dynamodb:GetItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem",
+        "lambda:InvokeFunction",
         "logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments", "xray:PutTelemetryRecords",
     }  # fmt: skip
 

@@ -214,7 +214,10 @@ class Functions(Construct):
             t.idempotency.table_arn,
         )
         read_partitions = ["dynamodb:GetItem", "dynamodb:BatchGetItem", "dynamodb:Scan", "dynamodb:Query"]
-        ledger = ["dynamodb:GetItem", "dynamodb:PutItem"]
+        # plans (GetItem, PutItem; TransactWriteItems checks each Put), counter shards (UpdateItem, and
+        # BatchGetItem to sum them)
+        ledger = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"]
+        read_counts = ["dynamodb:BatchGetItem"]
         partition_queues = [s.queue.queue_arn for s in q.partition_shards]
         post_queues = [s.queue.queue_arn for s in q.post_shards]
         post_dlqs = [s.dlq.queue_arn for s in q.post_shards]
@@ -233,13 +236,21 @@ class Functions(Construct):
         )
         self._allow(
             "operator-api",
-            ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            [
+                "dynamodb:GetItem",
+                "dynamodb:PutItem",
+                "dynamodb:UpdateItem",
+                "dynamodb:DeleteItem",
+                *read_counts,
+            ],
             [idem],
         )
         self._allow("operator-api", ["lambda:InvokeFunction"], [self.by_key["swarm"].function_arn])
         self._allow("sweeper", ["dynamodb:Query"], [t.broadcasts_pending_index_arn])
         self._allow("sweeper", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("sweeper", ["lambda:InvokeFunction"], [self.by_key["swarm"].function_arn])
+        self._allow("sweeper", read_counts, [idem])
+        self._allow("swarm", read_counts, [idem])
         self._allow("swarm", ["dynamodb:Scan", "dynamodb:GetItem"], [parts])
         self._allow("swarm", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("swarm", ["sqs:SendMessage", "sqs:GetQueueAttributes"], partition_queues)
@@ -247,7 +258,7 @@ class Functions(Construct):
         self._allow("query", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("query", ledger, [idem])
         self._allow("query", ["sqs:SendMessage", "sqs:GetQueueAttributes"], post_queues)
-        self._allow("post", ["dynamodb:BatchWriteItem", "dynamodb:DeleteItem"], [conn])
+        self._allow("post", ["dynamodb:DeleteItem"], [conn])
         self._allow("post", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("post", ledger, [idem])
         self._allow("post", ["sqs:SendMessage", "sqs:GetQueueAttributes"], post_queues + post_dlqs)
