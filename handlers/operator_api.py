@@ -61,6 +61,8 @@ class BroadcastView(BaseModel):
     failed: int
     createdAt: int
     completedAt: int | None
+    # why a failed broadcast failed (or, while it is pending, why its last attempt failed)
+    error: str | None = None
 
 
 class Deps:

@@ -21,3 +21,12 @@ def moto_sqs() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def local_sqs() -> Iterator[str]:
+    """The project's SQS server (strict about what SQS refuses, unlike moto), in this process."""
+    from infra.local.sqs import serve_in_thread
+
+    with serve_in_thread() as endpoint:
+        yield endpoint

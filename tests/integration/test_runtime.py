@@ -116,6 +116,7 @@ def stack(moto_sqs: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
         "dlq": dlq,
         "batch": sqs.create_queue(QueueName="rt-batch")["QueueUrl"],
         "slow": sqs.create_queue(QueueName="rt-slow", Attributes={"VisibilityTimeout": "60"})["QueueUrl"],
+        "async-failures": sqs.create_queue(QueueName="rt-async-failures")["QueueUrl"],
     }
     config = {
         "functions": [
@@ -128,7 +129,12 @@ def stack(moto_sqs: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             fn("echo-timeout", "echo.handler", reservedConcurrency=1, timeout=1),
             fn("echo-crash", "echo.handler", reservedConcurrency=1),
             fn("async-ok", "recorder.handler"),
-            fn("async-fail", "recorder.handler", environment={"FAIL_ALWAYS": "1"}),
+            fn(
+                "async-fail",
+                "recorder.handler",
+                environment={"FAIL_ALWAYS": "1"},
+                onFailureQueueUrl=queues["async-failures"],
+            ),
             fn("missing-module", "runtime_handlers_that_do_not_exist.handler"),
             fn("sqs-partial", "sqs_partial.handler"),
             fn("sqs-batch", "recorder.handler"),
@@ -224,6 +230,29 @@ def test_failed_event_invocation_is_retried_twice(stack: Stack) -> None:
     attempts = read_jsonl(stack.dir / "async-fail.jsonl")
     assert len(attempts) == 3 and st["invocations"] == 3 and st["asyncRetries"] == 2
     assert len({a["requestId"] for a in attempts}) == 1  # retries keep the request id, as in AWS
+
+
+def test_an_event_whose_retries_are_exhausted_goes_to_the_on_failure_destination(stack: Stack) -> None:
+    """https://docs.aws.amazon.com/lambda/latest/dg/invocation-async-retain-records.html: after the
+    retries, the invocation record (request and response payloads, condition RetriesExhausted) goes to
+    the on-failure destination."""
+    stack.rt.client().invoke(FunctionName="async-fail", InvocationType="Event", Payload=b'{"n": 3}')
+
+    def record() -> dict[str, Any] | None:
+        got = stack.sqs.receive_message(QueueUrl=stack.queues["async-failures"], WaitTimeSeconds=1)
+        for m in got.get("Messages", []):
+            body = json.loads(m["Body"])
+            if body["requestPayload"] == {"n": 3}:
+                return dict(body)
+        return None
+
+    body = wait_for("the on-failure destination record", record)
+    context = body["requestContext"]
+    assert context["condition"] == "RetriesExhausted" and context["approximateInvokeCount"] == 3
+    assert context["functionArn"].endswith(":function:async-fail:$LATEST")
+    assert body["responseContext"]["functionError"] == "Unhandled"
+    assert body["responsePayload"]["errorMessage"] == "failing on purpose"
+    assert body["version"] == "1.0" and body["timestamp"].endswith("Z")
 
 
 def test_timeout_kills_the_container_and_a_new_one_replaces_it(stack: Stack) -> None:
