@@ -50,10 +50,8 @@ class XRaySink:
     """Listens on a UDP port of 127.0.0.1 (0: any free one) in a thread; keeps the last `keep` documents."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, keep: int = 20000) -> None:
-        self._sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
-        self._sock.bind((host, port))
-        self.host, self.port = self._sock.getsockname()[:2]
+        self.host, self.port = host, port
+        self._sock: socket.socket | None = None
         self._docs: deque[dict[str, Any]] = deque(maxlen=keep)
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -71,20 +69,25 @@ class XRaySink:
         return f"{self.host}:{self.port}"
 
     def start(self) -> XRaySink:
-        self._thread = threading.Thread(target=self._serve, name="xray-sink", daemon=True)
+        """Bind (a free port if 0) and receive in a daemon thread."""
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
+        sock.bind((self.host, self.port))
+        self.host, self.port = sock.getsockname()[:2]
+        self._sock, self._stopping = sock, False
+        self._thread = threading.Thread(target=self._serve, args=(sock,), name="xray-sink", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
-        if self._thread is None:
-            self._sock.close()
+        if self._thread is None or self._sock is None:
             return
         self._stopping = True
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as wake:  # unblocks recvfrom
             wake.sendto(b"", (self.host, self.port))
         self._thread.join(5)
         self._sock.close()
-        self._thread = None
+        self._sock, self._thread = None, None
 
     def __enter__(self) -> XRaySink:
         return self.start()
@@ -92,10 +95,10 @@ class XRaySink:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _serve(self) -> None:
+    def _serve(self, sock: socket.socket) -> None:
         while True:
             try:
-                data, _ = self._sock.recvfrom(MAX_DATAGRAM)
+                data, _ = sock.recvfrom(MAX_DATAGRAM)
             except OSError:
                 return
             if self._stopping:
@@ -164,3 +167,16 @@ class XRaySink:
                 "errors": self.errors,
                 "malformed": self.malformed,
             }
+
+
+def invocation_trace_header(upstream: str | None = None) -> str:
+    """The `_X_AMZN_TRACE_ID` of one invocation: a new trace, or the caller's (an `X-Amzn-Trace-Id` on the
+    Invoke request) continued with a new parent, as Lambda continues a caller's trace; sampled unless the
+    caller decided otherwise (`Sampled=0`)."""
+    if upstream:
+        fields = dict(p.strip().partition("=")[::2] for p in upstream.split(";") if "=" in p)
+        root = fields.get("Root")
+        if root:
+            sampled = "0" if fields.get("Sampled") == "0" else "1"
+            return f"Root={root};Parent={os.urandom(8).hex()};Sampled={sampled}"
+    return new_trace_header(sampled=True)
