@@ -70,10 +70,6 @@ _collector: ContextVar[Collector | None] = ContextVar("fanout_span_collector", d
 _current: ContextVar[Span | None] = ContextVar("fanout_current_span", default=None)
 
 
-def active() -> Collector | None:
-    return _collector.get()
-
-
 def activate(collector: Collector) -> Token[Collector | None]:
     """Collect the spans of the code run from here (and of the tasks it creates) into `collector`."""
     return _collector.set(collector)
