@@ -22,6 +22,7 @@ from fanout.delivery import RateLimiter
 from fanout.postclient import ConnectionsClient, new_session
 from fanout.settings import Settings
 from fanout.stages import MetricsSink, NullMetrics, StageDeps
+from fanout.tracing import instrument
 
 
 class Container:
@@ -42,6 +43,8 @@ class Container:
         session = aioboto3.Session()
         dynamodb = await self._stack.enter_async_context(session.client("dynamodb", config=config))
         sqs = await self._stack.enter_async_context(session.client("sqs", config=config))
+        for client in (dynamodb, sqs):
+            instrument(client)  # a span per call, for the trace of a sampled invocation
         deps = StageDeps(settings=s, dynamodb=dynamodb, sqs=sqs, metrics=metrics)
         if poster:
             s.require("connections_endpoint")

@@ -13,7 +13,6 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 import boto3
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path
@@ -32,10 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 from fanout.broadcasts import get_broadcast, message_digest, start_broadcast
 from fanout.errors import BroadcastNotFound, InvalidInput, PayloadTooLarge, RetryableError
 from fanout.settings import Settings, get_settings
+from handlers._observability import logger, metrics, tracer
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
 app = APIGatewayHttpResolver(enable_validation=True)
 
 # The largest request body read at all; a frame above 128 KB is refused later with the exact limit.

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.batch import (
     AsyncBatchProcessor,
     EventType,
@@ -19,10 +18,9 @@ from fanout.container import Container
 from fanout.models import PostBatch
 from fanout.settings import get_settings
 from fanout.stages import decode, run_post_batch
+from fanout.tracing import span
+from handlers._observability import logger, metrics, traced_spans, tracer
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
 processor = AsyncBatchProcessor(event_type=EventType.SQS)
 
 
@@ -33,7 +31,22 @@ def container() -> Container:
 
 async def record_handler(record: SQSRecord) -> dict[str, Any]:
     batch: PostBatch = decode(record.body, PostBatch)
-    result = await run_post_batch(container().deps, batch)
+    with span(
+        "post.batch",
+        broadcastId=batch.broadcast_id,
+        partitionId=batch.partition_id,
+        batchId=batch.batch_id,
+        attempt=batch.attempt,
+        connections=len(batch.connection_ids),
+    ) as s:
+        result = await run_post_batch(container().deps, batch)
+        s.annotate(
+            delivered=result.delivered,
+            gone=result.gone,
+            failed=result.failed,
+            requeued=result.requeued,
+            duplicate=result.duplicate,
+        )
     if result.gone or result.failed or result.requeued or result.duplicate:
         logger.info(
             "post batch done",
@@ -57,6 +70,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     c = container()
     if c.deps.poster is not None:
         c.deps.poster.refresh_credentials()  # type: ignore[attr-defined]
-    return async_process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    with traced_spans():
+        return async_process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )

@@ -5,7 +5,6 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.batch import (
     AsyncBatchProcessor,
     EventType,
@@ -19,10 +18,9 @@ from fanout.container import Container
 from fanout.models import PartitionTask
 from fanout.settings import get_settings
 from fanout.stages import decode, run_partition_task
+from fanout.tracing import span
+from handlers._observability import logger, metrics, traced_spans, tracer
 
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
 processor = AsyncBatchProcessor(event_type=EventType.SQS)
 
 
@@ -33,7 +31,9 @@ def container() -> Container:
 
 async def record_handler(record: SQSRecord) -> dict[str, Any]:
     task: PartitionTask = decode(record.body, PartitionTask)
-    result = await run_partition_task(container().deps, task)
+    with span("query.partition", broadcastId=task.broadcast_id, partitionId=task.partition_id) as s:
+        result = await run_partition_task(container().deps, task)
+        s.annotate(targeted=result.targeted, batches=result.batches, replayed=result.replayed)
     logger.debug(
         "partition queried",
         broadcastId=task.broadcast_id,
@@ -50,6 +50,7 @@ async def record_handler(record: SQSRecord) -> dict[str, Any]:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
     container()  # cold start: settings, loop and clients before the batch
-    return async_process_partial_response(
-        event=event, record_handler=record_handler, processor=processor, context=context
-    )
+    with traced_spans():
+        return async_process_partial_response(
+            event=event, record_handler=record_handler, processor=processor, context=context
+        )

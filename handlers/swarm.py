@@ -5,23 +5,27 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout.container import Container
 from fanout.errors import BroadcastNotFound
 from fanout.models import SwarmRequest
 from fanout.settings import get_settings
-from fanout.stages import run_swarm
-
-logger = Logger()
-tracer = Tracer()
-metrics = Metrics()
+from fanout.stages import StageDeps, SwarmResult, run_swarm
+from fanout.tracing import span
+from handlers._observability import logger, metrics, traced_spans, tracer
 
 
 @lru_cache(maxsize=1)
 def container() -> Container:
     return Container(get_settings(), metrics=metrics)
+
+
+async def swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
+    with span("swarm", broadcastId=broadcast_id) as s:
+        result = await run_swarm(deps, broadcast_id)
+        s.annotate(partitions=result.partitions, tasksSent=result.tasks_sent)
+    return result
 
 
 @logger.inject_lambda_context(correlation_id_path="broadcastId")
@@ -32,7 +36,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.append_keys(broadcastId=request.broadcast_id)
     c = container()
     try:
-        result = c.run(run_swarm(c.deps, request.broadcast_id))
+        with traced_spans():
+            result = c.run(swarm(c.deps, request.broadcast_id))
     except BroadcastNotFound:
         logger.error("swarm for a broadcast that does not exist")
         return {"broadcastId": request.broadcast_id, "partitions": 0, "tasksSent": 0, "error": "not found"}

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
+
+from infra.local.xray import XRaySink, new_trace_header, trace_root
 
 # Dummy credentials and region: tests never reach AWS.
 os.environ.setdefault("AWS_ACCESS_KEY_ID", "testing")
@@ -13,7 +17,9 @@ os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "testing")
 os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
 os.environ.setdefault("POWERTOOLS_SERVICE_NAME", "fanout")
 os.environ.setdefault("POWERTOOLS_METRICS_NAMESPACE", "Fanout")
-os.environ.setdefault("POWERTOOLS_TRACE_DISABLED", "true")
+# As in Lambda, where the functions run with active tracing: the X-Ray SDK and Powertools' Tracer decide
+# at import whether they run in Lambda, so this must be set before any handler is imported.
+os.environ.setdefault("LAMBDA_TASK_ROOT", str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("POWERTOOLS_DEV", "false")
 
 
@@ -24,3 +30,36 @@ def dynamodb_local() -> Iterator[str]:
 
     with DynamoDBLocal() as ddb:
         yield ddb.endpoint
+
+
+@pytest.fixture(scope="session")
+def xray_sink() -> Iterator[XRaySink]:
+    """The UDP address standing in for the X-Ray daemon, for the whole session."""
+    with XRaySink() as sink:
+        yield sink
+
+
+@dataclass(frozen=True)
+class Trace:
+    sink: XRaySink
+    header: str
+
+    @property
+    def root(self) -> str:
+        return str(trace_root(self.header))
+
+
+@pytest.fixture(autouse=True)
+def xray_trace(xray_sink: XRaySink, monkeypatch: pytest.MonkeyPatch) -> Trace:
+    """Every test runs as a sampled invocation does in Lambda: a fresh trace header of its own, and the
+    SDK sending to the session's sink (documents of this test: `sink.docs(trace.root)`)."""
+    import sys
+
+    header = new_trace_header(sampled=True)
+    monkeypatch.setenv("_X_AMZN_TRACE_ID", header)
+    monkeypatch.setenv("AWS_XRAY_DAEMON_ADDRESS", xray_sink.address)
+    if "aws_xray_sdk.core" in sys.modules:  # the recorder read the address when it was imported
+        from aws_xray_sdk.core import xray_recorder
+
+        xray_recorder.emitter.set_daemon_address(xray_sink.address)
+    return Trace(xray_sink, header)

@@ -10,7 +10,11 @@
 - Event sources: SQS pollers (batch size up to 10,000 gathered within the batching window, maximum
   concurrency, ReportBatchItemFailures), DynamoDB Streams pollers (per shard in order, children after
   parents, retries, bisect, partial batch responses) and rate schedules.
-- `GET /_local/stats`: per-function and per-mapping counters.
+- Active tracing, as the functions deploy with it: every invocation runs with a fresh `_X_AMZN_TRACE_ID`
+  (sampled; a caller's `X-Amzn-Trace-Id` on the Invoke request is continued), and the workers'
+  `AWS_XRAY_DAEMON_ADDRESS` points at a UDP sink of the runtime standing in for the X-Ray daemon.
+- `GET /_local/stats`: per-function and per-mapping counters, and the sink's (`xray`);
+  `GET /_local/traces[?traceId=...]`: the segment documents the sink kept.
 
 CLI: `python -m infra.local.runtime --config runtime.json [--host 127.0.0.1 --port 9001]`.
 Python: `Runtime(config).run()` (blocking, stops on SIGTERM/SIGINT) or `async with Runtime(config) as rt:`.
@@ -41,6 +45,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
+
+from infra.local.xray import XRaySink, invocation_trace_header
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -146,6 +152,10 @@ def worker_main() -> None:
     for raw in sys.stdin.buffer:
         req = json.loads(raw)
         request_id = req["requestId"]
+        if req.get("traceId"):  # as Lambda's runtime does before each invocation
+            os.environ["_X_AMZN_TRACE_ID"] = req["traceId"]
+        else:
+            os.environ.pop("_X_AMZN_TRACE_ID", None)
         ctx = LambdaContext(request_id, int(req["deadlineMs"]))
         try:
             result = handler(req["event"], ctx)
@@ -376,7 +386,7 @@ class FunctionPool:
     def container_env(self, index: int) -> dict[str, str]:
         cfg = self.runtime.config
         env = dict(os.environ)
-        env.setdefault("POWERTOOLS_TRACE_DISABLED", "true")  # no X-Ray daemon here
+        env.pop("_X_AMZN_TRACE_ID", None)  # set per invocation
         env.setdefault("AWS_ENDPOINT_URL_LAMBDA", self.runtime.url)
         env.update(cfg.environment)
         env.update(self.fn.environment)
@@ -384,6 +394,7 @@ class FunctionPool:
         if env.get("PYTHONPATH"):
             paths.append(env["PYTHONPATH"])
         day = dt.datetime.now(dt.UTC).strftime("%Y/%m/%d")
+        xray = self.runtime.xray
         env.update(
             {
                 "PYTHONPATH": os.pathsep.join(paths),
@@ -398,6 +409,11 @@ class FunctionPool:
                 "AWS_LAMBDA_LOG_STREAM_NAME": f"{day}/[$LATEST]{uuid.uuid4().hex}",
                 "AWS_EXECUTION_ENV": f"AWS_Lambda_python{sys.version_info.major}.{sys.version_info.minor}",
                 "LAMBDA_TASK_ROOT": self.cwd,
+                # Reserved, as in Lambda with active tracing: the daemon's address is the service's.
+                "AWS_XRAY_DAEMON_ADDRESS": xray.address,
+                "_AWS_XRAY_DAEMON_ADDRESS": xray.host,
+                "_AWS_XRAY_DAEMON_PORT": str(xray.port),
+                "AWS_XRAY_CONTEXT_MISSING": "LOG_ERROR",
                 "_HANDLER": self.fn.handler,
                 "_FANOUT_FUNCTION_ARN": self.arn,
                 "_FANOUT_RUNTIME_PID": str(os.getpid()),
@@ -410,7 +426,9 @@ class FunctionPool:
     def pids(self) -> list[int]:
         return sorted(c.pid for c in self._containers if c.pid is not None and c.alive)
 
-    async def invoke(self, event: Any, *, request_id: str | None = None) -> InvocationResult:
+    async def invoke(
+        self, event: Any, *, request_id: str | None = None, trace_header: str | None = None
+    ) -> InvocationResult:
         request_id = request_id or str(uuid.uuid4())
         async with self._slots:
             if self._closed:
@@ -419,7 +437,7 @@ class FunctionPool:
             st.concurrent += 1
             st.max_concurrent = max(st.max_concurrent, st.concurrent)
             try:
-                result = await self._invoke(event, request_id)
+                result = await self._invoke(event, request_id, invocation_trace_header(trace_header))
             finally:
                 st.concurrent -= 1
         st.invocations += 1
@@ -445,7 +463,7 @@ class FunctionPool:
 
         await asyncio.gather(*(one() for _ in range(wanted)))
 
-    async def _invoke(self, event: Any, request_id: str) -> InvocationResult:
+    async def _invoke(self, event: Any, request_id: str, trace_id: str) -> InvocationResult:
         cold = False
         container = self._idle.pop() if self._idle else None
         if container is None:
@@ -465,7 +483,10 @@ class FunctionPool:
         started = time.monotonic()
         deadline_ms = int(time.time() * 1000 + timeout * 1000)
         line = (
-            json.dumps({"requestId": request_id, "deadlineMs": deadline_ms, "event": event}).encode() + b"\n"
+            json.dumps(
+                {"requestId": request_id, "deadlineMs": deadline_ms, "traceId": trace_id, "event": event}
+            ).encode()
+            + b"\n"
         )
         try:
             answer = await container.invoke(line, timeout)
@@ -1098,6 +1119,7 @@ class Runtime:
         self._runner: web.AppRunner | None = None
         self._async_tasks: set[asyncio.Task[None]] = set()
         self._started = False
+        self.xray = XRaySink(config.host)
 
     @property
     def url(self) -> str:
@@ -1108,11 +1130,13 @@ class Runtime:
     async def start(self) -> None:
         from aiohttp import web
 
+        self.xray.start()
         self.pools = {fn.name: FunctionPool(self, fn) for fn in self.config.functions}
         app = web.Application(client_max_size=_SYNC_PAYLOAD_LIMIT + 1024)
         app.router.add_post("/2015-03-31/functions/{name}/invocations", self._handle_invoke)
         app.router.add_get("/_local/stats", self._handle_stats)
         app.router.add_get("/_local/health", self._handle_health)
+        app.router.add_get("/_local/traces", self._handle_traces)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.config.host, self.config.port)
@@ -1169,6 +1193,7 @@ class Runtime:
         grace = self.config.shutdown_grace
         await asyncio.gather(*(p.close(grace) for p in self.pools.values()), return_exceptions=True)
         self.logs.close()
+        self.xray.stop()
         log.info("runtime stopped", extra={"url": self.url})
 
     async def __aenter__(self) -> Runtime:
@@ -1222,19 +1247,23 @@ class Runtime:
             raise KeyError(name)
         return await pool.invoke(event)
 
-    def invoke_async(self, name: str, event: Any, *, request_id: str | None = None) -> str:
+    def invoke_async(
+        self, name: str, event: Any, *, request_id: str | None = None, trace_header: str | None = None
+    ) -> str:
         """Queue an `Event` invocation: run it when a container is free, retried up to twice on error."""
         pool = self.function(name)
         if pool is None:
             raise KeyError(name)
         request_id = request_id or str(uuid.uuid4())
         pool.stats.async_queued += 1
-        task = asyncio.create_task(self._run_async(pool, event, request_id))
+        task = asyncio.create_task(self._run_async(pool, event, request_id, trace_header))
         self._async_tasks.add(task)
         task.add_done_callback(self._async_tasks.discard)
         return request_id
 
-    async def _run_async(self, pool: FunctionPool, event: Any, request_id: str) -> None:
+    async def _run_async(
+        self, pool: FunctionPool, event: Any, request_id: str, trace_header: str | None
+    ) -> None:
         """Lambda's asynchronous invocation: up to `maximumRetryAttempts` retries after a function error,
         the first after `asyncRetryDelay` and the second after twice that, while the event is younger than
         `maximumEventAge`; then the event goes to the on-failure destination, or is dropped."""
@@ -1252,7 +1281,7 @@ class Runtime:
                 pool.stats.async_retries += 1
                 await asyncio.sleep(delay)
             try:
-                result = await pool.invoke(event, request_id=request_id)
+                result = await pool.invoke(event, request_id=request_id, trace_header=trace_header)
             except RuntimeError:
                 return  # stopping
             attempts += 1
@@ -1335,13 +1364,14 @@ class Runtime:
         headers = {"x-amzn-RequestId": request_id, "X-Amz-Executed-Version": "$LATEST"}
         if kind == "DryRun":
             return web.Response(status=204, headers=headers)
+        upstream = request.headers.get("X-Amzn-Trace-Id")
         if kind == "Event":
-            self.invoke_async(pool.fn.name, event, request_id=request_id)
+            self.invoke_async(pool.fn.name, event, request_id=request_id, trace_header=upstream)
             return web.Response(status=202, headers=headers)
         if kind != "RequestResponse":
             return _error_response(400, "InvalidParameterValueException", f"Unknown invocation type {kind}")
         try:
-            result = await pool.invoke(event, request_id=request_id)
+            result = await pool.invoke(event, request_id=request_id, trace_header=upstream)
         except RuntimeError:
             return _error_response(503, "ServiceException", "the runtime is stopping")
         if not result.ok:
@@ -1363,12 +1393,18 @@ class Runtime:
             "schedules": {
                 s.name: {"fired": s.fired, "function": s.schedule.function} for s in self.schedules
             },
+            "xray": {**self.xray.stats(), "daemonAddress": self.xray.address},
         }
 
     async def _handle_stats(self, request: web.Request) -> web.StreamResponse:
         from aiohttp import web
 
         return web.json_response(self.stats())
+
+    async def _handle_traces(self, request: web.Request) -> web.StreamResponse:
+        from aiohttp import web
+
+        return web.json_response({"documents": self.xray.docs(request.query.get("traceId") or None)})
 
     async def _prewarm_all(self) -> None:
         # one function at a time: the machine may have few cores, and imports are CPU-bound

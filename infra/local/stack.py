@@ -125,7 +125,6 @@ class LocalStack:
             "LAMBDA_TASK_ROOT": str(ROOT),
             "POWERTOOLS_SERVICE_NAME": "fanout",
             "POWERTOOLS_METRICS_NAMESPACE": "Fanout",
-            "POWERTOOLS_TRACE_DISABLED": "true",
             "POWERTOOLS_LOG_LEVEL": "INFO",
             "FANOUT_PARTITION_COUNT": str(o.partitions),
             "FANOUT_SHARD_COUNT": str(o.shards),

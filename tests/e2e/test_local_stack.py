@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+import urllib.request
 from typing import Any
 
 import pytest
@@ -21,6 +23,20 @@ pytestmark = pytest.mark.e2e
 
 def connection_rows(state: dict[str, Any]) -> int:
     return table_rows(state, "fanout-connections")
+
+
+def traced_span_names(lambda_url: str, broadcast_id: str, timeout: float = 30) -> set[str]:
+    """Names of the subsegments annotated with this broadcast that the runtime's X-Ray sink received,
+    once the swarm, query and post stages have all sent theirs (they do as their invocations end)."""
+    wanted = {"swarm", "query.partition", "post.batch"}
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"{lambda_url}/_local/traces") as resp:
+            docs = json.load(resp)["documents"]
+        names = {d["name"] for d in docs if (d.get("annotations") or {}).get("broadcastId") == broadcast_id}
+        if wanted <= names or time.monotonic() > deadline:
+            return names
+        time.sleep(0.2)
 
 
 async def test_200_clients_receive_a_broadcast_exactly_once_with_exact_counts(
@@ -41,6 +57,10 @@ async def test_200_clients_receive_a_broadcast_exactly_once_with_exact_counts(
         assert report.missing == 0
         assert report.duplicates == 0
         assert report.received_once == 200
+    # the runtime ran every invocation traced and sampled: each stage's spans reached its daemon sink
+    bid = report.view["broadcastId"]
+    names = await asyncio.to_thread(traced_span_names, local_stack["lambdaUrl"], bid)
+    assert {"swarm", "query.partition", "post.batch"} <= names
     # closing the sockets runs $disconnect: the rows and the counters go back
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and connection_rows(local_stack) != base:

@@ -788,7 +788,6 @@ async def test_real_authorizer_and_default_handlers_behind_the_gateway(
     from tests.events import LambdaContextStub
 
     monkeypatch.setenv("FANOUT_TOKEN_SECRET", "gateway-test-secret")
-    monkeypatch.setenv("POWERTOOLS_TRACE_DISABLED", "1")
     get_settings.cache_clear()
     authorizer._static_secret.cache_clear()
     try:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -140,6 +141,7 @@ def stack(moto_sqs: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[S
             fn("sqs-batch", "recorder.handler"),
             fn("slow", "slow.handler", reservedConcurrency=5),
             fn("scheduled", "recorder.handler"),
+            {"name": "ping", "handler": "handlers.default.handler"},
         ],
         "sqsMappings": [
             {"function": "sqs-partial", "queueUrl": queues["partial"], "reportBatchItemFailures": True},
@@ -182,6 +184,62 @@ def test_request_response_returns_the_result_with_a_lambda_context_and_warm_stat
     # one warm container: same process, module state kept
     assert b["pid"] == a["pid"]
     assert b["invocations"] == a["invocations"] + 1
+
+
+TRACE_HEADER = re.compile(r"Root=1-[0-9a-f]{8}-[0-9a-f]{24};Parent=[0-9a-f]{16};Sampled=1")
+
+
+def test_every_invocation_runs_traced_and_sampled_with_a_fresh_trace_header(stack: Stack) -> None:
+    """Lambda with active tracing sets `_X_AMZN_TRACE_ID` per invocation and points the SDK at the
+    daemon through `AWS_XRAY_DAEMON_ADDRESS`
+    (https://docs.aws.amazon.com/lambda/latest/dg/configuration-envvars.html#configuration-envvars-runtime,
+    https://docs.aws.amazon.com/xray/latest/devguide/xray-concepts.html#xray-concepts-tracingheader)."""
+    client = stack.rt.client()
+
+    first, second = (
+        json.loads(client.invoke(FunctionName="echo", Payload=b"{}")["Payload"].read()) for _ in "ab"
+    )
+
+    assert first["pid"] == second["pid"]  # one warm container, yet a header per invocation
+    assert TRACE_HEADER.fullmatch(first["traceId"]) and TRACE_HEADER.fullmatch(second["traceId"])
+    assert first["traceId"].split(";")[0] != second["traceId"].split(";")[0]
+    assert first["daemonAddress"] == stack.rt.stats()["xray"]["daemonAddress"]
+
+
+def test_a_callers_trace_header_is_continued(stack: Stack) -> None:
+    caller = "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1"
+    request = urllib.request.Request(
+        f"{stack.rt.url}/2015-03-31/functions/echo/invocations",
+        data=b"{}",
+        headers={"X-Amzn-Trace-Id": caller},
+    )
+    with urllib.request.urlopen(request) as resp:
+        trace = json.load(resp)["traceId"]
+
+    root, parent, sampled = trace.split(";")
+    assert root == "Root=1-5759e988-bd862e3fe1be46a994272793" and sampled == "Sampled=1"
+    assert parent != "Parent=53995c3f42cd8ad8"  # the function's segment is a child of the caller's
+
+
+def test_the_runtimes_daemon_sink_receives_a_traced_handlers_subsegments(stack: Stack) -> None:
+    before = stack.rt.stats()["xray"]["documents"]
+
+    out = stack.rt.client().invoke(FunctionName="ping", Payload=b"{}")  # handlers.default answers anything
+
+    assert json.loads(json.loads(out["Payload"].read())["body"]) == {
+        "type": "error",
+        "error": "unreadable request",
+    }
+    stats = wait_for(
+        "the handler's subsegment", lambda: (s := stack.rt.stats()["xray"])["documents"] > before and s
+    )
+    assert stats["malformed"] == 0 and stats["faults"] == 0
+    with urllib.request.urlopen(f"{stack.rt.url}/_local/traces") as resp:
+        docs = json.load(resp)["documents"]
+    handler = [d for d in docs if d["name"] == "## handler"][-1]
+    assert handler["type"] == "subsegment" and handler["annotations"]["Service"] == "fanout"
+    with urllib.request.urlopen(f"{stack.rt.url}/_local/traces?traceId={handler['trace_id']}") as resp:
+        assert handler in json.load(resp)["documents"]
 
 
 def test_function_error_is_200_with_function_error_header(stack: Stack) -> None:

@@ -33,4 +33,6 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
         "logStreamName": context.log_stream_name,
         "remainingMs": context.get_remaining_time_in_millis(),
         "env": os.environ.get("RUNTIME_TEST_VALUE"),
+        "traceId": os.environ.get("_X_AMZN_TRACE_ID"),
+        "daemonAddress": os.environ.get("AWS_XRAY_DAEMON_ADDRESS"),
     }
