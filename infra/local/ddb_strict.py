@@ -43,7 +43,7 @@ import threading
 import uuid
 import zlib
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -412,7 +412,7 @@ class StrictDynamoDB:
         }
         self.endpoint = ""
         self.held = 0  # transactions in flight
-        self.on_held_change: list[Any] = []  # callables, run on the loop when `held` changes
+        self.listeners: list[Callable[[], None]] = []  # run on the loop after every count changes
         self._schemas: dict[tuple[str, str], tuple[str, ...]] = {}
         self._schema_generation: Counter[tuple[str, str]] = Counter()
         self._releases: set[asyncio.Event] = set()
@@ -532,8 +532,13 @@ class StrictDynamoDB:
 
     def _held_changed(self, delta: int) -> None:
         self.held += delta
-        for callback in self.on_held_change:
-            callback(self.held)
+        for listener in self.listeners:
+            listener()
+
+    def _count(self, name: str) -> None:
+        self.stats[name] += 1
+        for listener in self.listeners:
+            listener()
 
     async def _hold(self, released: asyncio.Event, seconds: float) -> None:
         handle = asyncio.get_running_loop().call_later(seconds, released.set)
@@ -567,7 +572,7 @@ class StrictDynamoDB:
 
         throttled = self.dice.roll()
         if throttled is not None:
-            self.stats[throttled] += 1
+            self._count(throttled)
             region = db.split("/", 1)[1] if "/" in db else "us-east-1"
             log.debug("throttled", extra={"operation": op, "code": throttled})
             return _error_response(throttle_body(throttled, op, first_table(op, params), region))
@@ -593,7 +598,7 @@ class StrictDynamoDB:
         refs = await self._refs(request, "TransactWriteItems", params, db)
         contended = self.holds.begin_transaction(refs)
         if contended is not None:
-            self.stats["transactionsCancelled"] += 1
+            self._count("transactionsCancelled")
             log.info(
                 "transaction cancelled: conflict",
                 extra={"items": [r[1:] for r, c in zip(refs, contended, strict=True) if c and r]},
@@ -622,7 +627,7 @@ class StrictDynamoDB:
     ) -> web.Response:
         [ref] = await self._refs(request, op, params, db)
         if not self.holds.begin_write(ref):
-            self.stats["writesRejected"] += 1
+            self._count("writesRejected")
             log.info(
                 "write rejected: transaction in progress", extra={"operation": op, "item": ref and ref[1:]}
             )
@@ -638,14 +643,14 @@ class StrictDynamoDB:
         refs = await self._refs(request, "TransactGetItems", params, db)
         read = self.holds.begin_read(refs)
         if isinstance(read, list):
-            self.stats["transactGetsCancelled"] += 1
+            self._count("transactGetsCancelled")
             return _error_response(cancellation_body(read))
         try:
             response = await self._forward(request, body)
         finally:
             conflicted = self.holds.end_read(read)
         if conflicted is not None and response.status == 200:
-            self.stats["transactGetsCancelled"] += 1
+            self._count("transactGetsCancelled")
             return _error_response(cancellation_body(conflicted))
         return response
 
@@ -663,16 +668,16 @@ class StrictDynamoDBThread:
         self.server = StrictDynamoDB(config)
         self._loop = asyncio.new_event_loop()
         self._thread: threading.Thread | None = None
-        self._held = threading.Condition()
-        self.server.on_held_change.append(self._notify)
+        self._changed = threading.Condition()
+        self.server.listeners.append(self._notify)
 
     @property
     def endpoint(self) -> str:
         return self.server.endpoint
 
-    def _notify(self, held: int) -> None:
-        with self._held:
-            self._held.notify_all()
+    def _notify(self) -> None:
+        with self._changed:
+            self._changed.notify_all()
 
     def start(self) -> StrictDynamoDBThread:
         ready = threading.Event()
@@ -714,11 +719,15 @@ class StrictDynamoDBThread:
     def release_holds(self) -> None:
         self._loop.call_soon_threadsafe(self.server.release_holds)
 
-    def wait_held(self, count: int, timeout: float = 30.0) -> None:
+    def wait_for(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 30.0) -> None:
+        """Block until `predicate(snapshot)` holds, re-checked whenever a count changes."""
+        with self._changed:
+            if not self._changed.wait_for(lambda: predicate(self.server.snapshot()), timeout=timeout):
+                raise TimeoutError(f"the strict layer did not reach the expected state in {timeout:.0f} s")
+
+    def wait_held(self, count: int = 1, timeout: float = 30.0) -> None:
         """Block until `count` transactions are held (in flight) by the proxy."""
-        with self._held:
-            if not self._held.wait_for(lambda: self.server.held >= count, timeout=timeout):
-                raise TimeoutError(f"{count} transactions were not held within {timeout:.0f} s")
+        self.wait_for(lambda s: s["heldTransactions"] >= count, timeout)
 
     def __enter__(self) -> StrictDynamoDBThread:
         return self.start()
