@@ -31,7 +31,7 @@ from infra.local.ddb_strict import (
 )
 
 REGION = "us-east-1"
-KEYS = {"aws_access_key_id": "strict", "aws_secret_access_key": "strict"}
+KEYS: dict[str, Any] = {"aws_access_key_id": "strict", "aws_secret_access_key": "strict"}
 LONG_HOLD_MS = 60_000.0  # ended by release_holds() once the contending requests are answered
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1})
 # the engine's clients (fanout/container.py)
@@ -388,7 +388,7 @@ def test_throttling_at_a_seeded_rate_answers_the_documented_codes(
         ddb = client(proxy.endpoint)
         ddb.describe_table(TableName=table)  # control plane: never throttled
         seen: list[str | None] = []
-        reasons = []
+        reasons: list[Any] = []
         for _ in range(n):
             try:
                 ddb.get_item(TableName=table, Key={"pk": {"S": "k"}})
