@@ -427,8 +427,8 @@ class StrictDynamoDB:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.config.host, self.config.port))
         self.endpoint = f"http://{self.config.host}:{sock.getsockname()[1]}"
-        # one session, kept-alive connections: a new TCP connection per request would cost more CPU
-        # than the forwarding itself; no decompression, so bodies pass through byte for byte
+        # one session with kept-alive connections (no TCP handshake per forwarded request); no
+        # decompression, so bodies pass through byte for byte
         self._session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=256, keepalive_timeout=60),
             auto_decompress=False,
