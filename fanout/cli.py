@@ -74,6 +74,8 @@ def _stack_options(args: argparse.Namespace) -> Any:
         fault_429=args.fault_429,
         fault_500=args.fault_500,
         post_workers=args.post_workers,
+        ddb_faults=args.ddb_faults == "on",
+        ddb_throttle_rate=args.ddb_throttle_rate,
     )
 
 
@@ -105,6 +107,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo(args.connections, _stack_options(args)))
 
 
+def _rate(value: str) -> float:
+    try:
+        rate = float(value)
+    except ValueError:
+        rate = -1.0
+    if not 0.0 <= rate <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a rate between 0 and 1, not {value!r}")
+    return rate
+
+
 def _add_stack_flags(p: argparse.ArgumentParser, partitions: int = 50) -> None:
     p.add_argument("--partitions", type=int, default=partitions, help="N partitions (default %(default)s)")
     p.add_argument("--shards", type=int, default=4, help="Q queue shards per stage (default %(default)s)")
@@ -115,6 +127,18 @@ def _add_stack_flags(p: argparse.ArgumentParser, partitions: int = 50) -> None:
     p.add_argument("--fault-410", type=float, default=0.0, help="rate of 410 answers (0-1)")
     p.add_argument("--fault-429", type=float, default=0.0, help="rate of 429 answers (0-1)")
     p.add_argument("--fault-500", type=float, default=0.0, help="rate of 500 answers (0-1)")
+    p.add_argument(
+        "--ddb-faults",
+        choices=("on", "off"),
+        default="on",
+        help="DynamoDB as AWS behaves: transaction conflicts (default on; off: DynamoDB Local as is)",
+    )
+    p.add_argument(
+        "--ddb-throttle-rate",
+        type=_rate,
+        default=0.0,
+        help="rate of DynamoDB requests answered with a throttling error (0-1)",
+    )
 
 
 def parser() -> argparse.ArgumentParser:

@@ -96,7 +96,7 @@ def run_sink(host: str, port: int) -> None:
         body = await request.json()
         if target.endswith(".GetItem") and "broadcastId" in body.get("Key", {}):
             out = broadcast_body
-        else:  # ledger reads (no item: not a replay), transactions
+        else:  # counter shard reads (not a replay; never complete), counting updates
             out = b"{}"
         return web.Response(body=out, content_type="application/x-amz-json-1.0")
 
@@ -325,6 +325,8 @@ def _stage(settings: Any, posts: int, sink: str, frame: bytes, profile: str | No
                 partition_id=0,
                 batch_id=batch_id,
                 connection_ids=chunk,
+                partitions=1,
+                counter_shards=4,
                 frame=frame.decode(),
             ).model_dump_json(by_alias=True, exclude_defaults=True)
             for batch_id, chunk in plan_batches(ids, settings.post_batch_size, partition_id=0)

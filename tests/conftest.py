@@ -24,12 +24,23 @@ os.environ.setdefault("POWERTOOLS_DEV", "false")
 
 
 @pytest.fixture(scope="session")
-def dynamodb_local() -> Iterator[str]:
-    """A fresh in-memory DynamoDB Local for the test session; yields its endpoint URL."""
+def dynamodb_local_raw() -> Iterator[str]:
+    """A fresh in-memory DynamoDB Local for the test session; yields its own endpoint URL (no AWS
+    transaction-conflict rules: use `dynamodb_local` unless a test is about DynamoDB Local itself)."""
     from infra.local.dynamodb import DynamoDBLocal
 
     with DynamoDBLocal() as ddb:
         yield ddb.endpoint
+
+
+@pytest.fixture(scope="session")
+def dynamodb_local(dynamodb_local_raw: str) -> Iterator[str]:
+    """DynamoDB Local behind the strict layer (infra/local/ddb_strict.py), which applies AWS's
+    transaction-conflict rules; yields the strict endpoint URL."""
+    from infra.local.ddb_strict import strict_endpoint
+
+    with strict_endpoint(dynamodb_local_raw) as endpoint:
+        yield endpoint
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,20 @@ async def run_broadcasts(
     return reports
 
 
+def strict_layer_summary(state: dict[str, Any]) -> str:
+    """What the strict DynamoDB layer refused during the run (infra/local/ddb_strict.py)."""
+    import json
+    import urllib.request
+
+    with urllib.request.urlopen(state["dynamodbStatsUrl"], timeout=5) as resp:
+        s = json.loads(resp.read())
+    return (
+        f"DynamoDB strict layer: {s['transactionsCancelled']} transactions cancelled (TransactionConflict), "
+        f"{s['writesRejected']} writes rejected (TransactionConflictException), "
+        f"{s['ProvisionedThroughputExceededException'] + s['ThrottlingException']} requests throttled"
+    )
+
+
 def render(reports: list[BroadcastReport]) -> Table:
     table = Table(title="Broadcasts")
     for col in ("#", "targeted", "delivered", "gone", "failed", "p50 ms", "p99 ms", "wall s", "exactly once"):
@@ -151,6 +165,7 @@ async def demo(connections: int, options: StackOptions) -> int:
             total = time.monotonic() - t0
             console.print(render(reports))
             console.print(f"three broadcasts to {opened} clients took {total:.2f} s in all")
+            console.print(strict_layer_summary(state))
             ok = all(r.exactly_once and r.counts_exact for r in reports)
             console.print(
                 "[green]every client received every broadcast exactly once[/]" if ok else "[red]FAILED[/]"

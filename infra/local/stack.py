@@ -49,6 +49,8 @@ class StackOptions(BaseModel):
     async_retry_delay_seconds: float = Field(
         default=1.0, ge=0, description="first retry of a failed async invocation (AWS: ~1 min; then 2x)"
     )
+    ddb_faults: bool = Field(default=True, description="AWS's conflict rules (infra/local/ddb_strict.py)")
+    ddb_throttle_rate: float = Field(default=0.0, ge=0, le=1, description="share of DynamoDB calls throttled")
     state_dir: Path = Path(".fanout")
 
 
@@ -79,6 +81,29 @@ class LocalStack:
 
         self.log("starting DynamoDB Local (in memory)")
         self.ddb = DynamoDBLocal(log=self.logs / "dynamodb.log").start()
+        # every client of the stack talks to DynamoDB Local through the strict layer
+        ddb_port = procs.free_port()
+        self.log("starting the strict DynamoDB layer")
+        self._spawn(
+            "ddb-strict",
+            [
+                sys.executable,
+                "-m",
+                "infra.local.ddb_strict",
+                "--upstream",
+                self.ddb.endpoint,
+                "--host",
+                HOST,
+                "--port",
+                str(ddb_port),
+                "--faults",
+                "on" if o.ddb_faults else "off",
+                "--throttle-rate",
+                str(o.ddb_throttle_rate),
+            ],
+            ddb_port,
+        )
+        ddb_url = f"http://{HOST}:{ddb_port}"
 
         sqs_port = procs.free_port()
         self.log("starting the SQS server")
@@ -104,7 +129,7 @@ class LocalStack:
         self.log(
             f"creating tables ({o.partitions} partitions) and {2 * o.shards} queues with dead-letter queues"
         )
-        dynamodb = local_client("dynamodb", self.ddb.endpoint)
+        dynamodb = local_client("dynamodb", ddb_url)
         create_tables(dynamodb, settings)
         stream_arn = connections_stream_arn(dynamodb, settings)
         sqs = local_client("sqs", sqs_url)
@@ -118,8 +143,8 @@ class LocalStack:
             "AWS_SECRET_ACCESS_KEY": "local",
             "AWS_REGION": REGION,
             "AWS_DEFAULT_REGION": REGION,
-            "AWS_ENDPOINT_URL_DYNAMODB": self.ddb.endpoint,
-            "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": self.ddb.endpoint,
+            "AWS_ENDPOINT_URL_DYNAMODB": ddb_url,
+            "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": ddb_url,
             "AWS_ENDPOINT_URL_SQS": sqs_url,
             "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
             "LAMBDA_TASK_ROOT": str(ROOT),
@@ -182,7 +207,9 @@ class LocalStack:
             "operatorToken": operator_token,
             "connectToken": issue_token(token_secret, "local-user", ttl_seconds=24 * 3600),
             "tokenSecret": token_secret,
-            "dynamodbUrl": self.ddb.endpoint,
+            "dynamodbUrl": ddb_url,
+            "dynamodbLocalUrl": self.ddb.endpoint,
+            "dynamodbStatsUrl": f"{ddb_url}/_strict/stats",
             "sqsUrl": sqs_url,
             "lambdaUrl": lambda_url,
             "adminUrl": f"http://{HOST}:{ws_port}/_local",
