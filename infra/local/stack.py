@@ -21,7 +21,12 @@ from pydantic import BaseModel, Field
 from fanout.settings import Settings
 from infra.local import procs
 from infra.local.dynamodb import ROOT, DynamoDBLocal
-from infra.local.resources import connections_stream_arn, create_queues, create_tables
+from infra.local.resources import (
+    connections_stream_arn,
+    create_queues,
+    create_tables,
+    create_token_secret,
+)
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
@@ -84,7 +89,16 @@ class LocalStack:
         )
         sqs_url = f"http://{HOST}:{sqs_port}"
 
+        secrets_port = procs.free_port()
+        self.log("starting Secrets Manager (moto's server)")
+        self._spawn(
+            "secretsmanager",
+            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(secrets_port)],
+            secrets_port,
+        )
+        secrets_url = f"http://{HOST}:{secrets_port}"
         token_secret = secrets.token_urlsafe(32)
+        token_secret_arn = create_token_secret(local_client("secretsmanager", secrets_url), token_secret)
         operator_token = secrets.token_urlsafe(24)
         lambda_port, ws_port, http_port = procs.free_port(), procs.free_port(), procs.free_port()
         lambda_url = f"http://{HOST}:{lambda_port}"
@@ -114,6 +128,8 @@ class LocalStack:
             "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": self.ddb.endpoint,
             "AWS_ENDPOINT_URL_SQS": sqs_url,
             "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
+            # botocore names it after the service id "Secrets Manager", space as underscore
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": secrets_url,
             "LAMBDA_TASK_ROOT": str(ROOT),
             "POWERTOOLS_SERVICE_NAME": "fanout",
             "POWERTOOLS_METRICS_NAMESPACE": "Fanout",
@@ -127,7 +143,7 @@ class LocalStack:
             "FANOUT_POST_QUEUE_URLS": json.dumps(queues.post_queue_urls),
             "FANOUT_POST_DEAD_LETTER_QUEUE_URLS": json.dumps(queues.dead_letter_queue_urls[o.shards :]),
             "FANOUT_CONNECTIONS_ENDPOINT": connections_url,
-            "FANOUT_TOKEN_SECRET": token_secret,
+            "FANOUT_TOKEN_SECRET_ARN": token_secret_arn,
             "FANOUT_REGION": REGION,
             "FANOUT_RECONCILE_QUIET_SECONDS": str(o.reconcile_quiet_seconds),
         }
@@ -175,14 +191,13 @@ class LocalStack:
             "dynamodbUrl": self.ddb.endpoint,
             "sqsUrl": sqs_url,
             "lambdaUrl": lambda_url,
+            "secretsManagerUrl": secrets_url,
             "adminUrl": f"http://{HOST}:{ws_port}/_local",
             "region": REGION,
             "partitionQueueUrls": queues.partition_queue_urls,
             "postQueueUrls": queues.post_queue_urls,
             "deadLetterQueueUrls": queues.dead_letter_queue_urls,
-            "settings": {
-                k: v for k, v in env.items() if k.startswith("FANOUT_") and k != "FANOUT_TOKEN_SECRET"
-            },
+            "settings": {k: v for k, v in env.items() if k.startswith("FANOUT_")},
             "pids": {name: proc.pid for name, proc in self.children}
             | {"dynamodb": self.ddb.proc.pid if self.ddb.proc else None},
         }

@@ -31,7 +31,7 @@ from fanout.operator_client import OperatorClient
 from infra.local.clients import ClientSwarm
 from infra.local.demo import run_broadcasts, wait_registered
 from infra.local.stack import LocalStack, StackOptions, local_client
-from tests.integration.conftest import moto_sqs  # noqa: F401 - the harness's SQS fixture
+from tests.integration.conftest import local_sqs  # noqa: F401 - the harness's SQS fixture
 from tests.integration.pipeline_harness import Pipeline, pipeline
 
 CLIENTS = 300
@@ -295,9 +295,9 @@ class ThrottlingDynamoDB:
 
 
 @pytest.fixture
-def pipe(dynamodb_local: str, moto_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:  # noqa: F811
+def pipe(dynamodb_local: str, local_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:  # noqa: F811
     with pipeline(
-        dynamodb_local, moto_sqs, monkeypatch, partition_count=12, shard_count=2, post_batch_size=20
+        dynamodb_local, local_sqs, monkeypatch, partition_count=12, shard_count=2, post_batch_size=20
     ) as p:
         yield p
 

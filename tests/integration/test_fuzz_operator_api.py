@@ -47,10 +47,10 @@ FUZZ = settings.get_profile(os.environ.get("FANOUT_FUZZ_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="module")
-def pipe(dynamodb_local: str, moto_sqs: str) -> Iterator[Pipeline]:
+def pipe(dynamodb_local: str, local_sqs: str) -> Iterator[Pipeline]:
     with (
         pytest.MonkeyPatch.context() as mp,
-        pipeline(dynamodb_local, moto_sqs, mp, partition_count=2, shard_count=1) as p,
+        pipeline(dynamodb_local, local_sqs, mp, partition_count=2, shard_count=1) as p,
     ):
         yield p
 

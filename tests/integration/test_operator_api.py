@@ -10,8 +10,8 @@ from tests.integration.pipeline_harness import Pipeline, pipeline
 
 
 @pytest.fixture
-def pipe(dynamodb_local: str, moto_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
-    with pipeline(dynamodb_local, moto_sqs, monkeypatch, partition_count=4, shard_count=2) as p:
+def pipe(dynamodb_local: str, local_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    with pipeline(dynamodb_local, local_sqs, monkeypatch, partition_count=4, shard_count=2) as p:
         yield p
 
 

@@ -15,7 +15,6 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import boto3
@@ -24,15 +23,8 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from infra.local.procs import free_port, wait_for_port
-from infra.local.sqs import serve_in_thread
 
 BACKENDS = ["local", "moto"]
-
-
-@pytest.fixture(scope="session")
-def local_sqs() -> Iterator[str]:
-    with serve_in_thread() as endpoint:
-        yield endpoint
 
 
 @pytest.fixture(params=BACKENDS)
@@ -42,7 +34,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def sqs(backend: str, request: pytest.FixtureRequest) -> Any:
-    endpoint = request.getfixturevalue("local_sqs" if backend == "local" else "moto_sqs")
+    endpoint = request.getfixturevalue("local_sqs" if backend == "local" else "moto_server")
     return boto3.client(
         "sqs",
         endpoint_url=endpoint,
