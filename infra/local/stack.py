@@ -19,6 +19,7 @@ import boto3
 from pydantic import BaseModel, Field
 
 from fanout.settings import Settings
+from infra.cdk.sizing import post_rate_per_worker
 from infra.local import procs
 from infra.local.dynamodb import ROOT, DynamoDBLocal
 from infra.local.resources import (
@@ -31,6 +32,9 @@ from infra.local.resources import (
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 STAGE = "local"
+# The local stand-in for the account's PostToConnection quota: AWS's default (10,000/s), far above
+# what the post workers of one machine reach, so the stack runs paced without being slowed.
+LOCAL_POST_RATE_BUDGET = 10_000.0
 
 
 class StackOptions(BaseModel):
@@ -39,6 +43,11 @@ class StackOptions(BaseModel):
     post_batch_size: int = Field(default=100, ge=1, le=5000)
     post_concurrency: int = Field(default=64, ge=1, le=2000)
     post_workers: int = Field(default=2, ge=1, le=64, description="post function maximum concurrency")
+    post_rate_budget: float = Field(
+        default=LOCAL_POST_RATE_BUDGET,
+        gt=0,
+        description="PostToConnection calls/s of the whole post stage, divided over the post workers",
+    )
     query_workers: int = Field(default=2, ge=1, le=64)
     connect_workers: int = Field(default=2, ge=1, le=64)
     post_latency_ms: float = Field(default=0.0, ge=0)
@@ -139,6 +148,7 @@ class LocalStack:
             "FANOUT_SHARD_COUNT": str(o.shards),
             "FANOUT_POST_BATCH_SIZE": str(o.post_batch_size),
             "FANOUT_POST_CONCURRENCY": str(o.post_concurrency),
+            "FANOUT_POST_RATE_PER_WORKER": str(post_rate_per_worker(o.post_rate_budget, o.post_workers)),
             "FANOUT_PARTITION_QUEUE_URLS": json.dumps(queues.partition_queue_urls),
             "FANOUT_POST_QUEUE_URLS": json.dumps(queues.post_queue_urls),
             "FANOUT_POST_DEAD_LETTER_QUEUE_URLS": json.dumps(queues.dead_letter_queue_urls[o.shards :]),

@@ -90,6 +90,9 @@ def test_ids_still_failing_after_the_last_attempt_are_dead_lettered_and_counted_
             dead.append(json.loads(m["Body"]))
     assert sorted(c for d in dead for c in d["connectionIds"]) == sorted(stuck)
     assert all(d["deadLettered"] and d["attempt"] == pipe.settings.max_post_attempts + 1 for d in dead)
+    # and the re-enqueues waited out their DelaySeconds (base 1 s, doubling) before being received
+    assert pipe.settings.requeue_base_delay_seconds == 1
+    assert pipe.delayed_seen >= 1
 
 
 def test_a_replayed_post_batch_is_neither_posted_nor_counted_twice(pipe: Pipeline) -> None:
