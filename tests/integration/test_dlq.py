@@ -1,9 +1,9 @@
 """Dead letters are recoverable (issue 7, item 2): `fanout dlq list` / `fanout dlq redrive`.
 
-Through the pipeline harness (the real handlers, DynamoDB Local, the project's SQS server, a fake `@connections`
-API): ids that keep answering 500 past the last attempt are dead-lettered and counted failed; once the
-API is healthy, a redrive moves them back to the post queues and the broadcast's failed count goes to 0,
-while no connection that was already served gets a second frame.
+Through the pipeline harness (the real handlers, DynamoDB Local, the project's SQS server, a fake
+`@connections` API): ids that keep answering 500 past the last attempt are dead-lettered and counted failed;
+once the API is healthy, a redrive moves them back to the post queues and the broadcast's failed count goes
+to 0, while no connection that was already served gets a second frame.
 """
 
 from __future__ import annotations
