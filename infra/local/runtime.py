@@ -10,7 +10,9 @@
 - Event sources: SQS pollers (batch size up to 10,000 gathered within the batching window, maximum
   concurrency, ReportBatchItemFailures), DynamoDB Streams pollers (per shard in order, children after
   parents, retries, bisect, partial batch responses) and rate schedules.
-- `GET /_local/stats`: per-function and per-mapping counters.
+- `GET /_local/stats`: per-function and per-mapping counters; per function, `busy` (pid -> request id of
+  each container mid-invocation) and `crashed` (pid, request id and event of invocations whose
+  container died under them).
 
 CLI: `python -m infra.local.runtime --config runtime.json [--host 127.0.0.1 --port 9001]`.
 Python: `Runtime(config).run()` (blocking, stops on SIGTERM/SIGINT) or `async with Runtime(config) as rt:`.
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import ctypes
 import datetime as dt
@@ -259,6 +262,7 @@ class Container:
         self._pump: asyncio.Task[None] | None = None
         self.init_error: dict[str, Any] | None = None
         self.init_ms = 0.0
+        self.request_id: str | None = None  # the invocation in progress, if any
 
     @property
     def pid(self) -> int | None:
@@ -371,6 +375,9 @@ class FunctionPool:
         self._containers: set[Container] = set()
         self._next_index = 0
         self._closed = False
+        # Invocations whose container died under them (a crash, a SIGKILL): what they were given, so a
+        # test can tell which records a killed container was processing. The last few only.
+        self.crashed: collections.deque[dict[str, Any]] = collections.deque(maxlen=32)
 
     def container_env(self, index: int) -> dict[str, str]:
         cfg = self.runtime.config
@@ -408,6 +415,15 @@ class FunctionPool:
     @property
     def pids(self) -> list[int]:
         return sorted(c.pid for c in self._containers if c.pid is not None and c.alive)
+
+    @property
+    def busy(self) -> dict[str, str]:
+        """pid -> request id of every container in the middle of an invocation."""
+        return {
+            str(c.pid): c.request_id
+            for c in self._containers
+            if c.pid is not None and c.alive and c.request_id is not None
+        }
 
     async def invoke(self, event: Any, *, request_id: str | None = None) -> InvocationResult:
         request_id = request_id or str(uuid.uuid4())
@@ -466,6 +482,7 @@ class FunctionPool:
         line = (
             json.dumps({"requestId": request_id, "deadlineMs": deadline_ms, "event": event}).encode() + b"\n"
         )
+        container.request_id = request_id
         try:
             answer = await container.invoke(line, timeout)
         except TimeoutError:
@@ -484,12 +501,15 @@ class FunctionPool:
         except ConnectionError as exc:
             self.stats.crashes += 1
             self._containers.discard(container)
+            self.crashed.append({"pid": container.pid, "requestId": request_id, "event": event})
             took = (time.monotonic() - started) * 1000
             err = {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {request_id} Error: {exc}"}
             return InvocationResult(request_id, False, err, took, cold)
         except BaseException:
             self._containers.discard(container)
             raise
+        finally:
+            container.request_id = None
         took = (time.monotonic() - started) * 1000
         if self._closed:
             await container.stop(0.5)
@@ -1296,7 +1316,14 @@ class Runtime:
     def stats(self) -> dict[str, Any]:
         return {
             "functions": {
-                name: {**p.stats.as_json(), "containers": len(p.pids), "pids": p.pids, "limit": p.limit}
+                name: {
+                    **p.stats.as_json(),
+                    "containers": len(p.pids),
+                    "pids": p.pids,
+                    "busy": p.busy,
+                    "crashed": list(p.crashed),
+                    "limit": p.limit,
+                }
                 for name, p in self.pools.items()
             },
             "sqsMappings": {

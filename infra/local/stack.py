@@ -49,6 +49,7 @@ class StackOptions(BaseModel):
         description="PostToConnection calls/s of the whole post stage, divided over the post workers",
     )
     query_workers: int = Field(default=2, ge=1, le=64)
+    post_sqs_batch_size: int = Field(default=10, ge=1, le=10_000, description="post mapping's BatchSize")
     connect_workers: int = Field(default=2, ge=1, le=64)
     post_latency_ms: float = Field(default=0.0, ge=0)
     fault_410: float = Field(default=0.0, ge=0, le=1)
@@ -328,14 +329,14 @@ def runtime_config(
             function=function,
             queue_url=url,
             queue_arn=arn(url),
-            batch_size=10,
+            batch_size=batch_size,
             maximum_concurrency=max(2, workers),
             report_batch_item_failures=True,
             wait_time_seconds=1,
         )
-        for function, urls, workers in (
-            ("fanout-query", queues.partition_queue_urls, o.query_workers),
-            ("fanout-post", queues.post_queue_urls, o.post_workers),
+        for function, urls, workers, batch_size in (
+            ("fanout-query", queues.partition_queue_urls, o.query_workers, 10),
+            ("fanout-post", queues.post_queue_urls, o.post_workers, o.post_sqs_batch_size),
         )
         for url in urls
     ]
