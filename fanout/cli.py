@@ -76,6 +76,7 @@ def _stack_options(args: argparse.Namespace) -> Any:
         post_workers=args.post_workers,
         ddb_faults=args.ddb_faults == "on",
         ddb_throttle_rate=args.ddb_throttle_rate,
+        **({"post_rate_budget": args.post_rate_budget} if args.post_rate_budget else {}),
     )
 
 
@@ -122,6 +123,12 @@ def _add_stack_flags(p: argparse.ArgumentParser, partitions: int = 50) -> None:
     p.add_argument("--shards", type=int, default=4, help="Q queue shards per stage (default %(default)s)")
     p.add_argument(
         "--post-workers", type=int, default=2, help="post function concurrency (default %(default)s)"
+    )
+    p.add_argument(
+        "--post-rate-budget",
+        type=float,
+        help="PostToConnection calls/s of the whole post stage, paced per worker "
+        "(default: 10,000, the account's default quota)",
     )
     p.add_argument("--post-latency-ms", type=float, default=0.0, help="added latency per PostToConnection")
     p.add_argument("--fault-410", type=float, default=0.0, help="rate of 410 answers (0-1)")

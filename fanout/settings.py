@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, model_validator
+from pydantic import AliasChoices, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from fanout.errors import ConfigurationError
@@ -54,8 +54,7 @@ class Settings(BaseSettings):
     partition_choices: int = Field(default=2, ge=1, le=64, description="d candidates (docs/partitions.md)")
     partition_view_ttl_seconds: float = Field(default=3.0, gt=0, le=300)
     connection_ttl_seconds: int = Field(default=CONNECTION_TTL_SECONDS, ge=60)
-    token_secret: SecretStr | None = None
-    token_secret_arn: str | None = None
+    token_secret_arn: str | None = Field(default=None, description="Secrets Manager secret of the HS256 key")
 
     # Post stage
     connections_endpoint: str = Field(

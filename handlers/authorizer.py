@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any
 
 from aws_lambda_powertools.metrics import MetricUnit
+from aws_lambda_powertools.utilities.parameters import SecretsProvider
 from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,23 +47,25 @@ class WebSocketAuthorizerEvent(BaseModel):
 
 
 @lru_cache(maxsize=1)
-def _static_secret() -> str | None:
-    settings = get_settings()
-    return settings.token_secret.get_secret_value() if settings.token_secret else None
+def _secrets() -> SecretsProvider:
+    """Powertools' Secrets Manager provider, built once per container (its client and value cache).
+
+    Its boto3 client reads ``AWS_ENDPOINT_URL_SECRETS_MANAGER``, which is how the local stack points
+    it at its Secrets Manager emulator.
+    """
+    return SecretsProvider()
 
 
 def token_secret() -> str:
-    """FANOUT_TOKEN_SECRET, or the Secrets Manager secret named by FANOUT_TOKEN_SECRET_ARN (cached)."""
-    secret = _static_secret()
-    if secret:
-        return secret
+    """The HS256 key: the Secrets Manager secret named by FANOUT_TOKEN_SECRET_ARN (cached for a while,
+    so a rotated key is picked up without a cold start)."""
     arn = get_settings().token_secret_arn
     if not arn:
-        raise ConfigurationError("missing settings: FANOUT_TOKEN_SECRET or FANOUT_TOKEN_SECRET_ARN")
-    from aws_lambda_powertools.utilities.parameters import get_secret
-
-    value = get_secret(arn, max_age=SECRET_MAX_AGE_SECONDS)
-    return value if isinstance(value, str) else bytes(value).decode()
+        raise ConfigurationError("missing settings: FANOUT_TOKEN_SECRET_ARN")
+    value = _secrets().get(arn, max_age=SECRET_MAX_AGE_SECONDS)
+    if isinstance(value, bytes):
+        return value.decode()
+    return str(value)
 
 
 def allow(principal: str, method_arn: str) -> dict[str, Any]:

@@ -34,6 +34,17 @@ class PostConcurrencyPlan:
     """posts/s per worker, so that total_workers x rate_per_worker <= the budget."""
 
 
+def post_rate_per_worker(post_rate_budget: float, max_concurrency: int) -> float:
+    """``FANOUT_POST_RATE_PER_WORKER``: the budget divided over the post function's maximum concurrency.
+
+    The one formula of the pacing, used by the CDK app (over the reserved concurrency of the post
+    function) and by the local stack (over its post workers), so both pace alike.
+    """
+    if post_rate_budget <= 0 or max_concurrency < 1:
+        raise ValueError("the post rate budget must be positive and the concurrency at least 1")
+    return round(post_rate_budget / max_concurrency, 3)
+
+
 def post_concurrency_plan(
     post_rate_budget: float, shards: int, worker_capacity_per_second: float
 ) -> PostConcurrencyPlan:
@@ -57,7 +68,7 @@ def post_concurrency_plan(
     return PostConcurrencyPlan(
         max_concurrency_per_shard=per_shard,
         total_workers=total,
-        rate_per_worker=round(post_rate_budget / total, 3),
+        rate_per_worker=post_rate_per_worker(post_rate_budget, total),
     )
 
 

@@ -126,3 +126,14 @@ def create_queues(sqs: Any, *, shards: int, prefix: str = "fanout", visibility_t
             urls.append(url)
             dlq_urls.append(dlq_url)
     return QueueSet(partition_urls, post_urls, dlq_urls)
+
+
+TOKEN_SECRET_NAME = "fanout-token-secret"
+
+
+def create_token_secret(secretsmanager: Any, value: str, *, name: str = TOKEN_SECRET_NAME) -> str:
+    """Store the connect tokens' HS256 key as a Secrets Manager secret (as the CDK app does); its ARN.
+
+    The authorizer reads it by ARN (``FANOUT_TOKEN_SECRET_ARN``), the path it takes in AWS.
+    """
+    return str(secretsmanager.create_secret(Name=name, SecretString=value)["ARN"])

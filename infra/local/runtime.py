@@ -13,7 +13,9 @@
 - Active tracing, as the functions deploy with it: every invocation runs with a fresh `_X_AMZN_TRACE_ID`
   (sampled; a caller's `X-Amzn-Trace-Id` on the Invoke request is continued), and the workers'
   `AWS_XRAY_DAEMON_ADDRESS` points at a UDP sink of the runtime standing in for the X-Ray daemon.
-- `GET /_local/stats`: per-function and per-mapping counters, and the sink's (`xray`);
+- `GET /_local/stats`: per-function and per-mapping counters, and the sink's (`xray`); per function,
+  `busy` (pid -> request id of each container mid-invocation) and `crashed` (pid, request id and event
+  of invocations whose container died under them);
   `GET /_local/traces[?traceId=...]`: the segment documents the sink kept.
 
 CLI: `python -m infra.local.runtime --config runtime.json [--host 127.0.0.1 --port 9001]`.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import collections
 import contextlib
 import ctypes
 import datetime as dt
@@ -270,6 +273,7 @@ class Container:
         self._pump: asyncio.Task[None] | None = None
         self.init_error: dict[str, Any] | None = None
         self.init_ms = 0.0
+        self.request_id: str | None = None  # the invocation in progress, if any
 
     @property
     def pid(self) -> int | None:
@@ -382,6 +386,9 @@ class FunctionPool:
         self._containers: set[Container] = set()
         self._next_index = 0
         self._closed = False
+        # Invocations whose container died under them (a crash, a SIGKILL): what they were given, so a
+        # test can tell which records a killed container was processing. The last few only.
+        self.crashed: collections.deque[dict[str, Any]] = collections.deque(maxlen=32)
 
     def container_env(self, index: int) -> dict[str, str]:
         cfg = self.runtime.config
@@ -425,6 +432,15 @@ class FunctionPool:
     @property
     def pids(self) -> list[int]:
         return sorted(c.pid for c in self._containers if c.pid is not None and c.alive)
+
+    @property
+    def busy(self) -> dict[str, str]:
+        """pid -> request id of every container in the middle of an invocation."""
+        return {
+            str(c.pid): c.request_id
+            for c in self._containers
+            if c.pid is not None and c.alive and c.request_id is not None
+        }
 
     async def invoke(
         self, event: Any, *, request_id: str | None = None, trace_header: str | None = None
@@ -488,6 +504,7 @@ class FunctionPool:
             ).encode()
             + b"\n"
         )
+        container.request_id = request_id
         try:
             answer = await container.invoke(line, timeout)
         except TimeoutError:
@@ -506,12 +523,15 @@ class FunctionPool:
         except ConnectionError as exc:
             self.stats.crashes += 1
             self._containers.discard(container)
+            self.crashed.append({"pid": container.pid, "requestId": request_id, "event": event})
             took = (time.monotonic() - started) * 1000
             err = {"errorType": "Runtime.ExitError", "errorMessage": f"RequestId: {request_id} Error: {exc}"}
             return InvocationResult(request_id, False, err, took, cold)
         except BaseException:
             self._containers.discard(container)
             raise
+        finally:
+            container.request_id = None
         took = (time.monotonic() - started) * 1000
         if self._closed:
             await container.stop(0.5)
@@ -1381,7 +1401,14 @@ class Runtime:
     def stats(self) -> dict[str, Any]:
         return {
             "functions": {
-                name: {**p.stats.as_json(), "containers": len(p.pids), "pids": p.pids, "limit": p.limit}
+                name: {
+                    **p.stats.as_json(),
+                    "containers": len(p.pids),
+                    "pids": p.pids,
+                    "busy": p.busy,
+                    "crashed": list(p.crashed),
+                    "limit": p.limit,
+                }
                 for name, p in self.pools.items()
             },
             "sqsMappings": {

@@ -910,8 +910,14 @@ class SqsBroker:
                 wall_ms = wall_ms or int(time.time() * 1000)
                 m.first_receive_ms = wall_ms
             m.nonce += 1
-            q.set_invisible(m, vt, now)
+            if vt > 0:
+                q.set_invisible(m, vt, now)
             out.append(m)
+        if vt <= 0:
+            # Visible again at once, but only after this receive: one response never holds a message
+            # twice (set inside the loop, the message would be popped again until max_n).
+            for m in out:
+                q.set_invisible(m, 0, now)
         return out
 
     @staticmethod

@@ -19,13 +19,22 @@ import boto3
 from pydantic import BaseModel, Field
 
 from fanout.settings import Settings
+from infra.cdk.sizing import post_rate_per_worker
 from infra.local import procs
 from infra.local.dynamodb import ROOT, DynamoDBLocal
-from infra.local.resources import connections_stream_arn, create_queues, create_tables
+from infra.local.resources import (
+    connections_stream_arn,
+    create_queues,
+    create_tables,
+    create_token_secret,
+)
 
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 STAGE = "local"
+# The local stand-in for the account's PostToConnection quota: AWS's default (10,000/s), far above
+# what the post workers of one machine reach, so the stack runs paced without being slowed.
+LOCAL_POST_RATE_BUDGET = 10_000.0
 
 
 class StackOptions(BaseModel):
@@ -34,7 +43,13 @@ class StackOptions(BaseModel):
     post_batch_size: int = Field(default=100, ge=1, le=5000)
     post_concurrency: int = Field(default=64, ge=1, le=2000)
     post_workers: int = Field(default=2, ge=1, le=64, description="post function maximum concurrency")
+    post_rate_budget: float = Field(
+        default=LOCAL_POST_RATE_BUDGET,
+        gt=0,
+        description="PostToConnection calls/s of the whole post stage, divided over the post workers",
+    )
     query_workers: int = Field(default=2, ge=1, le=64)
+    post_sqs_batch_size: int = Field(default=10, ge=1, le=10_000, description="post mapping's BatchSize")
     connect_workers: int = Field(default=2, ge=1, le=64)
     post_latency_ms: float = Field(default=0.0, ge=0)
     fault_410: float = Field(default=0.0, ge=0, le=1)
@@ -114,7 +129,16 @@ class LocalStack:
         )
         sqs_url = f"http://{HOST}:{sqs_port}"
 
+        secrets_port = procs.free_port()
+        self.log("starting Secrets Manager (moto's server)")
+        self._spawn(
+            "secretsmanager",
+            [sys.executable, "-m", "moto.server", "-H", HOST, "-p", str(secrets_port)],
+            secrets_port,
+        )
+        secrets_url = f"http://{HOST}:{secrets_port}"
         token_secret = secrets.token_urlsafe(32)
+        token_secret_arn = create_token_secret(local_client("secretsmanager", secrets_url), token_secret)
         operator_token = secrets.token_urlsafe(24)
         lambda_port, ws_port, http_port = procs.free_port(), procs.free_port(), procs.free_port()
         lambda_url = f"http://{HOST}:{lambda_port}"
@@ -147,6 +171,8 @@ class LocalStack:
             "AWS_ENDPOINT_URL_DYNAMODB_STREAMS": ddb_url,
             "AWS_ENDPOINT_URL_SQS": sqs_url,
             "AWS_ENDPOINT_URL_LAMBDA": lambda_url,
+            # botocore names it after the service id "Secrets Manager", space as underscore
+            "AWS_ENDPOINT_URL_SECRETS_MANAGER": secrets_url,
             "LAMBDA_TASK_ROOT": str(ROOT),
             "POWERTOOLS_SERVICE_NAME": "fanout",
             "POWERTOOLS_METRICS_NAMESPACE": "Fanout",
@@ -155,11 +181,12 @@ class LocalStack:
             "FANOUT_SHARD_COUNT": str(o.shards),
             "FANOUT_POST_BATCH_SIZE": str(o.post_batch_size),
             "FANOUT_POST_CONCURRENCY": str(o.post_concurrency),
+            "FANOUT_POST_RATE_PER_WORKER": str(post_rate_per_worker(o.post_rate_budget, o.post_workers)),
             "FANOUT_PARTITION_QUEUE_URLS": json.dumps(queues.partition_queue_urls),
             "FANOUT_POST_QUEUE_URLS": json.dumps(queues.post_queue_urls),
             "FANOUT_POST_DEAD_LETTER_QUEUE_URLS": json.dumps(queues.dead_letter_queue_urls[o.shards :]),
             "FANOUT_CONNECTIONS_ENDPOINT": connections_url,
-            "FANOUT_TOKEN_SECRET": token_secret,
+            "FANOUT_TOKEN_SECRET_ARN": token_secret_arn,
             "FANOUT_REGION": REGION,
             "FANOUT_RECONCILE_QUIET_SECONDS": str(o.reconcile_quiet_seconds),
             "FANOUT_SWEEP_AFTER_SECONDS": str(o.sweep_after_seconds),
@@ -212,15 +239,14 @@ class LocalStack:
             "dynamodbStatsUrl": f"{ddb_url}/_strict/stats",
             "sqsUrl": sqs_url,
             "lambdaUrl": lambda_url,
+            "secretsManagerUrl": secrets_url,
             "adminUrl": f"http://{HOST}:{ws_port}/_local",
             "region": REGION,
             "partitionQueueUrls": queues.partition_queue_urls,
             "postQueueUrls": queues.post_queue_urls,
             "deadLetterQueueUrls": queues.dead_letter_queue_urls,
             "swarmFailureQueueUrl": swarm_failures,
-            "settings": {
-                k: v for k, v in env.items() if k.startswith("FANOUT_") and k != "FANOUT_TOKEN_SECRET"
-            },
+            "settings": {k: v for k, v in env.items() if k.startswith("FANOUT_")},
             "pids": {name: proc.pid for name, proc in self.children}
             | {"dynamodb": self.ddb.proc.pid if self.ddb.proc else None},
         }
@@ -354,14 +380,14 @@ def runtime_config(
             function=function,
             queue_url=url,
             queue_arn=arn(url),
-            batch_size=10,
+            batch_size=batch_size,
             maximum_concurrency=max(2, workers),
             report_batch_item_failures=True,
             wait_time_seconds=1,
         )
-        for function, urls, workers in (
-            ("fanout-query", queues.partition_queue_urls, o.query_workers),
-            ("fanout-post", queues.post_queue_urls, o.post_workers),
+        for function, urls, workers, batch_size in (
+            ("fanout-query", queues.partition_queue_urls, o.query_workers, 10),
+            ("fanout-post", queues.post_queue_urls, o.post_workers, o.post_sqs_batch_size),
         )
         for url in urls
     ]

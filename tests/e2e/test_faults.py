@@ -28,15 +28,18 @@ import pytest
 from botocore.exceptions import ClientError
 
 from fanout.operator_client import OperatorClient
+from infra.cdk.config import FanoutConfig
 from infra.local.clients import ClientSwarm
 from infra.local.demo import run_broadcasts, wait_registered
 from infra.local.stack import LocalStack, StackOptions, local_client
-from tests.integration.conftest import moto_sqs  # noqa: F401 - the harness's SQS fixture
+from tests.integration.conftest import local_sqs  # noqa: F401 - the harness's SQS fixture
 from tests.integration.pipeline_harness import Pipeline, pipeline
 
 CLIENTS = 300
 BATCH = 25
-POST_SQS_BATCH = 10  # infra/local/stack.py: runtime_config's SQS mappings
+# The post event source mapping's BatchSize as deployed (the CDK app's default), so that a killed
+# invocation holds as many post batches as one does in AWS.
+POST_SQS_BATCH = FanoutConfig().post_sqs_batch_size
 
 
 # -- the local stack with faults ---------------------------------------------------------------------
@@ -47,6 +50,7 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         shards=2,
         post_batch_size=BATCH,
         post_workers=2,
+        post_sqs_batch_size=POST_SQS_BATCH,
         fault_429=0.05,
         fault_500=0.02,
         reconcile_every_seconds=3600,  # the tests run the reconciler themselves
@@ -210,16 +214,18 @@ async def test_a_post_worker_killed_mid_batch_loses_nothing(fault_stack: dict[st
             await wait_registered(state, base + CLIENTS)
 
             bid = await asyncio.to_thread(api.start, {"kill": "mid-batch"})
-            killed = 0
+            killed, request_id = 0, ""
             deadline = time.monotonic() + 60
             while not killed and time.monotonic() < deadline:
                 view = await asyncio.to_thread(api.status, bid)
-                pids = http_json(state["lambdaUrl"] + "/_local/stats")["functions"]["fanout-post"]["pids"]
-                if view["delivered"] > 0 and view["delivered"] < view["targeted"] and pids:
-                    os.kill(pids[0], signal.SIGKILL)
-                    killed = pids[0]
+                busy = http_json(state["lambdaUrl"] + "/_local/stats")["functions"]["fanout-post"]["busy"]
+                if view["delivered"] > 0 and view["delivered"] < view["targeted"] and busy:
+                    # a container the runtime reports mid-invocation: the kill lands inside a batch
+                    pid, request_id = next(iter(busy.items()))
+                    os.kill(int(pid), signal.SIGKILL)
+                    killed = int(pid)
                 await asyncio.sleep(0.02)
-            assert killed, "no post worker was caught mid-broadcast"
+            assert killed, "no post worker was caught mid-batch"
 
             # the killed batch comes back after its visibility timeout (30 s locally)
             view = await asyncio.to_thread(api.wait, bid, timeout=150, interval=0.2)
@@ -233,10 +239,19 @@ async def test_a_post_worker_killed_mid_batch_loses_nothing(fault_stack: dict[st
             assert missing == 0
             # the killed invocation's records come back whole; those whose ledger entry was written
             # are skipped, the ones it was posting are posted again from their start. It held at
-            # most POST_SQS_BATCH records (the local post mapping's batch size), so at most that
+            # most POST_SQS_BATCH records (the deployed post mapping's batch size), so at most that
             # many batches' worth of duplicates, and never a duplicate outside them
             assert duplicates <= POST_SQS_BATCH * BATCH, duplicates
+            # the runtime saw that invocation die, holding those records: duplicates stay within their ids
             stats = http_json(state["lambdaUrl"] + "/_local/stats")["functions"]["fanout-post"]
+            [crash] = [c for c in stats["crashed"] if c["pid"] == killed]
+            assert crash["requestId"] == request_id
+            records = crash["event"]["Records"]
+            assert 1 <= len(records) <= POST_SQS_BATCH
+            held = {c for r in records for c in json.loads(r["body"])["connectionIds"]}
+            assert duplicates <= len(held), (duplicates, len(held))
+            # and a re-post is one extra frame: no connection got three or more
+            assert max(counts.values()) <= 2, Counter(counts.values())
             assert killed not in stats["pids"]
     finally:
         set_faults(state, rate429=0.05, rate500=0.02, rate410=0.0, latencyMs=0)
@@ -296,9 +311,9 @@ class ThrottlingDynamoDB:
 
 
 @pytest.fixture
-def pipe(dynamodb_local: str, moto_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:  # noqa: F811
+def pipe(dynamodb_local: str, local_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:  # noqa: F811
     with pipeline(
-        dynamodb_local, moto_sqs, monkeypatch, partition_count=12, shard_count=2, post_batch_size=20
+        dynamodb_local, local_sqs, monkeypatch, partition_count=12, shard_count=2, post_batch_size=20
     ) as p:
         yield p
 

@@ -10,8 +10,13 @@ from infra.local.procs import free_port
 
 
 @pytest.fixture(scope="session")
-def moto_sqs() -> Iterator[str]:
-    """moto's server (threaded, in this process) for SQS; yields its endpoint URL."""
+def moto_server() -> Iterator[str]:
+    """moto's server (threaded, in this process); yields its endpoint URL.
+
+    It serves Secrets Manager for the authorizer, and SQS only as the reference the SQS conformance
+    suite compares the project's SQS server with: moto's SQS accepts what SQS refuses (see
+    test_sqs_conformance.py), so no pipeline test runs on it.
+    """
     from moto.server import ThreadedMotoServer
 
     port = free_port()
@@ -24,8 +29,15 @@ def moto_sqs() -> Iterator[str]:
 
 
 @pytest.fixture(scope="session")
+def secrets_manager(moto_server: str) -> str:
+    """A Secrets Manager endpoint (moto's server)."""
+    return moto_server
+
+
+@pytest.fixture(scope="session")
 def local_sqs() -> Iterator[str]:
-    """The project's SQS server (strict about what SQS refuses, unlike moto), in this process."""
+    """The project's SQS server (infra/local/sqs.py, in a thread of this process): the SQS of every
+    pipeline test, as of the local stack."""
     from infra.local.sqs import serve_in_thread
 
     with serve_in_thread() as endpoint:

@@ -15,7 +15,9 @@ import boto3
 import pytest
 
 from fanout.settings import Settings, get_settings
+from infra.cdk.sizing import post_rate_per_worker
 from infra.local.resources import create_queues, create_tables
+from infra.local.stack import LOCAL_POST_RATE_BUDGET
 from tests.events import LambdaContextStub, http_api_event, sqs_event
 from tests.fakes import FakeConnectionsApi, FakeLambdaApi
 
@@ -43,6 +45,7 @@ class Pipeline:
     connections: FakeConnectionsApi
     lambdas: FakeLambdaApi
     dead_letter_urls: list[str]
+    delayed_seen: int = 0  # the most requeued post batches seen waiting out their DelaySeconds at once
 
     # -- seeding -------------------------------------------------------------------------------------
     def seed_connections(self, per_partition: dict[int, list[str]], *, connected_ago: float = 60) -> None:
@@ -144,9 +147,23 @@ class Pipeline:
             n += self._drain_once(self.settings.post_queue_urls, handlers.post.handler, "fanout-post")
             if n:
                 idle = 0
+            elif delayed := self.delayed(self.settings.post_queue_urls):
+                self.delayed_seen = max(self.delayed_seen, delayed)
+                time.sleep(0.2)  # a requeue waits out its DelaySeconds, as in SQS
             else:
                 idle += 1
                 time.sleep(0.2)
+
+    def delayed(self, urls: list[str]) -> int:
+        """Messages sent with a DelaySeconds not yet over (requeued post batches)."""
+        return sum(
+            int(
+                self.sqs.get_queue_attributes(
+                    QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesDelayed"]
+                )["Attributes"]["ApproximateNumberOfMessagesDelayed"]
+            )
+            for url in urls
+        )
 
     def broadcast(self, message: Any, **kwargs: Any) -> dict[str, Any]:
         status, body, _ = self.api("POST", "/broadcasts", body={"message": message}, **kwargs)
@@ -175,7 +192,8 @@ def pipeline(
             "FANOUT_BROADCASTS_TABLE": f"{prefix}-broadcasts",
             "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
             "FANOUT_CONNECTIONS_ENDPOINT": connections.endpoint,
-            "FANOUT_REQUEUE_BASE_DELAY_SECONDS": "0",
+            # Paced as deployed: the local budget over this process's one post worker.
+            "FANOUT_POST_RATE_PER_WORKER": str(post_rate_per_worker(LOCAL_POST_RATE_BUDGET, 1)),
             "FANOUT_RETRY_BASE_SECONDS": "0.001",
             "FANOUT_RETRY_CAP_SECONDS": "0.01",
             # As in Lambda: Powertools' AsyncBatchProcessor then runs on the container's event loop

@@ -20,6 +20,7 @@ import pytest
 from fanout.settings import get_settings
 from fanout.tokens import issue_token
 from infra.local.resources import connections_stream_arn, create_tables
+from tests.secrets import use_token_secret
 
 SECRET = "integration-secret-" + "0123456789abcdef" * 3
 PARTITIONS = 8
@@ -45,7 +46,7 @@ def _reset_caches() -> None:
     from handlers import authorizer, connect, disconnect, partition_counter, reconciler
 
     get_settings.cache_clear()
-    authorizer._static_secret.cache_clear()
+    authorizer._secrets.cache_clear()
     for module in (connect, disconnect, partition_counter, reconciler):
         module.deps.cache_clear()
 
@@ -61,7 +62,7 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(dynamodb_local: str) -> Iterator[Stack]:
+def stack(dynamodb_local: str, secrets_manager: str) -> Iterator[Stack]:
     prefix = f"lc{uuid.uuid4().hex[:8]}"
     env = {
         "AWS_ENDPOINT_URL_DYNAMODB": dynamodb_local,
@@ -70,7 +71,6 @@ def stack(dynamodb_local: str) -> Iterator[Stack]:
         "FANOUT_BROADCASTS_TABLE": f"{prefix}-broadcasts",
         "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
         "FANOUT_PARTITION_COUNT": str(PARTITIONS),
-        "FANOUT_TOKEN_SECRET": SECRET,
         # the tests drive the stream by hand, so nothing is in flight when the reconciler runs
         "FANOUT_RECONCILE_QUIET_SECONDS": "0",
     }
@@ -78,6 +78,7 @@ def stack(dynamodb_local: str) -> Iterator[Stack]:
         for key, value in env.items():
             mp.setenv(key, value)
         _reset_caches()
+        use_token_secret(mp, SECRET, secrets_manager)
         settings = get_settings()
         dynamodb = boto3.client("dynamodb", endpoint_url=dynamodb_local, region_name="us-east-1")
         create_tables(dynamodb, settings)

@@ -1,9 +1,9 @@
 """Dead letters are recoverable (issue 7, item 2): `fanout dlq list` / `fanout dlq redrive`.
 
-Through the pipeline harness (the real handlers, DynamoDB Local, moto's SQS server, a fake `@connections`
-API): ids that keep answering 500 past the last attempt are dead-lettered and counted failed; once the
-API is healthy, a redrive moves them back to the post queues and the broadcast's failed count goes to 0,
-while no connection that was already served gets a second frame.
+Through the pipeline harness (the real handlers, DynamoDB Local, the project's SQS server, a fake
+`@connections` API): ids that keep answering 500 past the last attempt are dead-lettered and counted failed;
+once the API is healthy, a redrive moves them back to the post queues and the broadcast's failed count goes
+to 0, while no connection that was already served gets a second frame.
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ MAX_ATTEMPTS = 2
 
 
 @pytest.fixture
-def pipe(dynamodb_local: str, moto_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+def pipe(dynamodb_local: str, local_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
     with pipeline(
         dynamodb_local,
-        moto_sqs,
+        local_sqs,
         monkeypatch,
         partition_count=4,
         shard_count=2,
@@ -102,7 +102,7 @@ def test_pairing_and_kinds_follow_the_queue_names() -> None:
 
 
 def test_dead_lettered_posts_are_listed_and_a_redrive_delivers_them_once(
-    pipe: Pipeline, tmp_path: Path, moto_sqs: str, capsys: pytest.CaptureFixture[str]
+    pipe: Pipeline, tmp_path: Path, local_sqs: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Given 40 connections, of which 6 answer 500 beyond the last attempt
     per_partition = ids_for(4, 10)
@@ -118,7 +118,7 @@ def test_dead_lettered_posts_are_listed_and_a_redrive_delivers_them_once(
     assert set(served_before) == set(everyone) - set(stuck)
 
     # When `fanout dlq list` looks at the local stack's queues
-    state = write_local_state(pipe, tmp_path, moto_sqs)
+    state = write_local_state(pipe, tmp_path, local_sqs)
     capsys.readouterr()  # (the handlers print their metrics to stdout)
     assert run_cli(["dlq", "list", "--local", str(state), "--peek", "10", "--json"]) == 0
     reports = json.loads(capsys.readouterr().out)

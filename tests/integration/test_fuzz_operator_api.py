@@ -47,10 +47,10 @@ FUZZ = settings.get_profile(os.environ.get("FANOUT_FUZZ_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="module")
-def pipe(dynamodb_local: str, moto_sqs: str) -> Iterator[Pipeline]:
+def pipe(dynamodb_local: str, local_sqs: str) -> Iterator[Pipeline]:
     with (
         pytest.MonkeyPatch.context() as mp,
-        pipeline(dynamodb_local, moto_sqs, mp, partition_count=2, shard_count=1) as p,
+        pipeline(dynamodb_local, local_sqs, mp, partition_count=2, shard_count=1) as p,
     ):
         yield p
 
@@ -201,23 +201,24 @@ BAD_BODIES: dict[str, tuple[str | bytes | None, dict[str, str], set[int]]] = {
     "null": ("null", {}, {422}),
     "no message": ('{"text": "hi"}', {}, {422}),
     "an extra field": ('{"message": "hi", "to": "Abc="}', {}, {422}),
-    "NaN message": ('{"message": NaN}', {}, {400, 422}),
-    "Infinity message": ('{"message": Infinity}', {}, {400, 422}),
+    "NaN message": ('{"message": NaN}', {}, {400}),  # parsed, but no JSON frame can carry it
+    "Infinity message": ('{"message": Infinity}', {}, {400}),
     "a frame above 128 KB": (json.dumps({"message": "x" * 140_000}), {}, {413}),
     "a body above 1 MB": (json.dumps({"message": "x" * 1_100_000}), {}, {413}),
     "4-byte characters above 128 KB": (json.dumps({"message": "😀" * 40_000}, ensure_ascii=False), {}, {413}),
-    "nested 10,000 levels": (nested(10_000), {}, {400, 413, 422}),
-    "nested 1,500 levels": (nested(1_500), {}, {400, 422}),
-    "nested 500 levels": (nested(500), {}, {202, 400, 422}),
-    "base64 of non-UTF-8 bytes": (b"\xff\xfe\x00{\x80\x81", {}, {400, 422}),
+    "nested 10,000 levels": (nested(10_000), {}, {400}),  # "request body is nested too deeply"
+    "nested 1,500 levels": (nested(1_500), {}, {400}),
+    # below the recursion limit the body parses, and the message model's validation refuses the depth
+    "nested 500 levels": (nested(500), {}, {422}),
+    "base64 of non-UTF-8 bytes": (b"\xff\xfe\x00{\x80\x81", {}, {400}),
     "base64 of valid JSON": (json.dumps({"message": "via base64"}).encode(), {}, {202}),
-    "text/plain content type": ('{"message": "hi"}', {"content-type": "text/plain"}, {202, 415, 422}),
+    "text/plain content type": ('{"message": "hi"}', {"content-type": "text/plain"}, {415}),
     "form content type": (
         "message=hi",
         {"content-type": "application/x-www-form-urlencoded"},
-        {202, 415, 422},
+        {202},  # Powertools' validation reads a form body as the object {"message": "hi"}
     ),
-    "lone surrogate escape": ('{"message": "\\ud800"}', {}, {202, 400, 422}),
+    "lone surrogate escape": ('{"message": "\\ud800"}', {}, {400}),
     "NUL in a string": ('{"message": "a\\u0000b"}', {}, {202}),
 }
 
@@ -226,6 +227,7 @@ BAD_BODIES: dict[str, tuple[str | bytes | None, dict[str, str], set[int]]] = {
 def test_broadcast_bodies_get_a_clear_answer(pipe: Pipeline, name: str) -> None:
     raw, headers, expected = BAD_BODIES[name]
     answer = check(pipe, event_for("POST", "/broadcasts", raw_body=raw, headers=headers))
+    assert len(expected) == 1
     assert answer.status in expected, (answer.status, answer.body)
 
 
@@ -269,7 +271,7 @@ def test_any_text_body_gets_a_clear_answer(pipe: Pipeline, raw: str) -> None:
         ("k" * 257, {422}),
         ("k" * 100_000, {422}),
         ("clé-ünïcødé-😀", {202}),
-        ("a\x00b", {202, 400, 422}),
+        ("a\x00b", {202}),
         ("../../etc/passwd", {202}),
         ('{"key": 1}', {202}),
     ],
@@ -280,6 +282,7 @@ def test_idempotency_keys_get_a_clear_answer_and_replays_are_stable(
 ) -> None:
     body = json.dumps({"message": {"key": key[:20]}})
     first = check(pipe, event_for("POST", "/broadcasts", raw_body=body, headers={"Idempotency-Key": key}))
+    assert len(expected) == 1
     assert first.status in expected, (first.status, first.body)
     if first.status == 202 and key.strip():
         again = check(pipe, event_for("POST", "/broadcasts", raw_body=body, headers={"Idempotency-Key": key}))

@@ -780,16 +780,19 @@ def test_config_json_round_trip_and_validation() -> None:
 
 
 async def test_real_authorizer_and_default_handlers_behind_the_gateway(
-    make_gateway: MakeGateway, lam: FakeLambda, http: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+    make_gateway: MakeGateway,
+    lam: FakeLambda,
+    http: aiohttp.ClientSession,
+    monkeypatch: pytest.MonkeyPatch,
+    secrets_manager: str,
 ) -> None:
     from fanout.settings import get_settings
     from fanout.tokens import issue_token
     from handlers import authorizer, default
     from tests.events import LambdaContextStub
+    from tests.secrets import use_token_secret
 
-    monkeypatch.setenv("FANOUT_TOKEN_SECRET", "gateway-test-secret")
-    get_settings.cache_clear()
-    authorizer._static_secret.cache_clear()
+    use_token_secret(monkeypatch, "gateway-test-secret", secrets_manager)
     try:
         lam.functions["fanout-authorizer"] = lambda e: authorizer.handler(
             e, LambdaContextStub("fanout-authorizer")
@@ -811,4 +814,4 @@ async def test_real_authorizer_and_default_handlers_behind_the_gateway(
         await ws.close()
     finally:
         get_settings.cache_clear()
-        authorizer._static_secret.cache_clear()
+        authorizer._secrets.cache_clear()

@@ -15,8 +15,8 @@ from tests.integration.pipeline_harness import Pipeline, pipeline
 
 
 @pytest.fixture
-def pipe(dynamodb_local: str, moto_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
-    with pipeline(dynamodb_local, moto_sqs, monkeypatch, partition_count=20, shard_count=4) as p:
+def pipe(dynamodb_local: str, local_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    with pipeline(dynamodb_local, local_sqs, monkeypatch, partition_count=20, shard_count=4) as p:
         yield p
 
 
@@ -90,6 +90,9 @@ def test_ids_still_failing_after_the_last_attempt_are_dead_lettered_and_counted_
             dead.append(json.loads(m["Body"]))
     assert sorted(c for d in dead for c in d["connectionIds"]) == sorted(stuck)
     assert all(d["deadLettered"] and d["attempt"] == pipe.settings.max_post_attempts + 1 for d in dead)
+    # and the re-enqueues waited out their DelaySeconds (base 1 s, doubling) before being received
+    assert pipe.settings.requeue_base_delay_seconds == 1
+    assert pipe.delayed_seen >= 1
 
 
 def test_a_replayed_post_batch_is_neither_posted_nor_counted_twice(pipe: Pipeline) -> None:

@@ -1,5 +1,5 @@
 """The local Lambda runtime (infra/local/runtime.py), driven as the stack drives it: the CLI in a child
-process, boto3's `lambda` client against its Invoke API, moto's server for SQS, DynamoDB Local for
+process, boto3's `lambda` client against its Invoke API, the project's SQS server, DynamoDB Local for
 streams. Handlers live in tests/integration/runtime_handlers/ and report through files."""
 
 from __future__ import annotations
@@ -104,9 +104,9 @@ class Stack:
 
 
 @pytest.fixture(scope="module")
-def stack(moto_sqs: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def stack(local_sqs: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     side = tmp_path_factory.mktemp("runtime")
-    sqs = boto3.client("sqs", endpoint_url=moto_sqs, region_name="us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=local_sqs, region_name="us-east-1")
     dlq = sqs.create_queue(QueueName="rt-partial-dlq")["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": "2"})
@@ -380,7 +380,9 @@ def test_sqs_partial_batch_failure_returns_only_failed_items_then_dead_letters_t
         assert [s["receiveCount"] for s in seen if s["body"] == body] == ["1", "2"]
     record = seen[0]["record"]
     assert record["eventSource"] == "aws:sqs"
-    assert record["eventSourceARN"] == "arn:aws:sqs:us-east-1:123456789012:rt-partial"
+    arn = stack.sqs.get_queue_attributes(QueueUrl=stack.queues["partial"], AttributeNames=["QueueArn"])
+    assert record["eventSourceARN"] == arn["Attributes"]["QueueArn"]
+    assert record["eventSourceARN"].startswith("arn:aws:sqs:us-east-1:")
     assert record["awsRegion"] == "us-east-1"
     assert set(record["attributes"]) >= {
         "ApproximateReceiveCount",

@@ -24,23 +24,26 @@ import pytest
 
 from tests.events import LambdaContextStub, http_api_event
 from tests.integration.pipeline_harness import Pipeline, pipeline
+from tests.secrets import use_token_secret
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "integration-secret-0123456789abcdef"
 
 
 @pytest.fixture
-def pipe(dynamodb_local: str, moto_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+def pipe(
+    dynamodb_local: str, local_sqs: str, secrets_manager: str, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Pipeline]:
     import handlers.authorizer
     import handlers.connect
     import handlers.disconnect
 
-    monkeypatch.setenv("FANOUT_TOKEN_SECRET", SECRET)
-    with pipeline(dynamodb_local, moto_sqs, monkeypatch, partition_count=4, shard_count=1) as p:
-        for f in (handlers.authorizer._static_secret, handlers.connect.deps, handlers.disconnect.deps):
+    with pipeline(dynamodb_local, local_sqs, monkeypatch, partition_count=4, shard_count=1) as p:
+        use_token_secret(monkeypatch, SECRET, secrets_manager)
+        for f in (handlers.connect.deps, handlers.disconnect.deps):
             f.cache_clear()
         yield p
-        for f in (handlers.authorizer._static_secret, handlers.connect.deps, handlers.disconnect.deps):
+        for f in (handlers.authorizer._secrets, handlers.connect.deps, handlers.disconnect.deps):
             f.cache_clear()
 
 
@@ -150,7 +153,7 @@ def test_connect_without_the_authorizer_context_writes_no_row(pipe: Pipeline) ->
     # even with a valid-looking token in the query: only the authorizer's verdict counts
     event = connect_event("Sneaky1=", None, query={"token": issue_token(SECRET, "mallory")})
     out = handlers.connect.handler(event, LambdaContextStub("fanout-connect"))
-    assert out["statusCode"] in (401, 403)
+    assert out["statusCode"] == 401
     assert pipe.connection_rows() == set()
 
 

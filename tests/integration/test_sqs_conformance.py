@@ -34,7 +34,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture
 def sqs(backend: str, request: pytest.FixtureRequest) -> Any:
-    endpoint = request.getfixturevalue("local_sqs" if backend == "local" else "moto_sqs")
+    endpoint = request.getfixturevalue("local_sqs" if backend == "local" else "moto_server")
     return boto3.client(
         "sqs",
         endpoint_url=endpoint,
@@ -102,6 +102,13 @@ def expected_attributes_md5(attributes: dict[str, dict[str, Any]]) -> str:
 
 
 def test_queue_lifecycle(sqs: Any) -> None:
+    """CreateQueue is idempotent for equal attributes, QueueAlreadyExists otherwise; a deleted queue is gone
+    for every action.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_CreateQueue.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_GetQueueUrl.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_DeleteQueue.html
+    """
     # Given a new queue
     qname = name()
     url = sqs.create_queue(QueueName=qname, Attributes={"VisibilityTimeout": "7"})["QueueUrl"]
@@ -134,6 +141,10 @@ def test_queue_lifecycle(sqs: Any) -> None:
 
 
 def test_list_queues_pages(sqs: Any) -> None:
+    """ListQueues returns at most MaxResults URLs a page, with a NextToken while more remain.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ListQueues.html
+    """
     prefix = name("page")
     urls = [sqs.create_queue(QueueName=f"{prefix}-{i}")["QueueUrl"] for i in range(5)]
     seen: list[str] = []
@@ -149,6 +160,11 @@ def test_list_queues_pages(sqs: Any) -> None:
 
 
 def test_queue_attributes(sqs: Any) -> None:
+    """GetQueueAttributes returns what CreateQueue/SetQueueAttributes set, and refuses unknown names.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_GetQueueAttributes.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SetQueueAttributes.html
+    """
     qname = name()
     url = sqs.create_queue(
         QueueName=qname,
@@ -179,6 +195,10 @@ def test_queue_attributes(sqs: Any) -> None:
 
 
 def test_created_timestamp_is_whole_epoch_seconds(sqs: Any, request: pytest.FixtureRequest) -> None:
+    """CreatedTimestamp is the queue's creation time in seconds (epoch time).
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_GetQueueAttributes.html
+    """
     moto_differs(request, "returns CreatedTimestamp with a fraction of a second")
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["CreatedTimestamp"])["Attributes"]
@@ -186,6 +206,10 @@ def test_created_timestamp_is_whole_epoch_seconds(sqs: Any, request: pytest.Fixt
 
 
 def test_invalid_queue_attribute_value(sqs: Any, request: pytest.FixtureRequest) -> None:
+    """VisibilityTimeout is 0 to 43,200 seconds; anything else is InvalidAttributeValue.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_CreateQueue.html
+    """
     moto_differs(request, "accepts a VisibilityTimeout above 43200 at CreateQueue")
     with pytest.raises(ClientError) as exc:
         sqs.create_queue(QueueName=name(), Attributes={"VisibilityTimeout": "43201"})
@@ -193,6 +217,10 @@ def test_invalid_queue_attribute_value(sqs: Any, request: pytest.FixtureRequest)
 
 
 def test_purge_queue(sqs: Any) -> None:
+    """PurgeQueue deletes every message; a second purge within 60 seconds is PurgeQueueInProgress.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_PurgeQueue.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": "m"} for i in range(3)])
     receive(sqs, url)
@@ -211,6 +239,13 @@ def test_purge_queue(sqs: Any) -> None:
 
 
 def test_send_receive_delete_with_attributes_and_md5s(sqs: Any) -> None:
+    """The MD5 digests of body and message attributes, the system attributes of a received message, and the
+    in-flight count until DeleteMessage.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-message-metadata.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     body = "héllo 🌍"
     attributes: dict[str, dict[str, Any]] = {
@@ -247,6 +282,10 @@ def test_send_receive_delete_with_attributes_and_md5s(sqs: Any) -> None:
 
 
 def test_receive_filters_attributes_by_name(sqs: Any) -> None:
+    """MessageAttributeNames accepts prefixes ending in `.*`; AttributeNames selects system attributes.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     sqs.send_message(
         QueueUrl=url,
@@ -263,6 +302,10 @@ def test_receive_filters_attributes_by_name(sqs: Any) -> None:
 
 
 def test_receive_without_attribute_names_returns_none(sqs: Any) -> None:
+    """Without MessageAttributeNames/AttributeNames a received message carries neither.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     sqs.send_message(
         QueueUrl=url, MessageBody="b", MessageAttributes={"a": {"DataType": "String", "StringValue": "1"}}
@@ -273,6 +316,10 @@ def test_receive_without_attribute_names_returns_none(sqs: Any) -> None:
 
 
 def test_receive_max_number_of_messages(sqs: Any) -> None:
+    """MaxNumberOfMessages is 1 to 10; a receive never returns more.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     bodies = {f"m{i}" for i in range(15)}
     for chunk in (sorted(bodies)[:10], sorted(bodies)[10:]):
@@ -292,6 +339,11 @@ def test_receive_max_number_of_messages(sqs: Any) -> None:
 
 
 def test_message_size_limit_is_1_mib(sqs: Any) -> None:
+    """A message is at most 1 MiB (1,048,576 bytes).
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/quotas-messages.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="x" * 1_048_576)
     with pytest.raises(ClientError) as exc:
@@ -302,10 +354,18 @@ def test_message_size_limit_is_1_mib(sqs: Any) -> None:
 
 
 def test_invalid_body_characters(sqs: Any, request: pytest.FixtureRequest) -> None:
+    """A body may hold only #x9 | #xA | #xD | #x20 to #xD7FF | #xE000 to #xFFFD | #x10000 to #x10FFFF:
+    anything else (NUL, U+FFFF) is InvalidMessageContents.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html
+    """
     moto_differs(request, "accepts characters outside the XML character ranges SQS allows")
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     with pytest.raises(sqs.exceptions.InvalidMessageContents):
         sqs.send_message(QueueUrl=url, MessageBody="bad \x00 byte")
+    with pytest.raises(sqs.exceptions.InvalidMessageContents):
+        sqs.send_message(QueueUrl=url, MessageBody="noncharacter \uffff")
+    assert counts(sqs, url) == (0, 0, 0)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -314,6 +374,12 @@ def test_invalid_body_characters(sqs: Any, request: pytest.FixtureRequest) -> No
 
 
 def test_message_delay(sqs: Any) -> None:
+    """A message timer (DelaySeconds on SendMessage) keeps the message invisible, counted as delayed, for that
+    long.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-message-timers.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessage.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="later", DelaySeconds=1)
     sqs.send_message(QueueUrl=url, MessageBody="now")
@@ -328,6 +394,11 @@ def test_message_delay(sqs: Any) -> None:
 
 
 def test_queue_delay_and_batch_delay_override(sqs: Any) -> None:
+    """A delay queue delays every new message; an entry's own DelaySeconds (here 0) overrides the queue's.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-delay-queues.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatchRequestEntry.html
+    """
     url = sqs.create_queue(QueueName=name(), Attributes={"DelaySeconds": "1"})["QueueUrl"]
     out = sqs.send_message_batch(
         QueueUrl=url,
@@ -344,7 +415,61 @@ def test_queue_delay_and_batch_delay_override(sqs: Any) -> None:
     assert msg["Body"] == "a"
 
 
+def test_batch_entry_delay_seconds_on_a_queue_without_delay(sqs: Any) -> None:
+    """A message timer set on one SendMessageBatch entry delays that message only, on a queue with no
+    delay of its own (how the post stage re-enqueues a batch with its backoff).
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-message-timers.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatchRequestEntry.html
+    """
+    url = sqs.create_queue(QueueName=name())["QueueUrl"]
+    out = sqs.send_message_batch(
+        QueueUrl=url,
+        Entries=[
+            {"Id": "delayed", "MessageBody": "retry", "DelaySeconds": 2},
+            {"Id": "at-once", "MessageBody": "first"},
+        ],
+    )
+    assert {e["Id"] for e in out["Successful"]} == {"delayed", "at-once"}
+    assert counts(sqs, url) == (1, 0, 1)
+    [now] = receive(sqs, url, MaxNumberOfMessages=10, VisibilityTimeout=60)
+    assert now["Body"] == "first"
+    # Still delayed right after (2 s is longer than these calls take)...
+    assert receive(sqs, url, MaxNumberOfMessages=10) == []
+    assert counts(sqs, url) == (0, 1, 1)
+    # ...and received by a long poll once its timer is over.
+    [later] = receive(sqs, url, WaitTimeSeconds=10, AttributeNames=["SentTimestamp"])
+    assert later["Body"] == "retry"
+    assert counts(sqs, url) == (0, 2, 0)
+
+
+def test_receive_with_zero_visibility_returns_each_message_once(sqs: Any) -> None:
+    """VisibilityTimeout 0 on ReceiveMessage leaves the messages visible for the next receive, but one
+    response holds each message at most once.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html
+    """
+    url = sqs.create_queue(QueueName=name())["QueueUrl"]
+    sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": f"m{i}"} for i in range(3)])
+    peeked = receive(sqs, url, MaxNumberOfMessages=10, VisibilityTimeout=0)
+    ids = [m["MessageId"] for m in peeked]
+    assert len(ids) == len(set(ids))
+    assert counts(sqs, url) == (3, 0, 0)
+    again: list[dict[str, Any]] = []
+    while len(again) < 3:
+        batch = receive(sqs, url, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=60)
+        assert batch
+        again += batch
+    assert sorted(m["Body"] for m in again) == ["m0", "m1", "m2"]
+
+
 def test_visibility_timeout_expiry(sqs: Any) -> None:
+    """A received message is hidden for the queue's visibility timeout, then received again with a new receipt
+    handle and a higher receive count.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html
+    """
     url = sqs.create_queue(QueueName=name(), Attributes={"VisibilityTimeout": "1"})["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="m")
     [first] = receive(sqs, url, AttributeNames=["ApproximateReceiveCount"])
@@ -358,6 +483,10 @@ def test_visibility_timeout_expiry(sqs: Any) -> None:
 
 
 def test_receive_visibility_timeout_override(sqs: Any) -> None:
+    """ReceiveMessage's VisibilityTimeout overrides the queue's for the messages it returns.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ReceiveMessage.html
+    """
     url = sqs.create_queue(QueueName=name(), Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="m")
     [first] = receive(sqs, url, VisibilityTimeout=1)
@@ -366,6 +495,11 @@ def test_receive_visibility_timeout_override(sqs: Any) -> None:
 
 
 def test_change_message_visibility(sqs: Any) -> None:
+    """ChangeMessageVisibility to 0 makes a message visible at once; a longer one extends the hiding; a bad
+    handle is ReceiptHandleIsInvalid.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibility.html
+    """
     url = sqs.create_queue(QueueName=name(), Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="m")
     [msg] = receive(sqs, url)
@@ -384,6 +518,10 @@ def test_change_message_visibility(sqs: Any) -> None:
 
 
 def test_change_message_visibility_batch_partial_failure(sqs: Any) -> None:
+    """ChangeMessageVisibilityBatch reports each entry as Successful or Failed (sender's fault).
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibilityBatch.html
+    """
     url = sqs.create_queue(QueueName=name(), Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
     sqs.send_message_batch(
         QueueUrl=url, Entries=[{"Id": "a", "MessageBody": "a"}, {"Id": "b", "MessageBody": "b"}]
@@ -408,6 +546,10 @@ def test_change_message_visibility_batch_partial_failure(sqs: Any) -> None:
 
 
 def test_long_poll_returns_as_soon_as_a_message_arrives(sqs: Any) -> None:
+    """A long poll returns as soon as a message is available, before WaitTimeSeconds.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     result: list[list[dict[str, Any]]] = []
     poller = threading.Thread(target=lambda: result.append(receive(sqs, url, WaitTimeSeconds=20)))
@@ -421,6 +563,11 @@ def test_long_poll_returns_as_soon_as_a_message_arrives(sqs: Any) -> None:
 
 
 def test_waiting_poller_gets_a_message_whose_visibility_expires(sqs: Any) -> None:
+    """A long poll still waiting receives a message whose visibility timeout expires meanwhile.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-visibility-timeout.html
+    """
     # Given two pollers waiting on an empty queue
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     results: list[list[dict[str, Any]]] = []
@@ -449,6 +596,11 @@ def test_waiting_poller_gets_a_message_whose_visibility_expires(sqs: Any) -> Non
 
 
 def test_cli_serves_until_sigterm() -> None:
+    """The server's CLI: queue URLs and ARNs in the requested Region (the ARN format of SQS), stopped cleanly
+    by SIGTERM.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-queue-message-identifiers.html
+    """
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -489,6 +641,12 @@ def test_cli_serves_until_sigterm() -> None:
 
 
 def test_long_poll_on_empty_queue_returns_nothing(sqs: Any) -> None:
+    """The queue's ReceiveMessageWaitTimeSeconds applies when a receive gives no WaitTimeSeconds; an empty
+    queue answers no messages.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SetQueueAttributes.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-short-and-long-polling.html
+    """
     url = sqs.create_queue(QueueName=name(), Attributes={"ReceiveMessageWaitTimeSeconds": "1"})["QueueUrl"]
     # The queue's ReceiveMessageWaitTimeSeconds applies when the request gives no WaitTimeSeconds.
     assert receive(sqs, url) == []
@@ -500,6 +658,10 @@ def test_long_poll_on_empty_queue_returns_nothing(sqs: Any) -> None:
 
 
 def test_send_message_batch_partial_failure(sqs: Any) -> None:
+    """SendMessageBatch reports each entry on its own: a DelaySeconds above 900 fails that entry only.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     out = sqs.send_message_batch(
         QueueUrl=url,
@@ -521,6 +683,11 @@ def test_send_message_batch_partial_failure(sqs: Any) -> None:
 
 
 def test_batch_validation_errors(sqs: Any) -> None:
+    """A batch holds 1 to 10 entries with distinct valid ids and at most 1 MiB in all; otherwise the whole
+    request fails.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html
+    """
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     with pytest.raises(sqs.exceptions.TooManyEntriesInBatchRequest) as exc:
         sqs.send_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "MessageBody": "m"} for i in range(11)])
@@ -543,6 +710,12 @@ def test_batch_validation_errors(sqs: Any) -> None:
 def test_delete_and_change_visibility_batches_refuse_more_than_10_entries(
     sqs: Any, request: pytest.FixtureRequest
 ) -> None:
+    """DeleteMessageBatch and ChangeMessageVisibilityBatch take at most 10 entries
+    (TooManyEntriesInBatchRequest).
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_DeleteMessageBatch.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_ChangeMessageVisibilityBatch.html
+    """
     moto_differs(request, "reports 11 distinct entry ids as BatchEntryIdsNotDistinct")
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     with pytest.raises(sqs.exceptions.TooManyEntriesInBatchRequest):
@@ -557,6 +730,12 @@ def test_delete_and_change_visibility_batches_refuse_more_than_10_entries(
 
 
 def test_delete_message_batch_partial_failure(sqs: Any) -> None:
+    """DeleteMessageBatch reports each entry as Successful or Failed; DeleteMessage with a bad handle is
+    ReceiptHandleIsInvalid.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_DeleteMessageBatch.html
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_DeleteMessage.html
+    """
     url = sqs.create_queue(QueueName=name(), Attributes={"VisibilityTimeout": "60"})["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="m")
     [msg] = receive(sqs, url)
@@ -581,6 +760,10 @@ def test_delete_message_batch_partial_failure(sqs: Any) -> None:
 
 
 def test_redrive_to_dead_letter_queue_after_max_receive_count(sqs: Any) -> None:
+    """After maxReceiveCount receives, a message moves to the dead-letter queue of the RedrivePolicy.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/SQSDeveloperGuide/sqs-dead-letter-queues.html
+    """
     dlq_url = sqs.create_queue(QueueName=name("dlq"))["QueueUrl"]
     dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
         "QueueArn"
@@ -612,6 +795,10 @@ def test_redrive_to_dead_letter_queue_after_max_receive_count(sqs: Any) -> None:
 
 
 def test_send_message_batch_entry_failure(sqs: Any, request: pytest.FixtureRequest) -> None:
+    """An entry with invalid characters fails alone (InvalidMessageContents); the others are sent.
+
+    https://docs.aws.amazon.com/AWSSimpleQueueService/latest/APIReference/API_SendMessageBatch.html
+    """
     moto_differs(request, "accepts characters outside the XML character ranges SQS allows")
     url = sqs.create_queue(QueueName=name())["QueueUrl"]
     out = sqs.send_message_batch(

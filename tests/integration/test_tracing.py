@@ -26,8 +26,8 @@ PARTITIONS = 100
 
 
 @pytest.fixture
-def pipe(dynamodb_local: str, moto_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
-    with pipeline(dynamodb_local, moto_sqs, monkeypatch, partition_count=PARTITIONS, shard_count=4) as p:
+def pipe(dynamodb_local: str, local_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    with pipeline(dynamodb_local, local_sqs, monkeypatch, partition_count=PARTITIONS, shard_count=4) as p:
         yield p
 
 

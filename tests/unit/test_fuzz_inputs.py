@@ -19,9 +19,11 @@ import jwt
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
+from moto import mock_aws
 
 from fanout.errors import InvalidInput, PayloadTooLarge, Unauthorized
 from tests.events import LambdaContextStub
+from tests.secrets import use_token_secret
 
 settings.register_profile("ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.register_profile(
@@ -35,18 +37,16 @@ METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:abc123/local/$connect"
 
 @pytest.fixture(autouse=True, scope="module")
 def _token_secret() -> Iterator[None]:
-    """The handlers read settings once per process: set the secret and forget cached settings."""
+    """The key in Secrets Manager, read by ARN as in AWS (moto's in-process ``mock_aws``: no I/O)."""
     import handlers.authorizer
     from fanout.settings import get_settings
 
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("FANOUT_TOKEN_SECRET", SECRET)
-        mp.delenv("FANOUT_TOKEN_SECRET_ARN", raising=False)
-        get_settings.cache_clear()
-        handlers.authorizer._static_secret.cache_clear()
+    with pytest.MonkeyPatch.context() as mp, mock_aws():
+        mp.delenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", raising=False)
+        use_token_secret(mp, SECRET)
         yield
     get_settings.cache_clear()
-    handlers.authorizer._static_secret.cache_clear()
+    handlers.authorizer._secrets.cache_clear()
 
 
 # -- $default ---------------------------------------------------------------------------------------
