@@ -33,8 +33,10 @@ def test_post_answers_202_with_an_id_and_starts_the_swarm_once(pipe: Pipeline) -
             "failed",
             "createdAt",
             "completedAt",
+            "error",
         ]
     )
+    assert view["error"] is None
 
 
 def test_a_repeated_idempotency_key_returns_the_first_broadcast(pipe: Pipeline) -> None:
