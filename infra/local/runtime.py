@@ -555,6 +555,16 @@ class FunctionPool:
 # --------------------------------------------------------------------------------------------------
 
 
+def _sqs_endpoint(queue_url: str) -> str | None:
+    """The SQS endpoint of a queue URL: its own host unless it is AWS's, else AWS_ENDPOINT_URL_SQS."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(queue_url)
+    if url.hostname and not url.hostname.endswith("amazonaws.com"):
+        return f"{url.scheme}://{url.netloc}"
+    return os.environ.get("AWS_ENDPOINT_URL_SQS")
+
+
 def _aws_client(runtime: Runtime, service: str, endpoint: str | None, pool_size: int = 10) -> Any:
     """An aiobotocore client context manager (enter it with `async with`)."""
     from aiobotocore.config import AioConfig
@@ -658,14 +668,7 @@ class SqsPoller:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _endpoint(self) -> str | None:
-        if self.mapping.endpoint_url:
-            return self.mapping.endpoint_url
-        from urllib.parse import urlsplit
-
-        url = urlsplit(self.mapping.queue_url)
-        if url.hostname and not url.hostname.endswith("amazonaws.com"):
-            return f"{url.scheme}://{url.netloc}"
-        return os.environ.get("AWS_ENDPOINT_URL_SQS")
+        return self.mapping.endpoint_url or _sqs_endpoint(self.mapping.queue_url)
 
     async def start(self) -> None:
         self._client = await self._stack.enter_async_context(
@@ -1345,7 +1348,7 @@ class Runtime:
             "responsePayload": result.value,
         }
         try:
-            async with _aws_client(self, "sqs", os.environ.get("AWS_ENDPOINT_URL_SQS")) as sqs:
+            async with _aws_client(self, "sqs", _sqs_endpoint(url)) as sqs:
                 await sqs.send_message(QueueUrl=url, MessageBody=json.dumps(record, default=_json_default))
         except Exception as exc:  # the destination is best effort in AWS too: log and drop
             log.error(

@@ -53,6 +53,9 @@ def fault_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         post_sqs_batch_size=POST_SQS_BATCH,
         fault_429=0.05,
         fault_500=0.02,
+        # and DynamoDB as AWS behaves (the strict layer's conflict rules are on by default), throttling
+        # 2 % of every function's calls
+        ddb_throttle_rate=0.02,
         reconcile_every_seconds=3600,  # the tests run the reconciler themselves
         reconcile_quiet_seconds=1,
         state_dir=Path(tmp_path_factory.mktemp("fanout-faults")),
@@ -153,6 +156,11 @@ async def test_every_live_connection_gets_every_broadcast_under_429s_and_500s(
     answers = post_answers(state) - before
     # the faults really were injected (7% of ~900 posts), and retried to success
     assert answers.get("429", 0) > 0 and answers.get("500", 0) > 0, answers
+    # and DynamoDB really throttled the functions' calls
+    with urllib.request.urlopen(state["dynamodbStatsUrl"], timeout=10) as resp:
+        strict = json.load(resp)
+    throttled = strict.get("ProvisionedThroughputExceededException", 0) + strict.get("ThrottlingException", 0)
+    assert throttled > 0, strict
 
 
 async def test_stale_connections_are_pruned_within_the_broadcast_and_counts_reconcile(

@@ -28,12 +28,14 @@ def reset_handler_state() -> None:
     import handlers.post
     import handlers.query
     import handlers.swarm
+    import handlers.sweeper
 
     for module in (handlers.swarm, handlers.query, handlers.post):
         if module.container.cache_info().currsize:
             module.container().close()
         module.container.cache_clear()
     handlers.operator_api.deps.cache_clear()
+    handlers.sweeper.deps.cache_clear()
     get_settings.cache_clear()
 
 
@@ -133,6 +135,13 @@ class Pipeline:
                 )
             handled += len(msgs)
         return handled
+
+    def drain_queries(self) -> None:
+        """Run the query handler over the partition queues until they are empty (post queues untouched)."""
+        import handlers.query
+
+        while self._drain_once(self.settings.partition_queue_urls, handlers.query.handler, "fanout-query"):
+            pass
 
     def drain(self, *, idle_rounds: int = 3, timeout: float = 120) -> None:
         """Run query and post handlers over their queues until nothing arrives for a few rounds."""

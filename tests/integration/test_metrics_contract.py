@@ -14,7 +14,9 @@ import contextlib
 import json
 import os
 import tempfile
+import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -118,8 +120,18 @@ def template() -> dict[str, Any]:
 
 
 @pytest.fixture
+def held_dynamodb(dynamodb_local_raw: str) -> Iterator[str]:
+    """The strict layer with transactions held until released (POST /_strict/release): the engine's
+    single-item writes then meet one deterministically, as they may on AWS."""
+    from infra.local.ddb_strict import strict_endpoint
+
+    with strict_endpoint(dynamodb_local_raw, transaction_hold_ms=60_000) as endpoint:
+        yield endpoint
+
+
+@pytest.fixture
 def pipe(
-    dynamodb_local: str, local_sqs: str, secrets_manager: str, monkeypatch: pytest.MonkeyPatch
+    held_dynamodb: str, local_sqs: str, secrets_manager: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Pipeline]:
     import handlers.connect
     import handlers.disconnect
@@ -127,7 +139,14 @@ def pipe(
 
     # max_post_attempts=1: an id that keeps failing is dead-lettered (and counted Failed) at once.
     with pipeline(
-        dynamodb_local, local_sqs, monkeypatch, partition_count=4, shard_count=1, max_post_attempts=1
+        held_dynamodb,
+        local_sqs,
+        monkeypatch,
+        partition_count=4,
+        shard_count=1,
+        max_post_attempts=1,
+        sweep_after_seconds=0.001,
+        sweep_attempts=1,
     ) as p:
         use_token_secret(monkeypatch, SECRET, secrets_manager)
         monkeypatch.setenv("FANOUT_RECONCILE_QUIET_SECONDS", "0")
@@ -244,6 +263,79 @@ def run_broadcast_paths(pipe: Pipeline) -> None:
     assert (view["status"], view["delivered"], view["gone"], view["failed"]) == ("completed", 18, 1, 1)
 
 
+def run_conflict_path(pipe: Pipeline, strict_url: str) -> None:
+    """A post batch counting into a shard that a transaction holds: TransactionConflictException,
+    retried (TransactionConflicts) until the transaction ends."""
+    pipe.seed_connections({0: ["conflict0="]})
+    pipe.connections.live.add("conflict0=")
+    status, body, _ = pipe.api("POST", "/broadcasts", body={"message": "conflict"})
+    assert status == 202
+    pipe.run_swarms()
+    pipe.drain_queries()
+    broadcast_id = body["broadcastId"]
+    shards = pipe.shape(broadcast_id)["counter_shards"]
+    table = pipe.settings.idempotency_table
+    hold = threading.Thread(
+        target=pipe.dynamodb.transact_write_items,
+        kwargs={
+            "TransactItems": [
+                {
+                    "Update": {
+                        "TableName": table,
+                        "Key": {"id": {"S": f"acct#{broadcast_id}#{k}"}},
+                        "UpdateExpression": "ADD held :zero",
+                        "ExpressionAttributeValues": {":zero": {"N": "0"}},
+                    }
+                }
+                for k in range(shards)
+            ]
+        },
+    )
+    hold.start()
+    wait_strict(strict_url, lambda s: s["heldTransactions"] >= 1)
+
+    def release_after_a_refusal() -> None:
+        wait_strict(strict_url, lambda s: s.get("writesRejected", 0) >= 1)
+        request = urllib.request.Request(f"{strict_url}/_strict/release", method="POST")
+        urllib.request.urlopen(request, timeout=10).close()
+
+    releaser = threading.Thread(target=release_after_a_refusal)
+    releaser.start()
+    pipe.drain()  # the post stage's count meets the transaction, is refused, and retried
+    releaser.join(30)
+    hold.join(30)
+    assert not releaser.is_alive() and not hold.is_alive()
+    _, view, _ = pipe.api("GET", f"/broadcasts/{broadcast_id}")
+    assert view["status"] == "completed", view
+    assert view["delivered"] + view["gone"] + view["failed"] == view["targeted"], view
+
+
+def wait_strict(strict_url: str, predicate: Any, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(f"{strict_url}/_strict/stats", timeout=10) as resp:
+            if predicate(json.load(resp)):
+                return
+        assert time.monotonic() < deadline, "the strict layer never reached the state waited for"
+        time.sleep(0.02)
+
+
+def run_sweeper_paths(pipe: Pipeline) -> None:
+    """A broadcast whose swarm event was lost: re-driven once (BroadcastsRedriven), then, still without
+    progress, failed (BroadcastsFailed)."""
+    import handlers.sweeper
+
+    status, _, _ = pipe.api("POST", "/broadcasts", body={"message": "lost"})
+    assert status == 202
+    pipe.lambdas.invocations.clear()
+    handlers.sweeper.deps.cache_clear()
+    first = handlers.sweeper.handler({}, LambdaContextStub("fanout-sweeper"))
+    time.sleep(0.01)  # past the (1 ms) sweep deadline
+    second = handlers.sweeper.handler({}, LambdaContextStub("fanout-sweeper"))
+    assert (first["redriven"], second["failed"]) == (1, 1), (first, second)
+    handlers.sweeper.deps.cache_clear()
+
+
 def run_reconciler() -> None:
     import handlers.reconciler
 
@@ -253,6 +345,7 @@ def run_reconciler() -> None:
 def test_every_dashboard_and_alarm_metric_is_emitted_by_its_code_path(
     template: dict[str, Any],
     pipe: Pipeline,
+    held_dynamodb: str,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
@@ -271,6 +364,8 @@ def test_every_dashboard_and_alarm_metric_is_emitted_by_its_code_path(
     capsys.readouterr()
     run_connection_paths(pipe, monkeypatch)
     run_broadcast_paths(pipe)
+    run_conflict_path(pipe, held_dynamodb)
+    run_sweeper_paths(pipe)
     run_reconciler()
     seen = emitted(capsys.readouterr().out)
 
