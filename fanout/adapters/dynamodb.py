@@ -124,17 +124,7 @@ class PipelineTables:
 
     async def count(self, broadcast_id: str, entry: str, counts: dict[str, int], shards: int) -> bool:
         """Add an entry's counts once; False if the entry had been counted before (a replay)."""
-
-        async def call() -> bool:
-            try:
-                await self.client.update_item(**self.requests.count(broadcast_id, entry, counts, shards))
-            except ClientError as exc:
-                if error_code(exc) == CONDITION_FAILED:
-                    return False
-                raise
-            return True
-
-        return await self._retry_conflicts(call)
+        return await self._conditional(self.requests.count(broadcast_id, entry, counts, shards))
 
     async def totals(self, broadcast_id: str, shards: int) -> Totals:
         """The sum of the broadcast's counter shards (consistent reads; unprocessed keys read again)."""
