@@ -14,6 +14,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from fanout.errors import FanoutError
 from fanout.operator_client import OperatorClient
+from infra.local.ddb_strict import parse_rate
 
 
 def _client(args: argparse.Namespace) -> OperatorClient:
@@ -108,16 +109,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(demo(args.connections, _stack_options(args)))
 
 
-def _rate(value: str) -> float:
-    try:
-        rate = float(value)
-    except ValueError:
-        rate = -1.0
-    if not 0.0 <= rate <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a rate between 0 and 1, not {value!r}")
-    return rate
-
-
 def _add_stack_flags(p: argparse.ArgumentParser, partitions: int = 50) -> None:
     p.add_argument("--partitions", type=int, default=partitions, help="N partitions (default %(default)s)")
     p.add_argument("--shards", type=int, default=4, help="Q queue shards per stage (default %(default)s)")
@@ -142,7 +133,7 @@ def _add_stack_flags(p: argparse.ArgumentParser, partitions: int = 50) -> None:
     )
     p.add_argument(
         "--ddb-throttle-rate",
-        type=_rate,
+        type=parse_rate,
         default=0.0,
         help="rate of DynamoDB requests answered with a throttling error (0-1)",
     )

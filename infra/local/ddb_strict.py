@@ -772,7 +772,8 @@ def _on_off(value: str) -> bool:
     return value == "on"
 
 
-def _rate(value: str) -> float:
+def parse_rate(value: str) -> float:
+    """argparse type of a share between 0 and 1 (this layer's flags and `fanout local up`'s)."""
     try:
         rate = float(value)
     except ValueError:
@@ -795,11 +796,11 @@ def main(argv: list[str] | None = None) -> int:
         "--faults", type=_on_off, default=True, help="on (default): AWS's rules; off: pass through"
     )
     parser.add_argument(
-        "--throttle-rate", type=_rate, default=0.0, help="share of data-plane requests throttled"
+        "--throttle-rate", type=parse_rate, default=0.0, help="share of data-plane requests throttled"
     )
     parser.add_argument(
         "--throttling-exception-share",
-        type=_rate,
+        type=parse_rate,
         default=DEFAULT_THROTTLING_EXCEPTION_SHARE,
         help="share of the throttled requests answered ThrottlingException (default %(default)s)",
     )
