@@ -32,8 +32,23 @@ class Client:
     reader: asyncio.Task[None] | None = None
 
 
+USER_AGENT_PREFIX = "fanout-swarm/"
+
+
+def client_index(user_agent: str) -> int | None:
+    """The swarm client a connection belongs to, read from the User-Agent it connected with (what
+    GetConnection returns as `identity.userAgent`); None for a connection no swarm opened."""
+    if not user_agent.startswith(USER_AGENT_PREFIX):
+        return None
+    tail = user_agent[len(USER_AGENT_PREFIX) :]
+    return int(tail) if tail.isdigit() else None
+
+
 class ClientSwarm:
-    """`await swarm.open(n)` opens n WebSockets with bounded concurrency; frames are recorded per client."""
+    """`await swarm.open(n)` opens n WebSockets with bounded concurrency; frames are recorded per client.
+
+    Each client connects with the User-Agent `fanout-swarm/<index>`, so that a test can tell which
+    connection id is which client through the @connections API's GetConnection."""
 
     def __init__(self, url: str, token: str, *, concurrency: int = 50) -> None:
         self.url = url
@@ -55,7 +70,13 @@ class ClientSwarm:
         assert self._session is not None
         params = {"token": token} if token is not None else {}
         try:
-            ws = await self._session.ws_connect(self.url, params=params, heartbeat=None, autoping=True)
+            ws = await self._session.ws_connect(
+                self.url,
+                params=params,
+                headers={"User-Agent": f"{USER_AGENT_PREFIX}{index}"},
+                heartbeat=None,
+                autoping=True,
+            )
         except aiohttp.WSServerHandshakeError:
             self.refused += 1
             return None
