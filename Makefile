@@ -45,10 +45,10 @@ lint: setup
 	$(VENV)/bin/mypy fanout partitions handlers infra loadtest
 
 demo: setup
-	$(PY) -m fanout.cli demo --connections $(CONNECTIONS)
+	$(VENV)/bin/fanout demo --connections $(CONNECTIONS)
 
 up: setup
-	$(PY) -m fanout.cli local up
+	$(VENV)/bin/fanout local up
 
 loadtest: setup
 	$(PY) -m loadtest.run --users $(USERS) --simulated $(SIMULATED) --duration $(DURATION) --processes $(PROCESSES) --broadcasts $(BROADCASTS)

@@ -84,7 +84,8 @@ def measured_costs(post: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def run_plan(post: dict[str, Any] | None) -> dict[str, Any]:
-    from fanout.plan import Costs, plan, to_json
+    from fanout.plan import Costs, plan
+    from fanout.tools.plan import to_json
 
     costs = replace(Costs(), **measured_costs(post))
     rows = []
@@ -265,7 +266,7 @@ def stack_cpu(pgids: dict[str, int]) -> dict[str, float]:
 def engine_broadcast(
     state: dict[str, Any], pgids: dict[str, int], message: Any, timeout: float
 ) -> dict[str, Any]:
-    from fanout.operator_client import OperatorClient
+    from fanout.tools.operator_client import OperatorClient
 
     api = OperatorClient(state["httpApiUrl"], bearer_token=state["operatorToken"])
     cpu0 = stack_cpu(pgids)

@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from fanout.operator_client import OperatorClient  # noqa: E402
+from fanout.tools.operator_client import OperatorClient  # noqa: E402
 from loadtest.shapes import (  # noqa: E402
     CONNECT_NAME,
     CONNECT_TYPE,

@@ -194,7 +194,7 @@ def growth(samples: list[dict[str, Any]], warmup: float) -> dict[str, Any]:
 
 # -- the run --------------------------------------------------------------------------------------------
 async def soak(args: argparse.Namespace) -> dict[str, Any]:
-    from fanout.operator_client import OperatorClient
+    from fanout.tools.operator_client import OperatorClient
 
     stack = None
     if args.state:

@@ -39,18 +39,23 @@ from aws_cdk import aws_lambda as lambda_
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 LAMBDA_PACKAGES = ("fanout", "partitions", "handlers")
+# The operator tools (the `fanout` CLI, dead-letter tools, plan rendering, operator client) live in
+# `fanout/` for one install, but no function imports them: they stay out of the asset.
+OPERATOR_TOOLS = ("fanout/tools",)
 LAMBDA_PLATFORM = "manylinux2014_aarch64"
 LAMBDA_PYTHON = "3.12"
 RUNTIME = lambda_.Runtime.PYTHON_3_12
 ARCHITECTURE = lambda_.Architecture.ARM_64
-# Already in the Lambda runtime (and not imported by the engine at run time).
-_NOT_BUNDLED = ("boto3-stubs",)
+# Already in the Lambda runtime (and not imported by the engine at run time), or used only by the
+# operator tools (`rich` draws the CLI's progress bars).
+_NOT_BUNDLED = ("boto3-stubs", "rich")
 
 
 def function_code_excludes() -> list[str]:
     """Everything but the engine's packages (negated patterns keep them), and no bytecode."""
     keep = [f"!{p}" for p in LAMBDA_PACKAGES] + [f"!{p}/**" for p in LAMBDA_PACKAGES]
-    return ["*", ".*", *keep, "**/__pycache__", "**/*.pyc", "**/.mypy_cache", "**/.pytest_cache"]
+    tools = [*OPERATOR_TOOLS, *(f"{t}/**" for t in OPERATOR_TOOLS)]
+    return ["*", ".*", *keep, *tools, "**/__pycache__", "**/*.pyc", "**/.mypy_cache", "**/.pytest_cache"]
 
 
 def function_code() -> lambda_.Code:

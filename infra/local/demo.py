@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from fanout.operator_client import OperatorClient
+from fanout.tools.operator_client import OperatorClient
 from infra.local.clients import ClientSwarm, percentile
 from infra.local.stack import LocalStack, StackOptions, local_client
 

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from fanout.operator_client import OperatorClient
+from fanout.tools.operator_client import OperatorClient
 from infra.cdk.config import FanoutConfig
 from infra.local.clients import ClientSwarm, client_index
 from infra.local.demo import run_broadcasts, wait_registered

@@ -593,3 +593,14 @@ def test_lambda_code_asset_holds_only_the_engine(synth: Synth) -> None:
     assert len(engine) == 1
     assert sorted(p.name for p in engine[0].iterdir()) == ["fanout", "handlers", "partitions"]
     assert not list(engine[0].glob("**/__pycache__"))
+    # the operator tools stay out: no function imports them, and argparse/rich have no use there
+    assert (engine[0] / "fanout" / "accounting.py").is_file()
+    assert not (engine[0] / "fanout" / "tools").exists()
+
+
+def test_the_dependencies_layer_leaves_out_what_only_operator_tools_use() -> None:
+    from infra.cdk.bundling import runtime_dependencies
+
+    deps = runtime_dependencies()
+    assert any(d.startswith("aws-lambda-powertools") for d in deps)
+    assert not any(d.startswith(("rich", "boto3-stubs")) for d in deps)

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from fanout import dlq
+from fanout.tools import dlq
 from tests.integration.pipeline_harness import Pipeline, pipeline
 
 MAX_ATTEMPTS = 2

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from fanout.errors import BroadcastNotFound, InvalidInput
-from fanout.operator_client import OperatorApiError, OperatorApiUnavailable, OperatorClient
+from fanout.tools.operator_client import OperatorApiError, OperatorApiUnavailable, OperatorClient
 
 # (status, body, seconds to wait before answering) for each request, in order
 Script = list[tuple[int, dict[str, Any], float]]

@@ -14,12 +14,12 @@ from fanout.plan import (
     DEFAULT_POST_RATE_SHARE,
     TARGET_FACTOR,
     Costs,
-    add_parser,
     min_connections_for_target,
     plan,
     predict,
     recommend_deployment,
 )
+from fanout.tools.plan import add_parser
 
 connections = st.integers(min_value=1, max_value=3_000_000)
 quotas = st.sampled_from([500, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000])

@@ -410,9 +410,3 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     red.set_defaults(func=cmd_redrive)
     return dlq
-
-
-if __name__ == "__main__":
-    from fanout.cli import main
-
-    sys.exit(main(["dlq", *sys.argv[1:]]))

@@ -13,7 +13,8 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from fanout.errors import FanoutError
-from fanout.operator_client import OperatorClient
+from fanout.tools import dlq, plan
+from fanout.tools.operator_client import OperatorClient
 from infra.local.ddb_strict import parse_rate
 
 
@@ -172,8 +173,6 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--connections", type=int, default=1000)
     _add_stack_flags(demo, partitions=20)
     demo.set_defaults(func=cmd_demo)
-
-    from fanout import dlq, plan
 
     plan.add_parser(sub)
     dlq.add_parser(sub)
