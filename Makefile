@@ -43,6 +43,7 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy fanout partitions handlers infra loadtest
+	$(VENV)/bin/lint-imports
 
 demo: setup
 	$(VENV)/bin/fanout demo --connections $(CONNECTIONS)

@@ -574,7 +574,7 @@ def _aws_client(runtime: Runtime, service: str, endpoint: str | None, pool_size:
     if not (os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_PROFILE")):
         kwargs = {"aws_access_key_id": "local", "aws_secret_access_key": "local"}
     config = AioConfig(max_pool_connections=pool_size, retries={"max_attempts": 3, "mode": "standard"})
-    return get_session().create_client(
+    return get_session().create_client(  # type: ignore[call-overload]  # the service is a run-time name
         service, region_name=runtime.config.region, endpoint_url=endpoint, config=config, **kwargs
     )
 
