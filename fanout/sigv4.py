@@ -1,8 +1,8 @@
 """SigV4 signing for the post stage's hot path, with the signing key cached for the day.
 
-Why not botocore's ``SigV4Auth``: measured here (../shared/FACTS.md, and `make bench`), botocore's
-signer costs ~200 us of CPU per request on top of the HTTP call, because it rebuilds an AWSRequest,
-re-derives the signing key (four HMACs) and re-hashes the body every time. Every PostToConnection of a
+Why not botocore's ``SigV4Auth``: it rebuilds an AWSRequest, re-derives the signing key (four HMACs)
+and re-hashes the body on every request: a large share of a post's CPU budget
+(measured by `make bench`; the figures are in docs/benchmarks.md). Every PostToConnection of a
 broadcast has the same body, region and service, so this signer derives the key once per UTC day,
 hashes the body once per frame, formats X-Amz-Date once per second, and does one SHA-256 and one HMAC
 per request. Its output is checked against botocore's signer byte for byte in tests/unit/test_sigv4.py.

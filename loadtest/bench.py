@@ -1,4 +1,4 @@
-"""`make bench`: run the benchmarks of issue 6, write loadtest/results/bench.json and docs/benchmarks.md.
+"""`make bench`: run the benchmarks, write loadtest/results/bench.json and docs/benchmarks.md.
 
 Usage (from the repository root)::
 

@@ -1,4 +1,4 @@
-"""No loss under faults (issue 7, item 1).
+"""No loss under faults.
 
 Against a whole local stack with fault injection (the gateway answers 5% 429 and 2% 500 on
 PostToConnection): every live connection receives every broadcast, duplicates stay under 0.1% of

@@ -1,4 +1,4 @@
-"""No one in where they don't belong (issue 7, item 4), through the whole local stack: real sockets,
+"""No one in where they don't belong, through the whole local stack: real sockets,
 the gateway emulator, the runtime.
 
 - the operator API refuses calls without the operator's bearer token (locally; IAM in AWS);

@@ -1,4 +1,4 @@
-"""Dead letters are recoverable (issue 7, item 2): `fanout dlq list` / `fanout dlq redrive`.
+"""Dead letters are recoverable: `fanout dlq list` / `fanout dlq redrive`.
 
 Through the pipeline harness (the real handlers, DynamoDB Local, the project's SQS server, a fake
 `@connections` API): ids that keep answering 500 past the last attempt are dead-lettered and counted failed;

@@ -1,4 +1,4 @@
-"""Bad input gets a clear error (issue 7, item 3): the operator API, fuzzed.
+"""Bad input gets a clear error: the operator API, fuzzed.
 
 Schemathesis generates requests from the handler's own OpenAPI description
 (`handlers.operator_api.app.get_openapi_json_schema()`), positive and negative; each is turned into an

@@ -1,4 +1,4 @@
-"""No one in where they don't belong (issue 7, item 4), through the real handlers in-process.
+"""No one in where they don't belong, through the real handlers in-process.
 
 - connecting without a valid token is refused, and `$connect` without the authorizer's context writes
   no row;
