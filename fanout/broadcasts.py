@@ -13,11 +13,11 @@ from fanout.errors import BroadcastNotFound, InvalidInput, RetryableError
 from fanout.frames import build_frame
 from fanout.models import BroadcastRecord, BroadcastStatus, SwarmRequest
 from fanout.retry import backoff_delay
-from fanout.settings import Settings
+from fanout.settings import BroadcastsPart, OperatorApiSettings
 from fanout.store import BroadcastRequests, now_ms, parse_broadcast, shards_of, totals_of, with_totals
 
 
-def requests_for(settings: Settings) -> BroadcastRequests:
+def requests_for(settings: BroadcastsPart) -> BroadcastRequests:
     return BroadcastRequests(settings.broadcasts_table, settings.idempotency_table)
 
 
@@ -29,7 +29,12 @@ def validate_broadcast_id(broadcast_id: str) -> str:
 
 
 def start_broadcast(
-    dynamodb: Any, lambda_client: Any, settings: Settings, message: Any, *, idempotency_key: str | None = None
+    dynamodb: Any,
+    lambda_client: Any,
+    settings: OperatorApiSettings,
+    message: Any,
+    *,
+    idempotency_key: str | None = None,
 ) -> str:
     """Store the broadcast (its frame serialized once) and hand it to the swarm; returns its id.
 
@@ -52,7 +57,7 @@ def start_broadcast(
     return broadcast_id
 
 
-def get_broadcast(dynamodb: Any, settings: Settings, broadcast_id: str) -> BroadcastRecord:
+def get_broadcast(dynamodb: Any, settings: BroadcastsPart, broadcast_id: str) -> BroadcastRecord:
     """The broadcast with its counts (the sum of its counter shards)."""
     broadcast_id = validate_broadcast_id(broadcast_id)
     requests = requests_for(settings)

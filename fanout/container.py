@@ -20,14 +20,14 @@ from botocore.config import Config
 
 from fanout.delivery import RateLimiter
 from fanout.postclient import ConnectionsClient, new_session
-from fanout.settings import Settings
+from fanout.settings import PipelinePart
 from fanout.stages import MetricsSink, NullMetrics, StageDeps
 from fanout.tracing import instrument
 
 
 class Container:
     def __init__(
-        self, settings: Settings, *, metrics: MetricsSink | None = None, poster: bool = False
+        self, settings: PipelinePart, *, metrics: MetricsSink | None = None, poster: bool = False
     ) -> None:
         self.settings = settings
         self.loop = thread_loop(use_uvloop=settings.uvloop)
@@ -47,7 +47,6 @@ class Container:
             instrument(client)  # a span per call, for the trace of a sampled invocation
         deps = StageDeps(settings=s, dynamodb=dynamodb, sqs=sqs, metrics=metrics)
         if poster:
-            s.require("connections_endpoint")
             http = await self._stack.enter_async_context(new_session(s.post_concurrency))
             deps.poster = ConnectionsClient(
                 http, s.connections_endpoint, region=s.region, timeout=s.post_timeout_seconds

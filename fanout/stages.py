@@ -25,7 +25,7 @@ from fanout.errors import MessageRefused
 from fanout.models import BroadcastRecord, BroadcastStatus, PartitionTask, PostBatch
 from fanout.planning import partition_shard, plan_batches
 from fanout.postclient import Poster
-from fanout.settings import Settings
+from fanout.settings import PipelinePart
 from fanout.settlement import PostOutcome, settle
 from fanout.sigv4 import payload_hash
 from fanout.store import BroadcastRequests, shards_of, with_totals
@@ -46,7 +46,7 @@ class NullMetrics:
 class StageDeps:
     """What a stage needs, built once per container."""
 
-    settings: Settings
+    settings: PipelinePart
     dynamodb: Any  # aioboto3 DynamoDB client
     sqs: Any  # aioboto3 SQS client
     poster: Poster | None = None
@@ -143,7 +143,6 @@ async def run_swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
 
 async def _swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
     settings = deps.settings
-    settings.require("partition_queue_urls")
     tables = deps.tables
     record, values = await tables.load_broadcast(broadcast_id, frame=True)
     if record.status in (BroadcastStatus.COMPLETED, BroadcastStatus.FAILED):
@@ -208,7 +207,6 @@ async def run_partition_task(deps: StageDeps, task: PartitionTask) -> QueryResul
     """Load a partition's connections (or the plan of an earlier run), count them once, and send post
     batches of B ids."""
     settings = deps.settings
-    settings.require("post_queue_urls")
     tables = deps.tables
     bid, pid, shards = task.broadcast_id, task.partition_id, task.counter_shards
     ids = await tables.load_plan(bid, pid)
@@ -255,7 +253,6 @@ class PostResult:
 async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
     """Post the frame to every id of the batch; prune 410s; re-enqueue only the ids still failing."""
     settings = deps.settings
-    settings.require("connections_endpoint", "post_queue_urls")
     if deps.poster is None:
         raise RuntimeError("the post stage needs a poster")
     tables = deps.tables

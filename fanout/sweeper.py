@@ -13,7 +13,7 @@ from botocore.exceptions import ClientError
 from fanout.broadcasts import get_broadcast, requests_for
 from fanout.errors import BroadcastNotFound
 from fanout.models import BroadcastStatus, SwarmRequest
-from fanout.settings import Settings
+from fanout.settings import BroadcastsPart, SweeperSettings
 from fanout.store import now_ms as clock_ms
 from fanout.sweeping import Action, decide
 
@@ -36,7 +36,7 @@ def _conditional(call: Any, request: dict[str, Any]) -> bool:
     return True
 
 
-def pending_ids(dynamodb: Any, settings: Settings) -> list[str]:
+def pending_ids(dynamodb: Any, settings: BroadcastsPart) -> list[str]:
     requests = requests_for(settings)
     ids: list[str] = []
     start: dict[str, Any] | None = None
@@ -48,7 +48,9 @@ def pending_ids(dynamodb: Any, settings: Settings) -> list[str]:
             return ids
 
 
-def sweep(dynamodb: Any, lambda_client: Any, settings: Settings, *, now_ms: int | None = None) -> SweepReport:
+def sweep(
+    dynamodb: Any, lambda_client: Any, settings: SweeperSettings, *, now_ms: int | None = None
+) -> SweepReport:
     requests = requests_for(settings)
     report = SweepReport()
     ids = pending_ids(dynamodb, settings)

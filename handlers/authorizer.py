@@ -16,8 +16,8 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fanout.errors import ConfigurationError, Unauthorized
-from fanout.settings import get_settings
+from fanout.errors import Unauthorized
+from fanout.settings import AuthorizerSettings, load
 from fanout.tokens import verify_token
 from handlers._observability import logger, metrics, tracer
 
@@ -59,9 +59,7 @@ def _secrets() -> SecretsProvider:
 def token_secret() -> str:
     """The HS256 key: the Secrets Manager secret named by FANOUT_TOKEN_SECRET_ARN (cached for a while,
     so a rotated key is picked up without a cold start)."""
-    arn = get_settings().token_secret_arn
-    if not arn:
-        raise ConfigurationError("missing settings: FANOUT_TOKEN_SECRET_ARN")
+    arn = load(AuthorizerSettings).token_secret_arn
     value = _secrets().get(arn, max_age=SECRET_MAX_AGE_SECONDS)
     if isinstance(value, bytes):
         return value.decode()

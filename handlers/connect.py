@@ -25,7 +25,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fanout.errors import FanoutError
-from fanout.settings import get_settings
+from fanout.settings import ConnectSettings, load
 from handlers._observability import logger, metrics, tracer
 from partitions.choice import PartitionChooser
 from partitions.dynamodb import ConnectionsTable, PartitionsTable
@@ -54,7 +54,7 @@ class Deps:
 @lru_cache(maxsize=1)
 def deps() -> Deps:
     """Built once per container, at the first invocation."""
-    settings = get_settings()
+    settings = load(ConnectSettings)
     client = boto3.client("dynamodb", region_name=settings.region)
     partitions = PartitionsTable(client, settings.partitions_table)
     connections = ConnectionsTable(

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from fanout.errors import FanoutError
-from fanout.settings import get_settings
+from fanout.settings import DisconnectSettings, load
 from handlers._observability import logger, metrics, tracer
 from partitions.dynamodb import ConnectionsTable
 from partitions.lifecycle import close_connection
@@ -24,7 +24,7 @@ from partitions.lifecycle import close_connection
 
 @lru_cache(maxsize=1)
 def deps() -> ConnectionsTable:
-    settings = get_settings()
+    settings = load(DisconnectSettings)
     client = boto3.client("dynamodb", region_name=settings.region)
     return ConnectionsTable(
         client,

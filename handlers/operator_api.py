@@ -30,7 +30,7 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from fanout.broadcasts import get_broadcast, message_digest, start_broadcast
 from fanout.errors import BroadcastNotFound, InvalidInput, PayloadTooLarge, RetryableError
-from fanout.settings import Settings, get_settings
+from fanout.settings import OperatorApiSettings, load
 from handlers._observability import logger, metrics, tracer
 
 app = APIGatewayHttpResolver(enable_validation=True)
@@ -63,7 +63,7 @@ class BroadcastView(BaseModel):
 
 
 class Deps:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: OperatorApiSettings) -> None:
         self.settings = settings
         self.dynamodb = boto3.client("dynamodb")
         self.lambda_client = boto3.client("lambda")
@@ -90,7 +90,7 @@ class Deps:
 
 @lru_cache(maxsize=1)
 def deps() -> Deps:
-    return Deps(get_settings())
+    return Deps(load(OperatorApiSettings))
 
 
 def _error(status: int, message: str, **extra: Any) -> Response[Any]:
@@ -104,9 +104,8 @@ def require_iam(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) ->
     logger.append_keys(caller=iam.get("userArn") or iam.get("callerId"))
     body = app.current_event.raw_event.get("body") or ""
     if len(body) > MAX_BODY_BYTES * (4 / 3 if app.current_event.is_base64_encoded else 1):
-        return _error(
-            413, f"request body too large; the message frame limit is {get_settings().max_frame_bytes} bytes"
-        )
+        limit = load(OperatorApiSettings).max_frame_bytes
+        return _error(413, f"request body too large; the message frame limit is {limit} bytes")
     return next_middleware(app)
 
 

@@ -21,7 +21,7 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from fanout.settings import get_settings
+from fanout.settings import PartitionCounterSettings, load
 from handlers._observability import logger, metrics, tracer
 from partitions.counting import StreamChange, change_from_record
 from partitions.dynamodb import PartitionsTable
@@ -32,7 +32,7 @@ processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 @lru_cache(maxsize=1)
 def deps() -> PartitionsTable:
-    settings = get_settings()
+    settings = load(PartitionCounterSettings)
     return PartitionsTable(boto3.client("dynamodb", region_name=settings.region), settings.partitions_table)
 
 

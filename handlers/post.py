@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout.container import Container
 from fanout.models import PostBatch
-from fanout.settings import get_settings
+from fanout.settings import PostSettings, load
 from fanout.stages import decode, run_post_batch
 from fanout.tracing import span
 from handlers._observability import logger, metrics, traced_spans, tracer
@@ -26,7 +26,7 @@ processor = AsyncBatchProcessor(event_type=EventType.SQS)
 
 @lru_cache(maxsize=1)
 def container() -> Container:
-    return Container(get_settings(), metrics=metrics, poster=True)
+    return Container(load(PostSettings), metrics=metrics, poster=True)
 
 
 async def record_handler(record: SQSRecord) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout.container import Container
 from fanout.models import PartitionTask
-from fanout.settings import get_settings
+from fanout.settings import QuerySettings, load
 from fanout.stages import decode, run_partition_task
 from fanout.tracing import span
 from handlers._observability import logger, metrics, traced_spans, tracer
@@ -26,7 +26,7 @@ processor = AsyncBatchProcessor(event_type=EventType.SQS)
 
 @lru_cache(maxsize=1)
 def container() -> Container:
-    return Container(get_settings(), metrics=metrics)
+    return Container(load(QuerySettings), metrics=metrics)
 
 
 async def record_handler(record: SQSRecord) -> dict[str, Any]:

@@ -16,7 +16,7 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from fanout.settings import get_settings
+from fanout.settings import ReconcilerSettings, load
 from handlers._observability import logger, metrics, tracer
 from partitions.dynamodb import ConnectionsTable, PartitionsTable
 from partitions.lifecycle import reconcile
@@ -34,7 +34,7 @@ class Deps:
 
 @lru_cache(maxsize=1)
 def deps() -> Deps:
-    settings = get_settings()
+    settings = load(ReconcilerSettings)
     client = boto3.client("dynamodb", region_name=settings.region)
     return Deps(
         ConnectionsTable(

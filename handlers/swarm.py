@@ -10,7 +10,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from fanout.container import Container
 from fanout.errors import BroadcastNotFound
 from fanout.models import SwarmRequest
-from fanout.settings import get_settings
+from fanout.settings import SwarmSettings, load
 from fanout.stages import StageDeps, SwarmResult, run_swarm
 from fanout.tracing import span
 from handlers._observability import logger, metrics, traced_spans, tracer
@@ -18,7 +18,7 @@ from handlers._observability import logger, metrics, traced_spans, tracer
 
 @lru_cache(maxsize=1)
 def container() -> Container:
-    return Container(get_settings(), metrics=metrics)
+    return Container(load(SwarmSettings), metrics=metrics)
 
 
 async def swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:

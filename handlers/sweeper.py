@@ -13,21 +13,21 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from fanout.settings import Settings, get_settings
+from fanout.settings import SweeperSettings, load
 from fanout.sweeper import sweep
 from handlers._observability import logger, metrics, tracer
 
 
 @dataclass(frozen=True)
 class Deps:
-    settings: Settings
+    settings: SweeperSettings
     dynamodb: Any
     lambda_client: Any
 
 
 @lru_cache(maxsize=1)
 def deps() -> Deps:
-    settings = get_settings()
+    settings = load(SweeperSettings)
     return Deps(
         settings,
         boto3.client("dynamodb", region_name=settings.region),

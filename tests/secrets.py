@@ -19,13 +19,13 @@ def use_token_secret(mp: pytest.MonkeyPatch, value: str, endpoint: str | None = 
     in a new container.
     """
     import handlers.authorizer
-    from fanout.settings import get_settings
+    from fanout.settings import load
 
     if endpoint:
         mp.setenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", endpoint)
     client = boto3.client("secretsmanager", endpoint_url=endpoint, region_name="us-east-1")
     arn = create_token_secret(client, value, name=f"fanout-token-{uuid.uuid4().hex[:8]}")
     mp.setenv("FANOUT_TOKEN_SECRET_ARN", arn)
-    get_settings.cache_clear()
+    load.cache_clear()
     handlers.authorizer._secrets.cache_clear()
     return arn

@@ -177,6 +177,7 @@ class LocalStack:
             "POWERTOOLS_SERVICE_NAME": "fanout",
             "POWERTOOLS_METRICS_NAMESPACE": "Fanout",
             "POWERTOOLS_LOG_LEVEL": "INFO",
+            **settings.resource_environment(),
             "FANOUT_PARTITION_COUNT": str(o.partitions),
             "FANOUT_SHARD_COUNT": str(o.shards),
             "FANOUT_POST_BATCH_SIZE": str(o.post_batch_size),

@@ -14,7 +14,7 @@ from typing import Any
 import boto3
 import pytest
 
-from fanout.settings import Settings, get_settings
+from fanout.settings import Settings, load
 from infra.cdk.sizing import post_rate_per_worker
 from infra.local.resources import create_queues, create_tables
 from infra.local.stack import LOCAL_POST_RATE_BUDGET
@@ -36,7 +36,7 @@ def reset_handler_state() -> None:
         module.container.cache_clear()
     handlers.operator_api.deps.cache_clear()
     handlers.sweeper.deps.cache_clear()
-    get_settings.cache_clear()
+    load.cache_clear()
 
 
 @dataclass
@@ -200,6 +200,7 @@ def pipeline(
             "FANOUT_PARTITIONS_TABLE": f"{prefix}-partitions",
             "FANOUT_BROADCASTS_TABLE": f"{prefix}-broadcasts",
             "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
+            "FANOUT_SWARM_FUNCTION_NAME": "fanout-swarm",
             "FANOUT_CONNECTIONS_ENDPOINT": connections.endpoint,
             # Paced as deployed: the local budget over this process's one post worker.
             "FANOUT_POST_RATE_PER_WORKER": str(post_rate_per_worker(LOCAL_POST_RATE_BUDGET, 1)),
@@ -212,7 +213,7 @@ def pipeline(
         env.update({f"FANOUT_{k.upper()}": str(v) for k, v in overrides.items()})
         for k, v in env.items():
             monkeypatch.setenv(k, v)
-        get_settings.cache_clear()
+        load.cache_clear()
         base = Settings()
         dynamodb = boto3.client("dynamodb", endpoint_url=dynamodb_endpoint)
         sqs = boto3.client("sqs", endpoint_url=sqs_endpoint)
@@ -223,7 +224,7 @@ def pipeline(
         monkeypatch.setenv("FANOUT_POST_QUEUE_URLS", json.dumps(queues.post_queue_urls))
         monkeypatch.setenv("FANOUT_POST_DEAD_LETTER_QUEUE_URLS", json.dumps(post_dlqs))
         reset_handler_state()
-        yield Pipeline(get_settings(), dynamodb, sqs, connections, lambdas, post_dlqs)
+        yield Pipeline(load(Settings), dynamodb, sqs, connections, lambdas, post_dlqs)
     finally:
         reset_handler_state()
         connections.stop()

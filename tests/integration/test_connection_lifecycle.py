@@ -17,7 +17,7 @@ from typing import Any
 import boto3
 import pytest
 
-from fanout.settings import get_settings
+from fanout.settings import Settings, load
 from fanout.tokens import issue_token
 from infra.local.resources import connections_stream_arn, create_tables
 from tests.secrets import use_token_secret
@@ -45,7 +45,7 @@ class LambdaContext:
 def _reset_caches() -> None:
     from handlers import authorizer, connect, disconnect, partition_counter, reconciler
 
-    get_settings.cache_clear()
+    load.cache_clear()
     authorizer._secrets.cache_clear()
     for module in (connect, disconnect, partition_counter, reconciler):
         module.deps.cache_clear()
@@ -79,7 +79,7 @@ def stack(dynamodb_local: str, secrets_manager: str) -> Iterator[Stack]:
             mp.setenv(key, value)
         _reset_caches()
         use_token_secret(mp, SECRET, secrets_manager)
-        settings = get_settings()
+        settings = load(Settings)
         dynamodb = boto3.client("dynamodb", endpoint_url=dynamodb_local, region_name="us-east-1")
         create_tables(dynamodb, settings)
         streams = boto3.client("dynamodbstreams", endpoint_url=dynamodb_local, region_name="us-east-1")
@@ -287,7 +287,7 @@ def test_lifecycle_counters_follow_the_stream(stack: Stack) -> None:
     assert row["userId"] == {"S": "user-0"}
     assert row["sourceIp"] == {"S": "203.0.113.7"}
     assert 0 <= int(row["partitionId"]["N"]) < PARTITIONS
-    ttl = get_settings().connection_ttl_seconds
+    ttl = load(Settings).connection_ttl_seconds
     assert int(started) + ttl <= int(row["expiresAt"]["N"]) <= int(time.time()) + ttl
     assert int(row["connectedAt"]["N"]) >= int(started * 1000)
 

@@ -786,7 +786,7 @@ async def test_real_authorizer_and_default_handlers_behind_the_gateway(
     monkeypatch: pytest.MonkeyPatch,
     secrets_manager: str,
 ) -> None:
-    from fanout.settings import get_settings
+    from fanout.settings import load
     from fanout.tokens import issue_token
     from handlers import authorizer, default
     from tests.events import LambdaContextStub
@@ -813,5 +813,5 @@ async def test_real_authorizer_and_default_handlers_behind_the_gateway(
         assert json.loads(await ws.receive_str(timeout=WAIT))["type"] == "error"
         await ws.close()
     finally:
-        get_settings.cache_clear()
+        load.cache_clear()
         authorizer._secrets.cache_clear()

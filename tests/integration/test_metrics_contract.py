@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 
-from fanout.settings import get_settings
+from fanout.settings import load
 from fanout.tokens import issue_token
 from tests.events import LambdaContextStub
 from tests.integration.pipeline_harness import Pipeline, pipeline
@@ -156,7 +156,7 @@ def pipe(
         yield p
         for cache in caches:
             cache.cache_clear()
-        get_settings.cache_clear()
+        load.cache_clear()
 
 
 def _ws_context(connection_id: str, route: str, event_type: str, **extra: Any) -> dict[str, Any]:
@@ -237,7 +237,7 @@ def run_connection_paths(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Non
 
     # When the connections table cannot be written, $connect and $disconnect fail (and say so)
     monkeypatch.setenv("FANOUT_CONNECTIONS_TABLE", f"missing-{uuid.uuid4().hex[:8]}")
-    get_settings.cache_clear()
+    load.cache_clear()
     handlers.connect.deps.cache_clear()
     handlers.disconnect.deps.cache_clear()
     try:
@@ -245,7 +245,7 @@ def run_connection_paths(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> Non
         assert disconnect("conn-b=") == 500
     finally:
         monkeypatch.setenv("FANOUT_CONNECTIONS_TABLE", pipe.settings.connections_table)
-        get_settings.cache_clear()
+        load.cache_clear()
         handlers.connect.deps.cache_clear()
         handlers.disconnect.deps.cache_clear()
 

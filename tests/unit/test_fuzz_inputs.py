@@ -39,13 +39,13 @@ METHOD_ARN = "arn:aws:execute-api:us-east-1:123456789012:abc123/local/$connect"
 def _token_secret() -> Iterator[None]:
     """The key in Secrets Manager, read by ARN as in AWS (moto's in-process ``mock_aws``: no I/O)."""
     import handlers.authorizer
-    from fanout.settings import get_settings
+    from fanout.settings import load
 
     with pytest.MonkeyPatch.context() as mp, mock_aws():
         mp.delenv("AWS_ENDPOINT_URL_SECRETS_MANAGER", raising=False)
         use_token_secret(mp, SECRET)
         yield
-    get_settings.cache_clear()
+    load.cache_clear()
     handlers.authorizer._secrets.cache_clear()
 
 
