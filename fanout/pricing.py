@@ -108,7 +108,7 @@ def write_units(item_bytes: float, *, transactional: bool = False) -> int:
 
 def sampled(invocations: float, seconds: float, reservoir_per_s: float, rate: float) -> float:
     """Invocations X-Ray records over `seconds`: the reservoir each second, then `rate` of the rest."""
-    fixed = min(invocations, reservoir_per_s * max(seconds, 1.0))
+    fixed = min(invocations, reservoir_per_s * max(1, math.ceil(seconds)))
     return fixed + rate * max(0.0, invocations - fixed)
 
 
@@ -198,7 +198,6 @@ class CostInputs:
     prices: Prices = DEFAULT_PRICES
 
 
-# -- outputs ------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class Line:
     service: str
@@ -318,7 +317,6 @@ class _Bill:
         return self.lines
 
 
-# -- sizes of what the engine sends and stores ----------------------------------------------------------
 def _frame(nbytes: int) -> str:
     """A JSON frame of `nbytes` bytes, shaped like the broadcast envelope (for escaping inside JSON)."""
     head = '{"type":"broadcast","broadcastId":"00000000-0000-0000-0000-000000000000","sentAt":0,"data":"'
@@ -374,12 +372,18 @@ def _engine(i: CostInputs) -> DesignCost:
     w, d, c, m, f, p = i.workload, i.deployment, i.costs, i.memory, i.footprint, i.prices
     n, s = w.connections, w.message_bytes
     bill = _Bill(p)
-    per_partition = max(1, math.ceil(n / d.partitions))
-    partitions = min(d.partitions, n)  # non-empty partitions
+    # balanced partitions (the connect path keeps them within ~10 %): r of q + 1 connections, the rest of q
+    partitions = min(d.partitions, n)  # the non-empty ones
+    q, r = divmod(n, partitions)
+    per_partition = q + (1 if r else 0)  # the largest
+
+    def each(cost: Any) -> float:  # the sum of cost(size) over the partitions
+        return float((partitions - r) * cost(q) + (r * cost(q + 1) if r else 0))
+
     batch = min(d.post_batch_size, per_partition)
-    batches_each = math.ceil(per_partition / d.post_batch_size)
-    post_batches = partitions * batches_each
-    shards = counter_shards([per_partition] * partitions, d.post_batch_size, minimum=f.min_counter_shards)
+    post_batches = round(each(lambda k: math.ceil(k / d.post_batch_size)))
+    sizes = [q + 1] * r + [q] * (partitions - r)
+    shards = counter_shards(sizes, d.post_batch_size, minimum=f.min_counter_shards)
     inline = s <= f.inline_payload_limit
     frame = _frame(s) if inline else None
     cold = not (w.warm or d.provisioned_concurrency)
@@ -397,14 +401,12 @@ def _engine(i: CostInputs) -> DesignCost:
     task_body, post_body = _bodies(partitions, shards, batch, frame, f.connection_id)
     task_calls, task_billed = _sends([partitions], task_body, d.shards)
     bill.ddb("swarm: broadcast row (consistent)", reads=read_units(row, consistent=True))
-    scan = read_units(d.partitions * f.partition_item_bytes, consistent=False)
-    bill.ddb("swarm: partitions scan", reads=scan)
+    bill.ddb(
+        "swarm: scan partitions", reads=read_units(d.partitions * f.partition_item_bytes, consistent=False)
+    )
     bill.ddb("swarm: start", writes=write_units(row + partitions * f.partition_id_bytes))
-    swarm_s = (
-        c.invoke_overhead_ms
-        + (2 + scan_pages) * c.ddb_ms
-        + math.ceil(task_calls / d.swarm_send_concurrency) * c.sqs_send_ms
-    ) / 1000
+    sending = math.ceil(task_calls / d.swarm_send_concurrency) * c.sqs_send_ms
+    swarm_s = (c.invoke_overhead_ms + (2 + scan_pages) * c.ddb_ms + sending) / 1000
     bill.invoke("swarm", 1, swarm_s, m.swarm)
     bill.sqs("swarm: SendMessageBatch of partition tasks", task_billed)
 
@@ -414,20 +416,22 @@ def _engine(i: CostInputs) -> DesignCost:
     bill.invoke("query", q_batches, query_s, m.query)
     bill.sqs("query: ReceiveMessage by the ESM", q_receives)
     bill.sqs("query: DeleteMessageBatch by the ESM", q_deletes)
-    gsi = read_units(per_partition * f.gsi_item_bytes, consistent=False)
-    chunks = chunk_ids([f.connection_id] * per_partition)
-    plan_writes = sum(write_units(len(ch) * (len(f.connection_id) + 4) + 100) for ch in chunks)
-    if len(chunks) > 1:
-        plan_writes *= 2  # several items: one transaction
+
+    def plan_writes(k: int) -> int:
+        chunks = chunk_ids([f.connection_id] * k)
+        units = sum(write_units(len(ch) * (len(f.connection_id) + 4) + 100) for ch in chunks)
+        return units * (2 if len(chunks) > 1 else 1)  # several items: one transaction
+
     bill.ddb("query: plan lookup (consistent)", reads=partitions * read_units(0, consistent=True))
-    bill.ddb("query: GSI query", reads=partitions * gsi)
-    bill.ddb("query: plan", writes=partitions * plan_writes)
-    _, post_billed = _sends([batches_each] * partitions, post_body, d.shards)
+    bill.ddb("query: GSI query", reads=each(lambda k: read_units(k * f.gsi_item_bytes, consistent=False)))
+    bill.ddb("query: plan", writes=each(plan_writes))
+    batches_each = [math.ceil(k / d.post_batch_size) for k in sizes]
+    _, post_billed = _sends(batches_each, post_body, d.shards)
     bill.sqs("query: SendMessageBatch of post batches", post_billed)
 
     # counting: one entry per partition and one per post batch, spread over the counter shards
     # an entry of the `applied` string set: its characters and a few bytes of overhead
-    entry = max(len(query_entry(partitions)), len(post_entry(f"p{partitions}-b{batches_each}", 1))) + 3
+    entry = max(len(query_entry(partitions)), len(post_entry(f"p{partitions}-b{batches_each[0]}", 1))) + 3
     entries = partitions + post_batches
     count_writes, shard_read = _shard_units(entries, shards, entry, f.shard_item_bytes)
     bill.ddb("counter shards: counting updates", writes=count_writes)
@@ -435,7 +439,9 @@ def _engine(i: CostInputs) -> DesignCost:
     # post: per batch, the ledger check, the posts, the count, the completion check over every shard
     p_batches, p_receives, p_deletes = _receives(post_batches, d.post_sqs_batch_size, post_body)
     cpu_costs = replace(c, cpu_factor=c.cpu_factor * vcpu_scale(m.post))
-    rate = worker_rate(d, cpu_costs, per_partition)
+    # worker_rate's arithmetic (a min with B, a product) holds for the mean batch size, which keeps the
+    # per-batch CPU and the per-invocation overhead in proportion to the batches actually sent
+    rate = worker_rate(d, cpu_costs, n / post_batches)  # type: ignore[arg-type]
     if i.prediction.bottleneck == "quota":  # a fleet faster than the quota spends the difference backing off
         rate = min(rate, i.prediction.throughput / d.post_workers)
     post_s = n / rate
@@ -462,7 +468,7 @@ def _engine(i: CostInputs) -> DesignCost:
     xr = (f.xray_reservoir_per_s, f.xray_rate)
     bill.traces = 2 + sampled(q_batches, seconds, *xr) + sampled(p_batches, seconds, *xr)
     notes = [
-        f"{partitions:,} partitions of ~{per_partition:,}; {post_batches:,} post batches of <= {batch:,}; "
+        f"{partitions:,} partitions of <= {per_partition:,}; {post_batches:,} post batches of <= {batch:,}; "
         f"{shards} counter shards; frame {'inline' if inline else 'by reference'}",
         f"post: {rate:,.0f} frames/s per worker, {post_s:,.1f} s of post time in all",
     ]
