@@ -170,7 +170,7 @@ class Footprint:
     heartbeat_ms: float = 3.0
     operator_api_ms: float = 60.0
     # the naive sender: boto3 CPU per PostToConnection, sequential; and with threads, under the GIL
-    naive_post_cpu_us: float = 2250.0
+    naive_post_cpu_us: float = 1971.0
     naive_threaded_post_cpu_us: float = 900.0
     naive_threads: int = 64
     esm_pollers_per_queue: int = 5  # an idle SQS event source mapping keeps polling

@@ -82,6 +82,27 @@ def _non_negative(value: str) -> float:
     return number
 
 
+def _positive(value: str) -> float:
+    number = _non_negative(value)
+    if number == 0:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number > 0")
+    return number
+
+
+def _fraction(value: str) -> float:
+    number = _non_negative(value)
+    if number > 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a fraction in [0, 1]")
+    return number
+
+
+def _hours(value: str) -> float:
+    number = _non_negative(value)
+    if number > 24:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of hours in [0, 24]")
+    return number
+
+
 def _positive_int(value: str) -> int:
     if not value.strip().isdigit() or int(value) < 1:
         raise argparse.ArgumentTypeError(f"{value!r} is not a whole number >= 1")
@@ -114,13 +135,13 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument(
         "--connected-hours",
-        type=_non_negative,
+        type=_hours,
         default=24.0,
         help="hours a day each connection is connected (default 24: all day)",
     )
     g.add_argument(
         "--connection-lifetime-hours",
-        type=float,
+        type=_positive,
         default=2.0,
         help="hours between reconnects (default 2, API Gateway's maximum)",
     )
@@ -131,7 +152,7 @@ def add_cost_arguments(parser: argparse.ArgumentParser) -> None:
         help="client ping interval, 0 for none (default 300)",
     )
     g.add_argument(
-        "--gone-fraction", type=_non_negative, default=0.0, help="connections answering 410 (default 0)"
+        "--gone-fraction", type=_fraction, default=0.0, help="connections answering 410 (default 0)"
     )
     g.add_argument(
         "--dynamodb-billing",
@@ -148,10 +169,6 @@ def prices_from_args(args: argparse.Namespace) -> Prices:
 
 def breakdown_from_args(args: argparse.Namespace, result: Plan, costs: Costs) -> CostBreakdown:
     """The bill of `result`'s deployment and prediction, with the cost flags of `args`."""
-    if args.connection_lifetime_hours <= 0:
-        raise PricesError("--connection-lifetime-hours must be above 0")
-    if args.gone_fraction > 1:
-        raise PricesError("--gone-fraction must be at most 1")
     workload = Workload(
         connections=result.prediction.connections,
         message_bytes=args.message_bytes,
@@ -237,10 +254,14 @@ def render_costs(bill: CostBreakdown) -> str:
     return "\n".join(out)
 
 
+def _quantity(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 def _lines(lines: list[Line]) -> list[str]:
     width = max((len(f"{x.service}: {x.item}") for x in lines), default=0)
     return [
-        f"  {f'{x.service}: {x.item}':<{width}}  {x.quantity:>16,.1f} {x.unit:<24} {_usd(x.usd):>12}"
+        f"  {f'{x.service}: {x.item}':<{width}}  {_quantity(x.quantity):>16} {x.unit:<24} {_usd(x.usd):>12}"
         for x in sorted(lines, key=lambda x: -x.usd)
     ]
 

@@ -94,14 +94,14 @@ def test_worked_example_by_hand() -> None:
     provisioned = line(e.standing_per_day, "Lambda", "provisioned concurrency")
     assert provisioned.usd == pytest.approx(8379 / 1024 * 86_400 * 0.0000033334)
 
-    # naive loop: 20 ms + 2,250 us x 1,769 / 1,024 (a 1,024 MB function has 0.58 vCPU) = 23.887 ms a
-    # post; the scan: 300,000 x 150 B = 43 pages of 1 MB x 8 ms + 25 ms = 0.369 s
-    per_post = 0.020 + 0.002250 * 1769 / 1024
-    assert loop.seconds == pytest.approx(0.369 + 300_000 * per_post)  # 7,166.5 s
-    assert not loop.fits_one_invocation  # 8 chained 15-minute invocations
+    # naive loop: 20 ms + 1,971 us of boto3 CPU x 1,769 / 1,024 (a 1,024 MB function has 0.58 vCPU)
+    # = 23.405 ms a post; the scan: 300,000 x 150 B = 43 pages of 1 MB x 8 ms + 25 ms = 0.369 s
+    per_post = 0.020 + 0.001971 * 1769 / 1024
+    assert loop.seconds == pytest.approx(0.369 + 300_000 * per_post)  # 7,021.9 s
+    assert not loop.fits_one_invocation  # ceil(7,021.9 / 900) = 8 chained 15-minute invocations
     assert line(loop.per_broadcast, "Lambda", "naive sender requests").quantity == 8
-    # one function finishes (900 - 0.369) / 0.023887 = 37,662 posts
-    assert loop.max_connections_one_invocation == 37_662
+    # one function finishes (900 - 0.369) / 0.023405 = 38,437 posts
+    assert loop.max_connections_one_invocation == 38_437
     # 64 threads: 900 us x 1,769 / 1,024 = 1.5548 ms a post, CPU-bound: 466.8 s, fits
     assert threads.seconds == pytest.approx(0.369 + 300_000 * 0.000900 * 1769 / 1024)
     assert threads.fits_one_invocation and threads.max_connections_one_invocation == 578_620
@@ -265,6 +265,10 @@ def test_a_bad_price_file_is_a_clear_error(
         ["--memory", "post=64"],
         ["--memory", "nosuch=512"],
         ["--message-bytes", "0"],
+        ["--gone-fraction", "2"],
+        ["--connection-lifetime-hours", "0"],
+        ["--connected-hours", "25"],
+        ["--broadcasts-per-day", "-1"],
     ],
 )
 def test_bad_flags_are_clear_errors(capsys: pytest.CaptureFixture[str], argv: list[str]) -> None:
