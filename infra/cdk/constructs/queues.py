@@ -53,12 +53,12 @@ class Queues(Construct):
         ]
 
     def _shard(self, spec: Queue) -> Shard:
-        if spec.dead_letter is None:
-            raise ValueError(f"queue shard {spec.key} has no dead-letter queue")
+        if spec.dead_letter is None or spec.max_receive_count is None:
+            raise ValueError(f"queue shard {spec.key} has no dead-letter queue or no maxReceiveCount")
         dlq = self._queue(spec.dead_letter)
-        return Shard(queue=self._queue(spec, dlq), dlq=dlq)
+        return Shard(queue=self._queue(spec, dlq, spec.max_receive_count), dlq=dlq)
 
-    def _queue(self, spec: Queue, dlq: sqs.Queue | None = None) -> sqs.Queue:
+    def _queue(self, spec: Queue, dlq: sqs.Queue | None = None, max_receive_count: int = 0) -> sqs.Queue:
         visibility = spec.visibility_timeout_seconds
         queue = sqs.Queue(
             self,
@@ -69,7 +69,7 @@ class Queues(Construct):
             retention_period=Duration.seconds(spec.retention_seconds),
             visibility_timeout=Duration.seconds(visibility) if visibility is not None else None,
             dead_letter_queue=(
-                sqs.DeadLetterQueue(queue=dlq, max_receive_count=spec.max_receive_count or 1) if dlq else None
+                sqs.DeadLetterQueue(queue=dlq, max_receive_count=max_receive_count) if dlq else None
             ),
         )
         self.by_key[spec.key] = queue
