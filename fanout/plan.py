@@ -28,15 +28,18 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from fanout.sizing import SQS_MAX_MAXIMUM_CONCURRENCY, SQS_MIN_MAXIMUM_CONCURRENCY
+from fanout.topology import TopologyConfig
+
 # ESM facts (AWS Lambda docs, "Configuring scaling behavior for SQS event source mappings"): five
 # concurrent batches at first, then up to 300 more per minute; MaximumConcurrency is 2..1,000.
-ESM_MIN_CONCURRENCY = 2
-ESM_MAX_CONCURRENCY = 1000
+ESM_MIN_CONCURRENCY = SQS_MIN_MAXIMUM_CONCURRENCY
+ESM_MAX_CONCURRENCY = SQS_MAX_MAXIMUM_CONCURRENCY
 SQS_BATCH_SIZES = (10, 20, 50, 100)  # post ESM batch sizes considered; above 10 needs a batching window
 MAX_POST_CONCURRENCY = 2000  # Settings.post_concurrency's bound
 TARGET_FACTOR = 1.10  # "within 10% of N / R"
-# The CDK app's default postRateShare (infra/cdk/config.py): what `fanout plan` assumes unless told.
-DEFAULT_POST_RATE_SHARE = 0.8
+# The deployed default postRateShare (fanout.topology.TopologyConfig): what `fanout plan` assumes.
+DEFAULT_POST_RATE_SHARE = TopologyConfig.model_fields["post_rate_share"].default
 
 
 @dataclass(frozen=True)
@@ -87,6 +90,7 @@ class Deployment:
     post_batching_window_s: int  # post ESM MaximumBatchingWindowInSeconds (required when BatchSize > 10)
     query_max_concurrency_per_shard: int  # query ESM MaximumConcurrency, per shard
     query_sqs_batch_size: int = 10
+    query_batching_window_s: int = 0  # batches of 10 need no window
     swarm_send_concurrency: int = 32  # FANOUT_SWARM_SEND_CONCURRENCY
     # provisioned concurrency on swarm (1), query and post (their maximum concurrency): no cold starts
     provisioned_concurrency: bool = False
@@ -140,6 +144,39 @@ class Plan:
     @property
     def budget(self) -> float:
         return self.prediction.quota
+
+    def topology_config(self) -> TopologyConfig:
+        """The deploy-time knobs of this plan; its fields set are the ones the plan decides.
+
+        Raises ValueError when the deployment cannot be deployed (a knob beyond what the stack allows).
+        """
+        d = self.deployment
+        provisioned = (
+            {
+                "swarm_provisioned_concurrency": 1,
+                "query_provisioned_concurrency": d.query_workers,
+                "post_provisioned_concurrency": d.post_workers,
+            }
+            if d.provisioned_concurrency
+            else {}
+        )
+        return TopologyConfig(
+            account_post_quota=self.account_quota,
+            post_rate_share=self.share,
+            partitions=d.partitions,
+            shards=d.shards,
+            post_batch_size=d.post_batch_size,
+            post_concurrency=d.post_concurrency,
+            post_max_concurrency=d.post_max_concurrency_per_shard,
+            **({"post_rate_per_worker": d.post_rate_per_worker} if d.post_rate_per_worker > 0 else {}),
+            post_sqs_batch_size=d.post_sqs_batch_size,
+            post_batching_window_seconds=d.post_batching_window_s,
+            query_sqs_batch_size=d.query_sqs_batch_size,
+            query_batching_window_seconds=d.query_batching_window_s,
+            query_max_concurrency=d.query_max_concurrency_per_shard,
+            swarm_send_concurrency=d.swarm_send_concurrency,
+            **provisioned,
+        )
 
 
 # -- the model ------------------------------------------------------------------------------------------

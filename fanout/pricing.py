@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fanout.accounting import chunk_ids, counter_shards, post_entry, query_entry
 from fanout.models import PartitionTask, PostBatch
 from fanout.plan import Costs, Deployment, Prediction, _query_task_seconds, worker_rate
+from fanout.topology import Topology, topology
 
 APIGW_UNIT_BYTES = 32 * 1024  # WebSocket messages are metered in 32 KB increments
 SQS_CHUNK_BYTES = 64 * 1024  # each 64 KB chunk of a request's payload is billed as one request
@@ -120,7 +121,8 @@ def vcpu_scale(memory_mb: int) -> float:
 # -- inputs -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MemorySizes:
-    """MB per function: the CDK app's defaults (infra/cdk/constructs/functions.py) and the naive sender."""
+    """MB per function, and the naive sender's. `from_topology()` reads the deployed sizes; the
+    defaults here are that topology's at its default knobs (a test keeps them equal)."""
 
     authorizer: int = 512
     connect: int = 512
@@ -134,6 +136,12 @@ class MemorySizes:
     post: int = 1769
     sweeper: int = 256
     naive: int = 1024
+
+    @classmethod
+    def from_topology(cls, system: Topology | None = None, *, naive: int = 1024) -> MemorySizes:
+        """The memory size of every function as the topology deploys it."""
+        system = system or topology()
+        return cls(**{f.key.replace("-", "_"): f.memory_mb for f in system.functions}, naive=naive)
 
 
 @dataclass(frozen=True)
@@ -193,7 +201,7 @@ class CostInputs:
     deployment: Deployment
     prediction: Prediction  # the quota model's prediction for this deployment (duration, throughput)
     costs: Costs = field(default_factory=Costs)
-    memory: MemorySizes = field(default_factory=MemorySizes)
+    memory: MemorySizes = field(default_factory=MemorySizes.from_topology)
     footprint: Footprint = field(default_factory=Footprint)
     prices: Prices = DEFAULT_PRICES
 

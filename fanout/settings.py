@@ -45,7 +45,8 @@ def env_name(model: type[BaseSettings], field: str) -> str:
         return str(alias.choices[0])
     if isinstance(alias, str):
         return alias
-    return f"{ENV_PREFIX}{field.upper()}"
+    name = f"{model.model_config.get('env_prefix', ENV_PREFIX)}{field}"
+    return name if model.model_config.get("case_sensitive") else name.upper()
 
 
 def describe(model: type[BaseSettings], exc: ValidationError) -> str:

@@ -5,7 +5,7 @@ every few seconds; sample the RSS of every stack process; count unexpected disco
     python -m loadtest.soak --connections 1000 --duration 60  # a short run
 
 It starts its own local stack (or uses a running one with `--state .fanout/local.json`), opens the
-connections from several client processes (a process holds at most ~15k sockets here, see FACTS.md),
+connections from several client processes (one process holds at most about 15,000 sockets here),
 sends `{"action":"ping"}` from every connection every `--heartbeat` seconds (API Gateway's idle timeout
 is 10 minutes), starts a broadcast every `--every` seconds and checks each one: `completed`, exact
 counts, every connection got it once.

@@ -79,7 +79,19 @@ def _stack_options(args: argparse.Namespace) -> Any:
         ddb_faults=args.ddb_faults == "on",
         ddb_throttle_rate=args.ddb_throttle_rate,
         **({"post_rate_budget": args.post_rate_budget} if args.post_rate_budget else {}),
+        # absent: the stack's defaults, the deployed values (fanout/topology.py)
+        **{name: getattr(args, name) for name in _TOPOLOGY_FLAGS if getattr(args, name, None) is not None},
     )
+
+
+# The local stack's topology knobs that `fanout plan` prints for `fanout local up`.
+_TOPOLOGY_FLAGS = {
+    "post_batch_size": "B connection ids per post batch",
+    "post_concurrency": "K posts in flight per post worker",
+    "post_sqs_batch_size": "the post event source mappings' BatchSize",
+    "post_batching_window_seconds": "the post event source mappings' MaximumBatchingWindow (s)",
+    "query_workers": "query function concurrency",
+}
 
 
 def cmd_local_up(args: argparse.Namespace) -> int:
@@ -122,6 +134,8 @@ def _add_stack_flags(p: argparse.ArgumentParser, partitions: int = 50) -> None:
         help="PostToConnection calls/s of the whole post stage, paced per worker "
         "(default: 10,000, the account's default quota)",
     )
+    for name, help_ in _TOPOLOGY_FLAGS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=int, help=f"{help_} (default: as deployed)")
     p.add_argument("--post-latency-ms", type=float, default=0.0, help="added latency per PostToConnection")
     p.add_argument("--fault-410", type=float, default=0.0, help="rate of 410 answers (0-1)")
     p.add_argument("--fault-429", type=float, default=0.0, help="rate of 429 answers (0-1)")

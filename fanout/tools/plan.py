@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 from dataclasses import asdict
 from typing import Any
 
 from fanout import plan as _model
-from fanout.plan import DEFAULT_POST_RATE_SHARE, TARGET_FACTOR, Costs, Plan, plan
+from fanout.plan import DEFAULT_POST_RATE_SHARE, TARGET_FACTOR, Costs, Deployment, Plan, plan
+from fanout.topology import context_args, env_name
 
 model_doc = _model.__doc__
 
@@ -97,6 +99,50 @@ def cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def cdk_context(result: Plan) -> dict[str, str]:
+    """The plan as CDK context: every knob it decides (raises ValueError if the stack cannot take it)."""
+    return result.topology_config().context()
+
+
+def cdk_deploy_args(result: Plan) -> list[str]:
+    """``cdk deploy -c key=value ...``: the command that deploys this plan."""
+    return ["cdk", "deploy", *context_args(cdk_context(result))]
+
+
+def _number(value: float) -> str:
+    return f"{round(value, 3):g}" if not float(value).is_integer() else str(int(value))
+
+
+def local_up_args(d: Deployment) -> list[str]:
+    """``fanout local up ...``: the local stack with the plan's knobs (its workers on this machine).
+
+    The post rate budget is the fleet's total (workers x rate), which the local stack divides over
+    its post workers again, so each one is paced as deployed.
+    """
+    args = ["fanout", "local", "up", "--partitions", str(d.partitions), "--shards", str(d.shards),
+            "--post-batch-size", str(d.post_batch_size), "--post-concurrency", str(d.post_concurrency),
+            "--post-workers", str(d.post_workers), "--post-sqs-batch-size", str(d.post_sqs_batch_size),
+            "--post-batching-window-seconds", str(d.post_batching_window_s),
+            "--query-workers", str(d.query_workers)]  # fmt: skip
+    if d.post_rate_per_worker > 0:
+        args += ["--post-rate-budget", _number(d.total_post_rate)]
+    return args
+
+
+def command_lines(result: Plan) -> dict[str, Any]:
+    """The command lines of the plan; ``cdkError`` says why the CDK app would refuse it, if it would."""
+    out: dict[str, Any] = {"localUp": local_up_args(result.deployment)}
+    out["localUpCommand"] = shlex.join(out["localUp"])
+    try:
+        out["cdkContext"] = cdk_context(result)
+    except ValueError as exc:
+        out["cdkError"] = str(exc)
+        return out
+    out["cdkDeploy"] = cdk_deploy_args(result)
+    out["cdkDeployCommand"] = shlex.join(out["cdkDeploy"])
+    return out
+
+
 def to_json(result: Plan, costs: Costs) -> dict[str, Any]:
     return {
         "deployment": asdict(result.deployment)
@@ -109,6 +155,7 @@ def to_json(result: Plan, costs: Costs) -> dict[str, Any]:
         "warm": result.warm,
         "minConnectionsForTarget": result.min_connections_for_target,
         "costs": asdict(costs),
+        "commands": command_lines(result),
     }
 
 
@@ -123,11 +170,15 @@ def render(result: Plan) -> str:
             f"post budget {result.budget:,.0f}/s"
             + (f"; {others:.0%} left to other APIs and client messages" if others > 0 else ""),
         ),
-        ("FANOUT_PARTITION_COUNT", f"{d.partitions}", "~100 connections per partition"),
-        ("FANOUT_SHARD_COUNT", f"{d.shards}", "Q: each shard's ESM starts 5 workers at once"),
-        ("FANOUT_POST_BATCH_SIZE", f"{d.post_batch_size}", "B: above the largest partition, one batch each"),
-        ("FANOUT_POST_CONCURRENCY", f"{d.post_concurrency}", "K posts in flight per worker"),
-        ("FANOUT_POST_RATE_PER_WORKER", f"{d.post_rate_per_worker:g}", "posts/s per worker (limiter)"),
+        (env_name("partition_count"), f"{d.partitions}", "~100 connections per partition"),
+        (env_name("shard_count"), f"{d.shards}", "Q: each shard's ESM starts 5 workers at once"),
+        (
+            env_name("post_batch_size"),
+            f"{d.post_batch_size}",
+            "B: above the largest partition, one batch each",
+        ),
+        (env_name("post_concurrency"), f"{d.post_concurrency}", "K posts in flight per worker"),
+        (env_name("post_rate_per_worker"), f"{d.post_rate_per_worker:g}", "posts/s per worker (limiter)"),
         (
             "post ESM MaximumConcurrency",
             f"{d.post_max_concurrency_per_shard} x {d.shards} shards",
@@ -143,7 +194,7 @@ def render(result: Plan) -> str:
             f"{d.query_max_concurrency_per_shard} x {d.shards} shards",
             f"{d.query_workers} query workers",
         ),
-        ("FANOUT_SWARM_SEND_CONCURRENCY", f"{d.swarm_send_concurrency}", "SendMessageBatch in flight"),
+        (env_name("swarm_send_concurrency"), f"{d.swarm_send_concurrency}", "SendMessageBatch in flight"),
         (
             "provisioned concurrency",
             f"swarm 1, query {d.query_workers}, post {d.post_workers}"
@@ -188,4 +239,14 @@ def render(result: Plan) -> str:
     else:
         out.append("  never within 10% of N / R at this budget with these costs")
     out += [f"  warning: {w}" for w in p.warnings]
+    commands = command_lines(result)
+    out += ["", "deploy to AWS (every setting above, as CDK context):"]
+    if "cdkDeployCommand" in commands:
+        out.append(f"  {commands['cdkDeployCommand']}")
+    else:
+        out.append(f"  the CDK app cannot deploy this as is: {commands['cdkError']}")
+    out += [
+        "run it locally (the same knobs; this machine runs the workers):",
+        f"  {commands['localUpCommand']}",
+    ]
     return "\n".join(out)

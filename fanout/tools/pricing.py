@@ -180,7 +180,7 @@ def breakdown_from_args(args: argparse.Namespace, result: Plan, costs: Costs) ->
         dynamodb_billing=args.dynamodb_billing,
         warm=result.warm,
     )
-    memory = replace(MemorySizes(), **dict(args.memory or []))
+    memory = replace(MemorySizes.from_topology(), **dict(args.memory or []))
     inputs = CostInputs(
         workload, result.deployment, result.prediction, costs, memory, prices=prices_from_args(args)
     )

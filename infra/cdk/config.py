@@ -12,10 +12,9 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from aws_cdk import aws_logs as logs
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, ValidationError, field_validator
 
-from infra.cdk.sizing import PostConcurrencyPlan, post_concurrency_plan
+from fanout.topology import TopologyConfig
 
 
 class RemovalMode(StrEnum):
@@ -36,10 +35,8 @@ class ContextReader(Protocol):
     def try_get_context(self, key: str) -> Any: ...
 
 
-class FanoutConfig(BaseModel):
+class FanoutConfig(TopologyConfig):
     """What an operator may change per deployment. Names in context are the camelCase aliases."""
-
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
 
     stack_name: str = Field(default="Fanout", pattern=r"^[A-Za-z][A-Za-z0-9-]{0,127}$")
     # Prefix of the readable physical names (functions, queues, topic, dashboard, rules); by default
@@ -53,40 +50,9 @@ class FanoutConfig(BaseModel):
     read_capacity: int = Field(default=50, ge=1)
     write_capacity: int = Field(default=50, ge=1)
 
-    # Shape of the pipeline (mirrors fanout.settings.Settings)
-    partitions: int = Field(default=100, ge=1, le=100_000, description="N partitions")
-    shards: int = Field(default=4, ge=1, le=100, description="Q queue shards per stage")
-    post_batch_size: int = Field(default=100, ge=1, le=5_000, description="B ids per post batch")
-    query_sqs_batch_size: int = Field(default=10, ge=1, le=10_000)
-    post_sqs_batch_size: int = Field(default=1, ge=1, le=10_000)
-    sqs_batching_window_seconds: int = Field(default=0, ge=0, le=300)
-    stream_batch_size: int = Field(default=500, ge=1, le=10_000)
-    stream_parallelization: int = Field(default=2, ge=1, le=10)
-    query_max_concurrency: int = Field(default=5, ge=2, le=1000, description="per partition shard")
-
-    # Post rate budget. The account's API Gateway throttle (10,000 requests/s by default, per account
-    # and Region) is shared by every API and every client message in the account, so the post stage
-    # takes only a share of it unless an explicit budget is given.
-    account_post_quota: float = Field(default=10_000, gt=0, description="the account's throttle, requests/s")
-    post_rate_share: float = Field(default=0.8, gt=0, le=1, description="share of it the post stage uses")
-    post_rate_budget: float | None = Field(
-        default=None, gt=0, description="PostToConnection calls/s for this stack; wins over the share"
-    )
-    post_worker_capacity: float = Field(
-        default=1_000, gt=0, description="posts/s one post worker sustains (measure with the benchmarks)"
-    )
-    post_concurrency: int = Field(default=64, ge=1, le=2_000, description="posts in flight per worker")
-    # Off by default: AWS keeps 100 of the account's concurrency unreserved, so any reservation fails
-    # in an account whose quota is below the reservations + 100 (new accounts may have 10). The post
-    # rate is bounded without it, by the post event source mappings' MaximumConcurrency.
-    reserve_concurrency: bool = Field(
-        default=False,
-        description="reserve the post fleet's, the reconciler's and the sweeper's concurrency",
-    )
-
-    # Sweeper: re-drives broadcasts whose asynchronous swarm invocation was lost
-    sweep_after_seconds: int = Field(default=300, ge=60, le=6 * 3600)
-    sweep_attempts: int = Field(default=3, ge=1, le=20)
+    # The knobs that shape the functions, triggers, tables and queues are TopologyConfig's fields
+    # (fanout/topology.py), inherited here; the sweeper's wait is bounded tighter for AWS.
+    sweep_after_seconds: int = Field(default=300, ge=60, le=6 * 3600)  # type: ignore[assignment]
 
     # API throttling (requests/s and burst) of the WebSocket stage and the operator API
     websocket_rate_limit: float = Field(default=1_000, gt=0)
@@ -119,22 +85,6 @@ class FanoutConfig(BaseModel):
     @property
     def log_retention(self) -> logs.RetentionDays:
         return logs.RetentionDays[_RETENTION[self.log_retention_days]]
-
-    @model_validator(mode="after")
-    def _budget_reachable(self) -> FanoutConfig:
-        self.post_plan  # noqa: B018 - raises if the budget cannot be planned
-        return self
-
-    @property
-    def post_budget(self) -> float:
-        """PostToConnection calls/s the post fleet may make: the explicit budget, else the share."""
-        if self.post_rate_budget is not None:
-            return self.post_rate_budget
-        return self.account_post_quota * self.post_rate_share
-
-    @property
-    def post_plan(self) -> PostConcurrencyPlan:
-        return post_concurrency_plan(self.post_budget, self.shards, self.post_worker_capacity)
 
     def for_stack(self, stack_name: str) -> FanoutConfig:
         """This config with the name prefix resolved for a stack (its name in lower case by default)."""

@@ -11,9 +11,10 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from fanout.topology import env_name, topology
 from infra.cdk.config import FanoutConfig, RemovalMode
 from infra.cdk.constructs.apis import OperatorApi, WebSocketApi
-from infra.cdk.constructs.functions import POST_TIMEOUT, QUERY_TIMEOUT, Functions
+from infra.cdk.constructs.functions import Functions
 from infra.cdk.constructs.monitoring import Monitoring
 from infra.cdk.constructs.queues import Queues
 from infra.cdk.constructs.seed import PartitionSeed
@@ -49,14 +50,15 @@ class FanoutStack(Stack):
             "The token key is shared with the application backend that issues connect tokens; "
             "rotation is an operator-driven procedure (docs/deploy.md), not a Lambda rotation.",
         )
-        self.tables = Tables(self, "Tables", config=config)
-        self.queues = Queues(
-            self, "Queues", config=config, query_timeout=QUERY_TIMEOUT, post_timeout=POST_TIMEOUT
-        )
+        # The one description of functions, triggers, tables and queues; the constructs build it.
+        self.topology = system = topology(config)
+        self.tables = Tables(self, "Tables", config=config, topology=system)
+        self.queues = Queues(self, "Queues", config=config, topology=system)
         self.functions = Functions(
             self,
             "Functions",
             config=config,
+            topology=system,
             tables=self.tables,
             queues=self.queues,
             token_secret=self.token_secret,
@@ -65,12 +67,11 @@ class FanoutStack(Stack):
             self, "WebSocketAccessLogs", retention=config.log_retention, removal_policy=removal
         )
         self.websocket = WebSocketApi(
-            self, "WebSocket", config=config, functions=self.functions.by_key, access_logs=api_logs
+            self, "WebSocket", config=config, functions=self.functions.targets, access_logs=api_logs
         )
         if config.api_gateway_cloudwatch_role:
             self._api_gateway_logging_role()
-        post = self.functions.by_key["post"]
-        post.add_environment("FANOUT_CONNECTIONS_ENDPOINT", self.websocket.callback_url)
+        self.functions.set_connections_endpoint(self.websocket.callback_url)
         self.functions.allow_post_to_connections(self.websocket.connections_arn)
 
         operator_logs = logs.LogGroup(
@@ -80,7 +81,7 @@ class FanoutStack(Stack):
             self,
             "Operator",
             config=config,
-            handler=self.functions.by_key["operator-api"],
+            handler=self.functions.targets["operator-api"],
             access_logs=operator_logs,
         )
         self.seed = PartitionSeed(
@@ -130,7 +131,8 @@ class FanoutStack(Stack):
             CfnOutput(self, id, value=value, description=description)
 
         out("WebSocketUrl", self.websocket.url, "clients connect here with ?token=<JWT>")
-        out("CallbackUrl", self.websocket.callback_url, "@connections base (FANOUT_CONNECTIONS_ENDPOINT)")
+        endpoint_env = env_name("connections_endpoint")
+        out("CallbackUrl", self.websocket.callback_url, f"@connections base ({endpoint_env})")
         out("OperatorApiUrl", self.operator.url, "fanout broadcast --api <this>")
         out("ConnectionsTable", self.tables.connections.table_name, "connections table")
         out("PartitionsTable", self.tables.partitions.table_name, "partitions table")

@@ -1,6 +1,6 @@
 """Create the engine's tables and queues on the emulators (DynamoDB Local, the SQS server, moto).
 
-The same definitions as the CDK app's tables and queues construct (docs/architecture.md).
+Both are built from the one topology (fanout/topology.py) the CDK app builds its tables and queues from.
 """
 
 from __future__ import annotations
@@ -10,64 +10,55 @@ from dataclasses import dataclass
 from typing import Any
 
 from fanout.settings import Settings
-from fanout.store import PENDING_INDEX
+from fanout.topology import Queue, TopologyConfig, topology
 
-MAX_RECEIVE_COUNT = 5
+# The tables and queues of the topology (fanout/topology.py), as the CDK app builds them; their shape
+# does not depend on the deploy-time knobs.
+TOPOLOGY = topology()
+MAX_RECEIVE_COUNT = TOPOLOGY.stage("post").shards[0].max_receive_count
+
+
+def table_specs(settings: Settings) -> list[dict[str, Any]]:
+    """CreateTable requests of the topology's tables, named as ``settings`` names them."""
+    specs: list[dict[str, Any]] = []
+    for table in TOPOLOGY.tables:
+        spec: dict[str, Any] = {
+            "TableName": getattr(settings, table.setting),
+            "AttributeDefinitions": [
+                {"AttributeName": k.name, "AttributeType": k.type} for k in table.attributes
+            ],
+            "KeySchema": [{"AttributeName": table.partition_key.name, "KeyType": "HASH"}],
+        }
+        if table.indexes:
+            spec["GlobalSecondaryIndexes"] = [
+                {
+                    "IndexName": index.name,
+                    "KeySchema": [
+                        {"AttributeName": index.partition_key.name, "KeyType": "HASH"},
+                        *(
+                            [{"AttributeName": index.sort_key.name, "KeyType": "RANGE"}]
+                            if index.sort_key
+                            else []
+                        ),
+                    ],
+                    "Projection": {"ProjectionType": index.projection},
+                }
+                for index in table.indexes
+            ]
+        if table.stream:
+            spec["StreamSpecification"] = {"StreamEnabled": True, "StreamViewType": table.stream}
+        specs.append(spec)
+    return specs
 
 
 def create_tables(dynamodb: Any, settings: Settings, *, seed_partitions: bool = True) -> None:
-    """Create the four tables (idempotent) and one row per partition with count 0."""
+    """Create the topology's tables (idempotent) and one row per partition with count 0.
+
+    TTL is not enabled: DynamoDB Local accepts the setting but never expires items, and nothing local
+    waits that long (a connection row is deleted by $disconnect, or pruned on a 410).
+    """
     existing = set(dynamodb.list_tables().get("TableNames", []))
-    specs: list[dict[str, Any]] = [
-        {
-            "TableName": settings.connections_table,
-            "AttributeDefinitions": [
-                {"AttributeName": "connectionId", "AttributeType": "S"},
-                {"AttributeName": "partitionId", "AttributeType": "N"},
-            ],
-            "KeySchema": [{"AttributeName": "connectionId", "KeyType": "HASH"}],
-            "GlobalSecondaryIndexes": [
-                {
-                    "IndexName": settings.connections_index,
-                    "KeySchema": [
-                        {"AttributeName": "partitionId", "KeyType": "HASH"},
-                        {"AttributeName": "connectionId", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "KEYS_ONLY"},
-                }
-            ],
-            "StreamSpecification": {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"},
-        },
-        {
-            "TableName": settings.partitions_table,
-            "AttributeDefinitions": [{"AttributeName": "partitionId", "AttributeType": "N"}],
-            "KeySchema": [{"AttributeName": "partitionId", "KeyType": "HASH"}],
-        },
-        {
-            "TableName": settings.broadcasts_table,
-            "AttributeDefinitions": [
-                {"AttributeName": "broadcastId", "AttributeType": "S"},
-                {"AttributeName": "pending", "AttributeType": "S"},
-                {"AttributeName": "createdAt", "AttributeType": "N"},
-            ],
-            "KeySchema": [{"AttributeName": "broadcastId", "KeyType": "HASH"}],
-            "GlobalSecondaryIndexes": [
-                {
-                    "IndexName": PENDING_INDEX,
-                    "KeySchema": [
-                        {"AttributeName": "pending", "KeyType": "HASH"},
-                        {"AttributeName": "createdAt", "KeyType": "RANGE"},
-                    ],
-                    "Projection": {"ProjectionType": "KEYS_ONLY"},
-                }
-            ],
-        },
-        {
-            "TableName": settings.idempotency_table,
-            "AttributeDefinitions": [{"AttributeName": "id", "AttributeType": "S"}],
-            "KeySchema": [{"AttributeName": "id", "KeyType": "HASH"}],
-        },
-    ]
+    specs = table_specs(settings)
     for spec in specs:
         if spec["TableName"] not in existing:
             dynamodb.create_table(BillingMode="PAY_PER_REQUEST", **spec)
@@ -101,31 +92,50 @@ def connections_stream_arn(dynamodb: Any, settings: Settings) -> str:
 class QueueSet:
     partition_queue_urls: list[str]
     post_queue_urls: list[str]
-    dead_letter_queue_urls: list[str]
+    dead_letter_queue_urls: list[str]  # the partition shards' DLQs, then the post shards'
+    swarm_failure_queue_url: str | None = None
+
+    def stage(self, stage: str) -> list[str]:
+        return {"partition": self.partition_queue_urls, "post": self.post_queue_urls}[stage]
+
+    def dead_letters(self, stage: str) -> list[str]:
+        shards = len(self.partition_queue_urls)
+        return (
+            self.dead_letter_queue_urls[:shards]
+            if stage == "partition"
+            else self.dead_letter_queue_urls[shards:]
+        )
 
 
 def create_queues(sqs: Any, *, shards: int, prefix: str = "fanout", visibility_timeout: int = 30) -> QueueSet:
-    """Q partition-task shards and Q post shards, each with its dead-letter queue (idempotent)."""
-    partition_urls: list[str] = []
-    post_urls: list[str] = []
+    """The topology's queues for Q shards (idempotent): each stage's shards with their dead-letter
+    queues, and the swarm's failure queue.
+
+    ``visibility_timeout`` replaces the topology's (6 x the consumer's timeout, 6 minutes): locally an
+    invocation that died (a killed worker, a test's fault) gives its messages back in seconds, not
+    minutes, and the tests wait for that redelivery.
+    """
+    system = topology(TopologyConfig(shards=shards))
+    urls: dict[str, list[str]] = {}
     dlq_urls: list[str] = []
-    for stage, urls in (("partition", partition_urls), ("post", post_urls)):
-        for i in range(shards):
-            name = f"{prefix}-{stage}-{i}"
-            dlq_url = sqs.create_queue(
-                QueueName=f"{name}-dlq", Attributes={"MessageRetentionPeriod": "1209600"}
-            )["QueueUrl"]
+
+    def create(queue: Queue, attributes: dict[str, str]) -> str:
+        attributes = {"MessageRetentionPeriod": str(queue.retention_seconds), **attributes}
+        return str(sqs.create_queue(QueueName=f"{prefix}-{queue.key}", Attributes=attributes)["QueueUrl"])
+
+    for stage in system.queue_stages:
+        for shard in stage.shards:
+            assert shard.dead_letter is not None and shard.max_receive_count is not None
+            dlq_url = create(shard.dead_letter, {})
             dlq_arn = sqs.get_queue_attributes(QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"][
                 "QueueArn"
             ]
-            redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(MAX_RECEIVE_COUNT)})
-            url = sqs.create_queue(
-                QueueName=name,
-                Attributes={"VisibilityTimeout": str(visibility_timeout), "RedrivePolicy": redrive},
-            )["QueueUrl"]
-            urls.append(url)
+            redrive = {"deadLetterTargetArn": dlq_arn, "maxReceiveCount": str(shard.max_receive_count)}
+            attributes = {"VisibilityTimeout": str(visibility_timeout), "RedrivePolicy": json.dumps(redrive)}
+            urls.setdefault(stage.stage, []).append(create(shard, attributes))
             dlq_urls.append(dlq_url)
-    return QueueSet(partition_urls, post_urls, dlq_urls)
+    swarm_failures = create(system.swarm_failures, {})
+    return QueueSet(urls["partition"], urls["post"], dlq_urls, swarm_failures)
 
 
 TOKEN_SECRET_NAME = "fanout-token-secret"

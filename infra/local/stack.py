@@ -19,10 +19,22 @@ import boto3
 from pydantic import BaseModel, Field
 
 from fanout.settings import Settings
-from infra.cdk.sizing import post_rate_per_worker
+from fanout.sizing import post_rate_per_worker
+from fanout.topology import (
+    POWERTOOLS_ENVIRONMENT,
+    Ref,
+    RefKind,
+    Topology,
+    TopologyConfig,
+    env_name,
+    environment,
+    per_shard,
+    topology,
+)
 from infra.local import procs
 from infra.local.dynamodb import ROOT, DynamoDBLocal
 from infra.local.resources import (
+    QueueSet,
     connections_stream_arn,
     create_queues,
     create_tables,
@@ -35,6 +47,13 @@ STAGE = "local"
 # The local stand-in for the account's PostToConnection quota: AWS's default (10,000/s), far above
 # what the post workers of one machine reach, so the stack runs paced without being slowed.
 LOCAL_POST_RATE_BUDGET = 10_000.0
+# Functions and queues are named <prefix>-<key>, as the CDK app names them in the default stack.
+PREFIX = "fanout"
+# The queues' visibility timeout: 30 s instead of the deployed 6 x the consumer's timeout (see
+# infra.local.resources.create_queues), so that a killed local invocation's messages come back soon.
+LOCAL_VISIBILITY_TIMEOUT = 30
+# The knobs as deployed by default (fanout/topology.py): the local defaults below start from them.
+DEPLOYED = TopologyConfig()
 
 
 class StackOptions(BaseModel):
@@ -48,8 +67,13 @@ class StackOptions(BaseModel):
         gt=0,
         description="PostToConnection calls/s of the whole post stage, divided over the post workers",
     )
-    query_workers: int = Field(default=2, ge=1, le=64)
-    post_sqs_batch_size: int = Field(default=10, ge=1, le=10_000, description="post mapping's BatchSize")
+    query_workers: int = Field(default=2, ge=1, le=64, description="query function maximum concurrency")
+    post_sqs_batch_size: int = Field(
+        default=DEPLOYED.post_sqs_batch_size, ge=1, le=10_000, description="post mapping's BatchSize"
+    )
+    post_batching_window_seconds: int = Field(
+        default=DEPLOYED.post_window, ge=0, le=300, description="post mapping's MaximumBatchingWindow"
+    )
     connect_workers: int = Field(default=2, ge=1, le=64)
     post_latency_ms: float = Field(default=0.0, ge=0)
     fault_410: float = Field(default=0.0, ge=0, le=1)
@@ -57,16 +81,40 @@ class StackOptions(BaseModel):
     fault_500: float = Field(default=0.0, ge=0, le=1)
     idle_timeout_seconds: float = Field(default=600, gt=0)
     max_connection_seconds: float = Field(default=7200, gt=0)
-    reconcile_every_seconds: float = Field(default=60, gt=0)
+    # Schedules: None runs them as deployed (the topology's rate); tests set their own cadence.
+    reconcile_every_seconds: float | None = Field(default=None, gt=0)
     reconcile_quiet_seconds: float = Field(default=15, ge=0)
-    sweep_every_seconds: float = Field(default=60, gt=0)
-    sweep_after_seconds: float = Field(default=300, gt=0)
+    sweep_every_seconds: float | None = Field(default=None, gt=0)
+    sweep_after_seconds: float = Field(default=DEPLOYED.sweep_after_seconds, gt=0)
     async_retry_delay_seconds: float = Field(
         default=1.0, ge=0, description="first retry of a failed async invocation (AWS: ~1 min; then 2x)"
     )
     ddb_faults: bool = Field(default=True, description="AWS's conflict rules (infra/local/ddb_strict.py)")
     ddb_throttle_rate: float = Field(default=0.0, ge=0, le=1, description="share of DynamoDB calls throttled")
     state_dir: Path = Path(".fanout")
+
+    def topology_config(self) -> TopologyConfig:
+        """The topology knobs of this stack: the deployed ones, with this machine's concurrency.
+
+        The post and query workers are this machine's (2 cores: a few containers each, where AWS runs
+        dozens): each stage's event source mappings split them over the shards as the CDK app's sizing
+        splits its workers, so MaximumConcurrency means the same here and there.
+        """
+        return TopologyConfig(
+            partitions=self.partitions,
+            shards=self.shards,
+            post_batch_size=self.post_batch_size,
+            post_concurrency=self.post_concurrency,
+            post_sqs_batch_size=self.post_sqs_batch_size,
+            post_batching_window_seconds=self.post_batching_window_seconds,
+            post_rate_budget=self.post_rate_budget,
+            post_max_concurrency=per_shard(self.post_workers, self.shards),
+            query_max_concurrency=per_shard(self.query_workers, self.shards),
+            sweep_after_seconds=self.sweep_after_seconds,
+        )
+
+    def topology(self) -> Topology:
+        return topology(self.topology_config())
 
 
 class LocalStack:
@@ -157,10 +205,10 @@ class LocalStack:
         create_tables(dynamodb, settings)
         stream_arn = connections_stream_arn(dynamodb, settings)
         sqs = local_client("sqs", sqs_url)
-        queues = create_queues(sqs, shards=o.shards, visibility_timeout=30)
-        swarm_failures = sqs.create_queue(
-            QueueName="fanout-swarm-failures", Attributes={"MessageRetentionPeriod": "1209600"}
-        )["QueueUrl"]
+        queues = create_queues(
+            sqs, shards=o.shards, prefix=PREFIX, visibility_timeout=LOCAL_VISIBILITY_TIMEOUT
+        )
+        swarm_failures = queues.swarm_failure_queue_url
 
         env = {
             "AWS_ACCESS_KEY_ID": "local",
@@ -174,29 +222,19 @@ class LocalStack:
             # botocore names it after the service id "Secrets Manager", space as underscore
             "AWS_ENDPOINT_URL_SECRETS_MANAGER": secrets_url,
             "LAMBDA_TASK_ROOT": str(ROOT),
-            "POWERTOOLS_SERVICE_NAME": "fanout",
-            "POWERTOOLS_METRICS_NAMESPACE": "Fanout",
-            "POWERTOOLS_LOG_LEVEL": "INFO",
-            **settings.resource_environment(),
-            "FANOUT_PARTITION_COUNT": str(o.partitions),
-            "FANOUT_SHARD_COUNT": str(o.shards),
-            "FANOUT_POST_BATCH_SIZE": str(o.post_batch_size),
-            "FANOUT_POST_CONCURRENCY": str(o.post_concurrency),
-            "FANOUT_POST_RATE_PER_WORKER": str(post_rate_per_worker(o.post_rate_budget, o.post_workers)),
-            "FANOUT_PARTITION_QUEUE_URLS": json.dumps(queues.partition_queue_urls),
-            "FANOUT_POST_QUEUE_URLS": json.dumps(queues.post_queue_urls),
-            "FANOUT_POST_DEAD_LETTER_QUEUE_URLS": json.dumps(queues.dead_letter_queue_urls[o.shards :]),
-            "FANOUT_CONNECTIONS_ENDPOINT": connections_url,
-            "FANOUT_TOKEN_SECRET_ARN": token_secret_arn,
-            "FANOUT_REGION": REGION,
-            "FANOUT_RECONCILE_QUIET_SECONDS": str(o.reconcile_quiet_seconds),
-            "FANOUT_SWEEP_AFTER_SECONDS": str(o.sweep_after_seconds),
+            **function_environment(
+                o,
+                settings,
+                queues,
+                connections_endpoint=connections_url,
+                token_secret_arn=token_secret_arn,
+            ),
         }
         runtime_cfg = self.state_dir / "runtime.json"
         runtime_cfg.write_text(
             json.dumps(runtime_config(env, queues, stream_arn, o, sqs, swarm_failures), indent=2)
         )
-        self.log(f"starting the Lambda runtime ({len(FUNCTIONS)} functions)")
+        self.log(f"starting the Lambda runtime ({len(o.topology().functions)} functions)")
         self._spawn(
             "runtime",
             [
@@ -247,7 +285,7 @@ class LocalStack:
             "postQueueUrls": queues.post_queue_urls,
             "deadLetterQueueUrls": queues.dead_letter_queue_urls,
             "swarmFailureQueueUrl": swarm_failures,
-            "settings": {k: v for k, v in env.items() if k.startswith("FANOUT_")},
+            "settings": {k: v for k, v in env.items() if k.startswith(SETTINGS_PREFIX)},
             "pids": {name: proc.pid for name, proc in self.children}
             | {"dynamodb": self.ddb.proc.pid if self.ddb.proc else None},
         }
@@ -308,30 +346,65 @@ def local_client(service: str, endpoint: str) -> Any:
     )
 
 
-FUNCTIONS = {
-    "fanout-authorizer": "handlers.authorizer.handler",
-    "fanout-connect": "handlers.connect.handler",
-    "fanout-disconnect": "handlers.disconnect.handler",
-    "fanout-default": "handlers.default.handler",
-    "fanout-partition-counter": "handlers.partition_counter.handler",
-    "fanout-reconciler": "handlers.reconciler.handler",
-    "fanout-operator-api": "handlers.operator_api.handler",
-    "fanout-swarm": "handlers.swarm.handler",
-    "fanout-query": "handlers.query.handler",
-    "fanout-post": "handlers.post.handler",
-    "fanout-sweeper": "handlers.sweeper.handler",
-}
+SETTINGS_PREFIX = str(Settings.model_config.get("env_prefix", ""))
+# name -> handler of every function (what the gateway and the tests look functions up by)
+FUNCTIONS = {f.name(PREFIX): f.handler for f in topology().functions}
 
 
-# (function, timeout seconds, concurrency option or fixed count)
-def _concurrency(name: str, o: StackOptions) -> int:
+def function_environment(
+    o: StackOptions,
+    settings: Settings,
+    queues: QueueSet,
+    *,
+    connections_endpoint: str,
+    token_secret_arn: str,
+) -> dict[str, str]:
+    """The functions' settings as environment variables, from the topology, resolved locally.
+
+    One environment for every function of the runtime: the union of what each function gets in AWS
+    (a setting has one value for every function that reads it), then the local-only values.
+    """
+
+    system = o.topology()
+
+    def resolve(ref: Ref) -> str:
+        if ref.kind is RefKind.TABLE_NAME:
+            return str(getattr(settings, system.table(ref.key).setting))
+        if ref.kind is RefKind.QUEUE_URLS:
+            return json.dumps(queues.stage(ref.key))
+        if ref.kind is RefKind.DEAD_LETTER_QUEUE_URLS:
+            return json.dumps(queues.dead_letters(ref.key))
+        if ref.kind is RefKind.FUNCTION_NAME:
+            # no alias locally: the runtime's one version is warm (provisioned) already
+            return system.function(ref.key).name(PREFIX)
+        if ref.kind is RefKind.TOKEN_SECRET_ARN:
+            return token_secret_arn
+        return connections_endpoint
+
+    env: dict[str, str] = dict(POWERTOOLS_ENVIRONMENT)
+    owner: dict[str, str] = {}
+    for fn in system.functions:
+        for name, value in environment(fn.settings, resolve).items():
+            if env.get(name, value) != value:
+                raise ValueError(f"{name} differs between {owner[name]} and {fn.key}: one environment cannot")
+            env[name], owner[name] = value, fn.key
+    # The pacing divides the budget over the post workers that really run: this machine's, fewer
+    # than the event source mappings' MaximumConcurrency x shards (the floor of 2 per mapping).
+    env[env_name("post_rate_per_worker")] = str(post_rate_per_worker(o.post_rate_budget, o.post_workers))
+    env[env_name("region")] = REGION
+    env[env_name("reconcile_quiet_seconds")] = str(o.reconcile_quiet_seconds)
+    return env
+
+
+def _concurrency(key: str, o: StackOptions) -> int:
+    """Containers of a function on this machine: its reserved and, all warm, provisioned concurrency."""
     return {
-        "fanout-authorizer": o.connect_workers,
-        "fanout-connect": o.connect_workers,
-        "fanout-disconnect": o.connect_workers,
-        "fanout-query": o.query_workers,
-        "fanout-post": o.post_workers,
-    }.get(name, 1)
+        "authorizer": o.connect_workers,
+        "connect": o.connect_workers,
+        "disconnect": o.connect_workers,
+        "query": o.query_workers,
+        "post": o.post_workers,
+    }.get(key, 1)
 
 
 def runtime_config(
@@ -339,10 +412,14 @@ def runtime_config(
     queues: Any,
     stream_arn: str,
     o: StackOptions,
-    sqs: Any,
+    sqs: Any = None,
     swarm_failures: str | None = None,
 ) -> dict[str, Any]:
-    """The Lambda runtime's configuration: the same functions and triggers as the CDK app."""
+    """The Lambda runtime's configuration: the topology's functions and triggers.
+
+    Without ``sqs`` the queues' ARNs are left to the runtime (GetQueueAttributes at start), so the
+    configuration can be built, and compared with the CDK app's, without a running stack.
+    """
     from infra.local.runtime_config import (
         DynamoDBStreamMapping,
         FunctionConfig,
@@ -351,68 +428,82 @@ def runtime_config(
         SqsMapping,
     )
 
-    timeouts = {
-        "fanout-query": 60.0,
-        "fanout-post": 60.0,
-        "fanout-swarm": 120.0,
-        "fanout-reconciler": 120.0,
-        "fanout-sweeper": 55.0,
-    }
-    functions = [
-        FunctionConfig(
-            name=name,
-            handler=handler,
-            timeout=timeouts.get(name, 10.0),
-            memory_size=1024,
-            reserved_concurrency=_concurrency(name, o),
-            provisioned_concurrency=_concurrency(name, o),
-            on_failure_queue_url=swarm_failures if name == "fanout-swarm" else None,
+    system = o.topology()
+    swarm_failures = swarm_failures or getattr(queues, "swarm_failure_queue_url", None)
+    functions = []
+    for f in system.functions:
+        retries = {}
+        if f.async_invoke is not None:
+            retries = {
+                "maximum_retry_attempts": f.async_invoke.retry_attempts,
+                "maximum_event_age": f.async_invoke.maximum_event_age_seconds,
+                "on_failure_queue_url": swarm_failures,
+            }
+        functions.append(
+            FunctionConfig(
+                name=f.name(PREFIX),
+                handler=f.handler,
+                timeout=f.timeout_seconds,
+                memory_size=f.memory_mb,
+                # this machine's containers, all started at once (no cold start in a test's timing)
+                reserved_concurrency=_concurrency(f.key, o),
+                provisioned_concurrency=_concurrency(f.key, o),
+                **retries,
+            )
         )
-        for name, handler in FUNCTIONS.items()
-    ]
 
-    def arn(url: str) -> str:
+    def arn(url: str) -> str | None:
+        if sqs is None:
+            return None
         return str(
             sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
         )
 
     mappings = [
         SqsMapping(
-            function=function,
+            function=f.name(PREFIX),
             queue_url=url,
             queue_arn=arn(url),
-            batch_size=batch_size,
-            maximum_concurrency=max(2, workers),
-            report_batch_item_failures=True,
+            batch_size=f.sqs.batch_size,
+            maximum_batching_window=f.sqs.maximum_batching_window_seconds,
+            maximum_concurrency=f.sqs.maximum_concurrency,
+            report_batch_item_failures=f.sqs.report_batch_item_failures,
+            # short polls: a stopping runtime does not wait out a 20 s ReceiveMessage
             wait_time_seconds=1,
         )
-        for function, urls, workers, batch_size in (
-            ("fanout-query", queues.partition_queue_urls, o.query_workers, 10),
-            ("fanout-post", queues.post_queue_urls, o.post_workers, o.post_sqs_batch_size),
-        )
-        for url in urls
+        for f in system.functions
+        if f.sqs is not None and queues is not None
+        for url in queues.stage(f.sqs.stage)
     ]
-    stream = DynamoDBStreamMapping(
-        function="fanout-partition-counter",
-        stream_arn=stream_arn,
-        batch_size=1000,
-        starting_position="TRIM_HORIZON",
-        maximum_batching_window=0.1,
-        maximum_retry_attempts=10,
-        bisect_batch_on_function_error=True,
-        report_batch_item_failures=True,
-        poll_interval=0.1,
-    )
+    streams = [
+        DynamoDBStreamMapping(
+            function=f.name(PREFIX),
+            stream_arn=stream_arn,
+            batch_size=f.stream.batch_size,
+            starting_position=f.stream.starting_position,
+            maximum_batching_window=f.stream.maximum_batching_window_seconds,
+            maximum_retry_attempts=f.stream.retry_attempts,
+            bisect_batch_on_function_error=f.stream.bisect_batch_on_error,
+            report_batch_item_failures=f.stream.report_batch_item_failures,
+            poll_interval=0.1,
+        )
+        for f in system.functions
+        if f.stream is not None
+    ]
+    rates = {"reconcile": o.reconcile_every_seconds, "sweep": o.sweep_every_seconds}
     schedules = [
         ScheduleConfig(
-            function="fanout-reconciler", rate_seconds=o.reconcile_every_seconds, name="reconcile"
-        ),
-        ScheduleConfig(function="fanout-sweeper", rate_seconds=o.sweep_every_seconds, name="sweep"),
+            function=f.name(PREFIX),
+            rate_seconds=rates.get(f.schedule.name) or f.schedule.rate_seconds,
+            name=f.schedule.name,
+        )
+        for f in system.functions
+        if f.schedule is not None
     ]
     config = RuntimeConfig(
         functions=functions,
         sqs_mappings=mappings,
-        dynamodb_stream_mappings=[stream],
+        dynamodb_stream_mappings=streams,
         schedules=schedules,
         async_retry_delay=o.async_retry_delay_seconds,
         environment=env,

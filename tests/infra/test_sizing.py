@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from fanout.plan import DEFAULT_POST_RATE_SHARE
+from fanout.topology import topology
 from infra.cdk.config import FanoutConfig
 from infra.cdk.sizing import post_concurrency_plan, visibility_timeout_seconds
 
@@ -101,13 +102,15 @@ def test_post_budget_is_a_share_of_the_account_quota_unless_given() -> None:
             FanoutConfig.from_context(Context(bad))
 
 
-def test_reserved_concurrency_is_opt_in() -> None:
-    from infra.cdk.constructs.functions import reserved_concurrency
+def _reserved(config: FanoutConfig) -> dict[str, int]:
+    return {f.key: f.reserved_concurrency for f in topology(config).functions if f.reserved_concurrency}
 
+
+def test_reserved_concurrency_is_opt_in() -> None:
     assert FanoutConfig().reserve_concurrency is False
-    assert reserved_concurrency(FanoutConfig()) == {}
+    assert _reserved(FanoutConfig()) == {}
     on = FanoutConfig.from_context(Context(reserveConcurrency="true"))
-    assert reserved_concurrency(on) == {"post": on.post_plan.total_workers, "reconciler": 1, "sweeper": 1}
+    assert _reserved(on) == {"post": on.post_plan.total_workers, "reconciler": 1, "sweeper": 1}
 
 
 def test_name_prefix_follows_the_stack_unless_given() -> None:

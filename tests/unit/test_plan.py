@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 from dataclasses import replace
 
 import pytest
@@ -20,6 +21,9 @@ from fanout.plan import (
     recommend_deployment,
 )
 from fanout.tools.plan import add_parser
+from fanout.topology import TopologyConfig, topology
+
+MAX_SHARDS = TopologyConfig.model_json_schema()["properties"]["shards"]["maximum"]
 
 connections = st.integers(min_value=1, max_value=3_000_000)
 quotas = st.sampled_from([500, 1_000, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000])
@@ -178,3 +182,66 @@ def test_cli_defaults_to_the_cdk_share_and_shows_it(capsys: pytest.CaptureFixtur
     assert out["deployment"]["totalPostRate"] <= 5_000
     with pytest.raises(SystemExit):  # argparse's clear error, no traceback
         root.parse_args(["plan", "--connections", "10", "--share", "1.5"])
+
+
+def test_cli_prints_the_deploy_and_local_command_lines(capsys: pytest.CaptureFixture[str]) -> None:
+    root = argparse.ArgumentParser()
+    add_parser(root.add_subparsers(dest="command", required=True))
+    args = root.parse_args(["plan", "--connections", "300000", "--json"])
+    assert args.func(args) == 0
+    out = json.loads(capsys.readouterr().out)
+    commands, d = out["commands"], out["deployment"]
+    argv = commands["cdkDeploy"]
+    assert argv[:2] == ["cdk", "deploy"] and argv[2::2] == ["-c"] * len(commands["cdkContext"])
+    assert dict(pair.split("=", 1) for pair in argv[3::2]) == commands["cdkContext"]
+    assert shlex.split(commands["cdkDeployCommand"]) == argv
+    context = commands["cdkContext"]
+    assert context["postSqsBatchSize"] == str(d["post_sqs_batch_size"])
+    assert context["postBatchingWindowSeconds"] == str(d["post_batching_window_s"])
+    assert context["postMaxConcurrency"] == str(d["post_max_concurrency_per_shard"])
+    assert context["postProvisionedConcurrency"] == str(d["postWorkers"])
+    assert context["postRateShare"] == str(DEFAULT_POST_RATE_SHARE)
+    local = commands["localUp"]
+    assert local[:3] == ["fanout", "local", "up"] and shlex.split(commands["localUpCommand"]) == local
+    assert local[local.index("--post-sqs-batch-size") + 1] == str(d["post_sqs_batch_size"])
+    # the text shows the same two lines
+    args = root.parse_args(["plan", "--connections", "300000"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert commands["cdkDeployCommand"] in text and commands["localUpCommand"] in text
+
+
+def test_without_provisioned_concurrency_the_command_sets_none() -> None:
+    result = plan(300_000, 10_000, share=0.8, provisioned=False)
+    context = result.topology_config().context()
+    assert not any(k.endswith("ProvisionedConcurrency") for k in context)
+
+
+@settings(max_examples=100, deadline=None)
+@given(n=connections, r=quotas, provisioned=st.booleans())
+def test_every_recommended_setting_is_a_deploy_time_knob(n: int, r: int, provisioned: bool) -> None:
+    """The plan's knobs build a topology with exactly the plan's post fleet and mappings."""
+    result = plan(n, r, share=0.8, provisioned=provisioned)
+    d = result.deployment
+    if d.shards > MAX_SHARDS:  # a budget of ~100,000/s and more: beyond what the stack deploys
+        with pytest.raises(ValueError, match="shards"):
+            result.topology_config()
+        return
+    system = topology(result.topology_config())
+    post, query = system.function("post"), system.function("query")
+    assert post.sqs is not None and query.sqs is not None
+    assert (post.sqs.batch_size, post.sqs.maximum_batching_window_seconds, post.sqs.maximum_concurrency) == (
+        d.post_sqs_batch_size,
+        d.post_batching_window_s,
+        d.post_max_concurrency_per_shard,
+    )
+    assert (query.sqs.batch_size, query.sqs.maximum_concurrency) == (
+        d.query_sqs_batch_size,
+        d.query_max_concurrency_per_shard,
+    )
+    assert len(system.stage("post").shards) == d.shards
+    assert float(post.settings["post_rate_per_worker"]) == d.post_rate_per_worker  # type: ignore[arg-type]
+    assert post.settings["post_concurrency"] == str(d.post_concurrency)
+    assert post.provisioned_concurrency == (d.post_workers if provisioned else 0)
+    assert query.provisioned_concurrency == (d.query_workers if provisioned else 0)
+    assert system.function("swarm").provisioned_concurrency == (1 if provisioned else 0)

@@ -131,13 +131,13 @@ def test_cdk_defaults_are_what_the_model_assumes() -> None:
     from fanout.adapters.sqs import SQS_BATCH
     from fanout.pricing import SQS_BATCH as MODEL_SQS_BATCH
     from fanout.settings import Settings
+    from fanout.topology import topology
     from handlers.authorizer import SECRET_MAX_AGE_SECONDS
     from infra.cdk.config import FanoutConfig
-    from infra.cdk.constructs.functions import SPECS
 
-    memory = MemorySizes()
-    for spec in SPECS:
-        assert getattr(memory, spec.key.replace("-", "_")) == spec.memory, spec.key
+    memory, deployed = MemorySizes(), MemorySizes.from_topology()
+    assert memory == deployed
+    assert {f.key.replace("-", "_") for f in topology().functions} | {"naive"} == set(vars(memory))
     f, config, settings_ = Footprint(), FanoutConfig(), Settings()
     assert (f.stream_batch_size, f.stream_parallelization) == (
         config.stream_batch_size,

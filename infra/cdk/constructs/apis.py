@@ -69,7 +69,7 @@ class WebSocketApi(Construct):
         id: str,
         *,
         config: FanoutConfig,
-        functions: dict[str, lambda_.Function],
+        functions: dict[str, lambda_.IFunction],
         access_logs: logs.ILogGroup,
     ) -> None:
         super().__init__(scope, id)
@@ -137,7 +137,7 @@ class OperatorApi(Construct):
         id: str,
         *,
         config: FanoutConfig,
-        handler: lambda_.Function,
+        handler: lambda_.IFunction,
         access_logs: logs.ILogGroup,
     ) -> None:
         super().__init__(scope, id)

@@ -1,4 +1,4 @@
-"""The functions of docs/architecture.md, each with its own role, log group and event source.
+"""The topology's functions (fanout/topology.py), each with its own role, log group and triggers.
 
 Roles start empty (no AWS managed policy): each gets write access to its own log group, X-Ray
 (``Tracing.ACTIVE``) and then exactly the statements its stage needs, added here and in stack.py.
@@ -7,7 +7,7 @@ Roles start empty (no AWS managed policy): each gets write access to its own log
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from collections.abc import Callable
 
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_events as events
@@ -20,60 +20,40 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from fanout.topology import ALIAS_NAME, POWERTOOLS_ENVIRONMENT, Ref, RefKind, Topology, environment
+from fanout.topology import Function as TopologyFunction
 from infra.cdk import bundling
 from infra.cdk.config import FanoutConfig, RemovalMode
 from infra.cdk.constructs.queues import Queues
-from infra.cdk.constructs.tables import BROADCASTS_PENDING_INDEX, CONNECTIONS_INDEX, Tables
+from infra.cdk.constructs.tables import Tables
 from infra.cdk.nag import acknowledge
 
 
-@dataclass(frozen=True)
-class Spec:
-    key: str  # <prefix>-<key> is the function name; handlers.<module>.handler the handler
-    module: str
-    memory: int
-    timeout: Duration
-    description: str
-    env: dict[str, str] = field(default_factory=dict)
-
-
-# Timeouts of the queue consumers set their queues' visibility timeouts (sizing.py).
-QUERY_TIMEOUT = Duration.seconds(60)
-POST_TIMEOUT = Duration.seconds(60)
-# Lambda's asynchronous invocation of the swarm: its two retries, and the longest an event may wait.
-SWARM_ASYNC_RETRIES = 2
-SWARM_MAX_EVENT_AGE = Duration.hours(6)
-
-SPECS = [
-    Spec("authorizer", "authorizer", 512, Duration.seconds(10), "WebSocket $connect REQUEST authorizer"),
-    Spec("connect", "connect", 512, Duration.seconds(10), "$connect: place the connection in a partition"),
-    Spec("disconnect", "disconnect", 256, Duration.seconds(10), "$disconnect: delete the connection row"),
-    Spec("default", "default", 256, Duration.seconds(10), "$default: ping/pong and errors (two-way)"),
-    Spec("partition-counter", "partition_counter", 512, Duration.seconds(60), "stream: partition counts"),
-    Spec("reconciler", "reconciler", 512, Duration.seconds(55), "every minute: recount partitions, skew"),
-    Spec("operator-api", "operator_api", 512, Duration.seconds(15), "operator HTTP API (IAM)"),
-    Spec("swarm", "swarm", 1024, Duration.seconds(300), "one task per non-empty partition"),
-    Spec("query", "query", 1024, QUERY_TIMEOUT, "partition task -> post batches"),
-    # 1,769 MB is one full vCPU: the post stage is CPU-bound on request signing (FACTS.md).
-    Spec("post", "post", 1769, POST_TIMEOUT, "post batch -> PostToConnection"),
-    Spec("sweeper", "sweeper", 256, Duration.seconds(55), "every minute: re-drive lost swarm events"),
-]
-
-
 class Functions(Construct):
+    """Every function of the topology, its alias when it has provisioned concurrency, and its triggers.
+
+    ``by_key`` holds the functions; ``targets`` what their callers and triggers invoke: the ``live``
+    alias of a function with provisioned concurrency (Lambda provisions a version, never $LATEST),
+    else the function itself.
+    """
+
     def __init__(
         self,
         scope: Construct,
         id: str,
         *,
         config: FanoutConfig,
+        topology: Topology,
         tables: Tables,
         queues: Queues,
         token_secret: secretsmanager.ISecret,
     ) -> None:
         super().__init__(scope, id)
         self.config = config
+        self.topology = topology
         self.tables = tables
+        self.queues = queues
+        self.token_secret = token_secret
         code = bundling.function_code()
         self.dependencies = lambda_.LayerVersion(
             self,
@@ -83,65 +63,57 @@ class Functions(Construct):
             compatible_architectures=[bundling.ARCHITECTURE],
             description="fanout runtime dependencies (pyproject.toml), Powertools included",
         )
-        plan = config.post_plan
-        common = {
-            "POWERTOOLS_SERVICE_NAME": "fanout",
-            "POWERTOOLS_METRICS_NAMESPACE": "Fanout",
-            "POWERTOOLS_LOG_LEVEL": "INFO",
-            "FANOUT_CONNECTIONS_TABLE": tables.connections.table_name,
-            "FANOUT_CONNECTIONS_INDEX": CONNECTIONS_INDEX,
-            "FANOUT_PARTITIONS_TABLE": tables.partitions.table_name,
-            "FANOUT_BROADCASTS_TABLE": tables.broadcasts.table_name,
-            "FANOUT_BROADCASTS_PENDING_INDEX": BROADCASTS_PENDING_INDEX,
-            "FANOUT_IDEMPOTENCY_TABLE": tables.idempotency.table_name,
-            "FANOUT_PARTITION_COUNT": str(config.partitions),
-            "FANOUT_SHARD_COUNT": str(config.shards),
-            "FANOUT_POST_BATCH_SIZE": str(config.post_batch_size),
-        }
-        partition_urls = json.dumps([s.queue.queue_url for s in queues.partition_shards])
-        post_urls = json.dumps([s.queue.queue_url for s in queues.post_shards])
-        extra: dict[str, dict[str, str]] = {
-            "authorizer": {"FANOUT_TOKEN_SECRET_ARN": token_secret.secret_arn},
-            "swarm": {"FANOUT_PARTITION_QUEUE_URLS": partition_urls},
-            "query": {"FANOUT_POST_QUEUE_URLS": post_urls},
-            "post": {
-                "FANOUT_POST_QUEUE_URLS": post_urls,
-                "FANOUT_POST_DEAD_LETTER_QUEUE_URLS": json.dumps(
-                    [s.dlq.queue_url for s in queues.post_shards]
-                ),
-                "FANOUT_POST_CONCURRENCY": str(config.post_concurrency),
-                "FANOUT_POST_RATE_PER_WORKER": str(plan.rate_per_worker),
-            },
-            "sweeper": {
-                "FANOUT_SWEEP_AFTER_SECONDS": str(config.sweep_after_seconds),
-                "FANOUT_SWEEP_ATTEMPTS": str(config.sweep_attempts),
-            },
-        }
-        self.reserved: dict[str, int] = reserved_concurrency(config)
         self.by_key: dict[str, lambda_.Function] = {}
+        self.targets: dict[str, lambda_.IFunction] = {}
         self.roles: dict[str, iam.Role] = {}
-        for spec in SPECS:
-            self.by_key[spec.key] = self._function(
-                spec, code, {**common, **extra.get(spec.key, {})}, self.reserved.get(spec.key)
-            )
-        swarm = self.by_key["swarm"]
-        for key in ("operator-api", "sweeper"):
-            self.by_key[key].add_environment("FANOUT_SWARM_FUNCTION_NAME", swarm.function_name)
-        # Lambda retries a failed asynchronous invocation twice, then drops the event unless it has
-        # somewhere to go; the sweeper re-drives the broadcast, and this queue keeps the evidence.
-        swarm.configure_async_invoke(
-            on_failure=destinations.SqsDestination(queues.swarm_failures),
-            retry_attempts=SWARM_ASYNC_RETRIES,
-            max_event_age=SWARM_MAX_EVENT_AGE,
-        )
+        for spec in topology.functions:
+            env = {**POWERTOOLS_ENVIRONMENT, **environment(spec.settings, self._resolve)}
+            self.by_key[spec.key] = fn = self._function(spec, code, env)
+            self.targets[spec.key] = self._alias(spec, fn) if spec.provisioned_concurrency else fn
+        # settings that name another function: known once every function exists
+        self._add_deferred({RefKind.FUNCTION_NAME}, self._function_ref)
+        for spec in topology.functions:
+            if spec.async_invoke is not None:
+                failures = self.queues.by_key[spec.async_invoke.on_failure_queue]
+                self.targets[spec.key].configure_async_invoke(
+                    on_failure=destinations.SqsDestination(failures),
+                    retry_attempts=spec.async_invoke.retry_attempts,
+                    max_event_age=Duration.seconds(spec.async_invoke.maximum_event_age_seconds),
+                )
 
         self._grant(tables, queues, token_secret)
         self._wire_events(queues)
 
+    # -- settings ------------------------------------------------------------------------------
+    def _resolve(self, ref: Ref) -> str | None:
+        """A setting's resource, or None while it does not exist yet (functions, the API)."""
+        if ref.kind is RefKind.TABLE_NAME:
+            return self.tables.by_key[ref.key].table_name
+        if ref.kind is RefKind.QUEUE_URLS:
+            return json.dumps([s.queue.queue_url for s in self.queues.stages[ref.key]])
+        if ref.kind is RefKind.DEAD_LETTER_QUEUE_URLS:
+            return json.dumps([s.dlq.queue_url for s in self.queues.stages[ref.key]])
+        if ref.kind is RefKind.TOKEN_SECRET_ARN:
+            return self.token_secret.secret_arn
+        return None
+
+    def _function_ref(self, ref: Ref) -> str | None:
+        target = self.targets[ref.key]
+        # an alias is invoked by its ARN (its name alone would invoke $LATEST)
+        return target.function_name if target is self.by_key[ref.key] else target.function_arn
+
+    def _add_deferred(self, kinds: set[RefKind], resolve: Callable[[Ref], str | None]) -> None:
+        for spec in self.topology.functions:
+            refs = {k: v for k, v in spec.settings.items() if isinstance(v, Ref) and v.kind in kinds}
+            for name, value in environment(refs, resolve).items():
+                self.by_key[spec.key].add_environment(name, value)
+
+    def set_connections_endpoint(self, url: str) -> None:
+        """The WebSocket API's @connections base, for the functions whose settings name it."""
+        self._add_deferred({RefKind.CONNECTIONS_ENDPOINT}, lambda _ref: url)
+
     # -- functions -----------------------------------------------------------------------------
-    def _function(
-        self, spec: Spec, code: lambda_.Code, env: dict[str, str], reserved: int | None
-    ) -> lambda_.Function:
+    def _function(self, spec: TopologyFunction, code: lambda_.Code, env: dict[str, str]) -> lambda_.Function:
         name = self.config.name(spec.key)
         # No log_group_name: a retained group with a fixed name would make a deploy after `cdk destroy`
         # fail with "already exists"; the function writes to this group whatever its name.
@@ -176,15 +148,18 @@ class Functions(Construct):
             handler=f"handlers.{spec.module}.handler",
             runtime=bundling.RUNTIME,
             architecture=bundling.ARCHITECTURE,
-            memory_size=spec.memory,
-            timeout=spec.timeout,
+            memory_size=spec.memory_mb,
+            timeout=Duration.seconds(spec.timeout_seconds),
             layers=[self.dependencies],
             environment=env,
             role=role,
             log_group=log_group,
             logging_format=lambda_.LoggingFormat.JSON,
             tracing=lambda_.Tracing.ACTIVE,
-            reserved_concurrent_executions=reserved,
+            reserved_concurrent_executions=spec.reserved_concurrency,
+            # Versions exist for the alias only: an old one goes once the alias has moved on (kept,
+            # they would pile up against the account's code storage quota).
+            current_version_options=lambda_.VersionOptions(removal_policy=RemovalPolicy.DESTROY),
         )
         acknowledge(
             fn,
@@ -201,6 +176,16 @@ class Functions(Construct):
         )
         self.roles[spec.key] = role
         return fn
+
+    def _alias(self, spec: TopologyFunction, fn: lambda_.Function) -> lambda_.Alias:
+        return lambda_.Alias(
+            self,
+            f"{spec.key}-alias",
+            alias_name=ALIAS_NAME,
+            version=fn.current_version,
+            provisioned_concurrent_executions=spec.provisioned_concurrency,
+            description=f"{fn.function_name}'s provisioned concurrency; its triggers invoke it",
+        )
 
     # -- permissions ---------------------------------------------------------------------------
     def _allow(self, key: str, actions: list[str], resources: list[str]) -> None:
@@ -245,10 +230,10 @@ class Functions(Construct):
             ],
             [idem],
         )
-        self._allow("operator-api", ["lambda:InvokeFunction"], [self.by_key["swarm"].function_arn])
+        self._allow("operator-api", ["lambda:InvokeFunction"], [self.targets["swarm"].function_arn])
         self._allow("sweeper", ["dynamodb:Query"], [t.broadcasts_pending_index_arn])
         self._allow("sweeper", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
-        self._allow("sweeper", ["lambda:InvokeFunction"], [self.by_key["swarm"].function_arn])
+        self._allow("sweeper", ["lambda:InvokeFunction"], [self.targets["swarm"].function_arn])
         self._allow("sweeper", read_counts, [idem])
         self._allow("swarm", read_counts, [idem])
         self._allow("swarm", ["dynamodb:Scan", "dynamodb:GetItem"], [parts])
@@ -276,76 +261,61 @@ class Functions(Construct):
 
     # -- triggers ------------------------------------------------------------------------------
     def _wire_events(self, q: Queues) -> None:
-        c = self.config
-        window = Duration.seconds(c.sqs_batching_window_seconds) if c.sqs_batching_window_seconds else None
-        for shard in q.partition_shards:
-            self.by_key["query"].add_event_source(
-                sources.SqsEventSource(
-                    shard.queue,
-                    batch_size=c.query_sqs_batch_size,
-                    max_batching_window=window,
-                    report_batch_item_failures=True,
-                    max_concurrency=c.query_max_concurrency,
+        for spec in self.topology.functions:
+            target = self.targets[spec.key]
+            if spec.sqs is not None:
+                t = spec.sqs
+                window = t.maximum_batching_window_seconds
+                for shard in q.stages[t.stage]:
+                    target.add_event_source(
+                        sources.SqsEventSource(
+                            shard.queue,
+                            batch_size=t.batch_size,
+                            max_batching_window=Duration.seconds(window) if window else None,
+                            report_batch_item_failures=t.report_batch_item_failures,
+                            max_concurrency=t.maximum_concurrency,
+                        )
+                    )
+            if spec.stream is not None:
+                self._stream(spec, target)
+            if spec.schedule is not None:
+                rule = events.Rule(
+                    self,
+                    _RULE_IDS.get(spec.schedule.name, spec.schedule.name),
+                    rule_name=self.config.name(spec.schedule.name),
+                    description=spec.schedule.description,
+                    schedule=events.Schedule.rate(Duration.seconds(spec.schedule.rate_seconds)),
                 )
-            )
-        for shard in q.post_shards:
-            self.by_key["post"].add_event_source(
-                sources.SqsEventSource(
-                    shard.queue,
-                    batch_size=c.post_sqs_batch_size,
-                    max_batching_window=window,
-                    report_batch_item_failures=True,
-                    max_concurrency=c.post_plan.max_concurrency_per_shard,
-                )
-            )
-        self.by_key["partition-counter"].add_event_source(
+                rule.add_target(targets.LambdaFunction(target, retry_attempts=spec.schedule.retry_attempts))
+
+    def _stream(self, spec: TopologyFunction, target: lambda_.IFunction) -> None:
+        s = spec.stream
+        assert s is not None
+        target.add_event_source(
             sources.DynamoEventSource(
-                self.tables.connections,
-                starting_position=lambda_.StartingPosition.TRIM_HORIZON,
-                batch_size=c.stream_batch_size,
-                max_batching_window=Duration.seconds(1),
-                bisect_batch_on_error=True,
-                retry_attempts=10,
-                max_record_age=Duration.hours(6),
-                parallelization_factor=c.stream_parallelization,
-                report_batch_item_failures=True,
-                on_failure=sources.SqsDlq(q.stream_failures),
+                self.tables.by_key[s.table],
+                starting_position=lambda_.StartingPosition(s.starting_position),
+                batch_size=s.batch_size,
+                max_batching_window=Duration.seconds(s.maximum_batching_window_seconds),
+                bisect_batch_on_error=s.bisect_batch_on_error,
+                retry_attempts=s.retry_attempts,
+                max_record_age=Duration.seconds(s.maximum_record_age_seconds),
+                parallelization_factor=s.parallelization_factor,
+                report_batch_item_failures=s.report_batch_item_failures,
+                on_failure=sources.SqsDlq(self.queues.by_key[s.on_failure_queue]),
             )
         )
         acknowledge(
-            self.roles["partition-counter"],
+            self.roles[spec.key],
             "AwsSolutions-IAM5[Resource::*]",
             "dynamodb:ListStreams (added by the stream event source) and X-Ray accept only '*' "
             "resources; GetRecords/GetShardIterator/DescribeStream are scoped to the table's stream.",
         )
-        rule = events.Rule(
-            self,
-            "ReconcileEveryMinute",
-            rule_name=c.name("reconcile"),
-            description="run the partition reconciler every minute",
-            schedule=events.Schedule.rate(Duration.minutes(1)),
-        )
-        rule.add_target(targets.LambdaFunction(self.by_key["reconciler"], retry_attempts=0))
-        sweep = events.Rule(
-            self,
-            "SweepEveryMinute",
-            rule_name=c.name("sweep"),
-            description="run the broadcast sweeper every minute",
-            schedule=events.Schedule.rate(Duration.minutes(1)),
-        )
-        sweep.add_target(targets.LambdaFunction(self.by_key["sweeper"], retry_attempts=0))
 
     @property
     def all(self) -> list[lambda_.Function]:
         return list(self.by_key.values())
 
 
-def reserved_concurrency(config: FanoutConfig) -> dict[str, int]:
-    """Reserved concurrency per function key: none unless ``reserveConcurrency`` is on.
-
-    With it, the post fleet keeps its workers and the scheduled reconciler and sweeper never run twice
-    at once; the account then needs sum(reservations) + 100 concurrency (AWS keeps 100 unreserved).
-    """
-    if not config.reserve_concurrency:
-        return {}
-    return {"post": config.post_plan.total_workers, "reconciler": 1, "sweeper": 1}
+# The rules' construct ids as first deployed (a new id would replace the rule).
+_RULE_IDS = {"reconcile": "ReconcileEveryMinute", "sweep": "SweepEveryMinute"}

@@ -1,4 +1,5 @@
-"""Q partition-task shards and Q post shards, each with a dead-letter queue (docs/architecture.md)."""
+"""The topology's queues (fanout/topology.py): Q partition-task shards and Q post shards, each with a
+dead-letter queue, and the failure queues of the connections stream and the swarm's async invokes."""
 
 from __future__ import annotations
 
@@ -8,13 +9,9 @@ from aws_cdk import Duration
 from aws_cdk import aws_sqs as sqs
 from constructs import Construct
 
+from fanout.topology import Queue, Topology
 from infra.cdk.config import FanoutConfig
 from infra.cdk.nag import acknowledge
-from infra.cdk.sizing import visibility_timeout_seconds
-
-MAX_RECEIVE_COUNT = 5
-RETENTION = Duration.days(4)
-DLQ_RETENTION = Duration.days(14)
 
 
 @dataclass(frozen=True)
@@ -24,41 +21,23 @@ class Shard:
 
 
 class Queues(Construct):
-    def __init__(
-        self,
-        scope: Construct,
-        id: str,
-        *,
-        config: FanoutConfig,
-        query_timeout: Duration,
-        post_timeout: Duration,
-    ) -> None:
+    def __init__(self, scope: Construct, id: str, *, config: FanoutConfig, topology: Topology) -> None:
         super().__init__(scope, id)
-        window = config.sqs_batching_window_seconds
-        self.partition_shards = [
-            self._shard(
-                config, f"partition-{i}", visibility_timeout_seconds(int(query_timeout.to_seconds()), window)
-            )
-            for i in range(config.shards)
-        ]
-        self.post_shards = [
-            self._shard(
-                config, f"post-{i}", visibility_timeout_seconds(int(post_timeout.to_seconds()), window)
-            )
-            for i in range(config.shards)
-        ]
-        # Stream records the partition counter gave up on (the reconciler corrects the counts anyway).
-        self.stream_failures = self._queue(config, "partition-counter-failures", DLQ_RETENTION, None, None)
+        self.config = config
+        self.by_key: dict[str, sqs.Queue] = {}
+        self.stages: dict[str, list[Shard]] = {
+            s.stage: [self._shard(q) for q in s.shards] for s in topology.queue_stages
+        }
+        self.partition_shards = self.stages["partition"]
+        self.post_shards = self.stages["post"]
+        self.stream_failures = self._queue(topology.stream_failures)
         acknowledge(
             self.stream_failures,
             "AwsSolutions-SQS3",
             "This queue is itself a dead-letter destination: the on-failure destination of the "
             "connections stream's event source mapping (cdk-nag only recognizes SQS redrive policies).",
         )
-
-        # Asynchronous swarm invocations Lambda gave up on (after its retries or the event's maximum
-        # age): without a destination they are dropped and their broadcast stays queued.
-        self.swarm_failures = self._queue(config, "swarm-failures", DLQ_RETENTION, None, None)
+        self.swarm_failures = self._queue(topology.swarm_failures)
         acknowledge(
             self.swarm_failures,
             "AwsSolutions-SQS3",
@@ -73,28 +52,25 @@ class Queues(Construct):
             self.swarm_failures,
         ]
 
-    def _shard(self, config: FanoutConfig, suffix: str, visibility: int) -> Shard:
-        dlq = self._queue(config, f"{suffix}-dlq", DLQ_RETENTION, None, None)
-        queue = self._queue(config, suffix, RETENTION, Duration.seconds(visibility), dlq)
-        return Shard(queue=queue, dlq=dlq)
+    def _shard(self, spec: Queue) -> Shard:
+        if spec.dead_letter is None or spec.max_receive_count is None:
+            raise ValueError(f"queue shard {spec.key} has no dead-letter queue or no maxReceiveCount")
+        dlq = self._queue(spec.dead_letter)
+        return Shard(queue=self._queue(spec, dlq, spec.max_receive_count), dlq=dlq)
 
-    def _queue(
-        self,
-        config: FanoutConfig,
-        suffix: str,
-        retention: Duration,
-        visibility: Duration | None,
-        dlq: sqs.Queue | None,
-    ) -> sqs.Queue:
-        return sqs.Queue(
+    def _queue(self, spec: Queue, dlq: sqs.Queue | None = None, max_receive_count: int = 0) -> sqs.Queue:
+        visibility = spec.visibility_timeout_seconds
+        queue = sqs.Queue(
             self,
-            suffix,
-            queue_name=config.name(suffix),
+            spec.key,
+            queue_name=self.config.name(spec.key),
             encryption=sqs.QueueEncryption.SQS_MANAGED,
             enforce_ssl=True,
-            retention_period=retention,
-            visibility_timeout=visibility,
+            retention_period=Duration.seconds(spec.retention_seconds),
+            visibility_timeout=Duration.seconds(visibility) if visibility is not None else None,
             dead_letter_queue=(
-                sqs.DeadLetterQueue(queue=dlq, max_receive_count=MAX_RECEIVE_COUNT) if dlq else None
+                sqs.DeadLetterQueue(queue=dlq, max_receive_count=max_receive_count) if dlq else None
             ),
         )
+        self.by_key[spec.key] = queue
+        return queue

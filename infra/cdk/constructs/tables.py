@@ -1,4 +1,4 @@
-"""The four tables of docs/architecture.md: connections, partitions, broadcasts, idempotency."""
+"""The tables of the topology (fanout/topology.py): connections, partitions, broadcasts, idempotency."""
 
 from __future__ import annotations
 
@@ -8,56 +8,33 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as ddb
 from constructs import Construct
 
+from fanout.topology import BROADCASTS_PENDING_INDEX, CONNECTIONS_INDEX, Key, Table, Topology
 from infra.cdk.config import Billing, FanoutConfig, RemovalMode
 
-CONNECTIONS_INDEX = "byPartition"
-BROADCASTS_PENDING_INDEX = "byPending"
+__all__ = ["BROADCASTS_PENDING_INDEX", "CONNECTIONS_INDEX", "Tables"]
+
+_TYPES = {"S": ddb.AttributeType.STRING, "N": ddb.AttributeType.NUMBER}
+_PROJECTIONS = {"KEYS_ONLY": ddb.ProjectionType.KEYS_ONLY, "ALL": ddb.ProjectionType.ALL}
+_STREAMS = {"NEW_AND_OLD_IMAGES": ddb.StreamViewType.NEW_AND_OLD_IMAGES}
+
+
+def _attribute(key: Key) -> ddb.Attribute:
+    return ddb.Attribute(name=key.name, type=_TYPES[key.type])
 
 
 class Tables(Construct):
-    def __init__(self, scope: Construct, id: str, *, config: FanoutConfig) -> None:
+    def __init__(self, scope: Construct, id: str, *, config: FanoutConfig, topology: Topology) -> None:
         super().__init__(scope, id)
         self.config = config
-        self.connections = self._table(
-            "Connections",
-            ddb.Attribute(name="connectionId", type=ddb.AttributeType.STRING),
-            ttl="expiresAt",
-            stream=ddb.StreamViewType.NEW_AND_OLD_IMAGES,
-        )
-        # Keys only: the query stage needs the ids of a partition and nothing else, and a thin GSI
-        # keeps connect writes cheap (an under-provisioned GSI throttles the base table).
-        self.connections.add_global_secondary_index(
-            index_name=CONNECTIONS_INDEX,
-            partition_key=ddb.Attribute(name="partitionId", type=ddb.AttributeType.NUMBER),
-            sort_key=ddb.Attribute(name="connectionId", type=ddb.AttributeType.STRING),
-            projection_type=ddb.ProjectionType.KEYS_ONLY,
-            **self._capacity(),
-        )
-        self.partitions = self._table(
-            "Partitions", ddb.Attribute(name="partitionId", type=ddb.AttributeType.NUMBER)
-        )
-        self.broadcasts = self._table(
-            "Broadcasts", ddb.Attribute(name="broadcastId", type=ddb.AttributeType.STRING)
-        )
-        # Sparse: only broadcasts still queued or running carry `pending`, so the sweeper reads the
-        # unfinished ones, oldest first, without scanning the history. Keys only: it reads each row.
-        self.broadcasts.add_global_secondary_index(
-            index_name=BROADCASTS_PENDING_INDEX,
-            partition_key=ddb.Attribute(name="pending", type=ddb.AttributeType.STRING),
-            sort_key=ddb.Attribute(name="createdAt", type=ddb.AttributeType.NUMBER),
-            projection_type=ddb.ProjectionType.KEYS_ONLY,
-            **self._capacity(),
-        )
-        # Powertools idempotency records and the stages' delivery ledger; both expire via `expiration`.
-        self.idempotency = self._table(
-            "Idempotency",
-            ddb.Attribute(name="id", type=ddb.AttributeType.STRING),
-            ttl="expiration",
-        )
+        self.by_key: dict[str, ddb.Table] = {t.key: self._table(t) for t in topology.tables}
+        self.connections = self.by_key["connections"]
+        self.partitions = self.by_key["partitions"]
+        self.broadcasts = self.by_key["broadcasts"]
+        self.idempotency = self.by_key["idempotency"]
 
     @property
     def all(self) -> list[ddb.Table]:
-        return [self.connections, self.partitions, self.broadcasts, self.idempotency]
+        return list(self.by_key.values())
 
     @property
     def connections_index_arn(self) -> str:
@@ -72,27 +49,20 @@ class Tables(Construct):
             return {"read_capacity": self.config.read_capacity, "write_capacity": self.config.write_capacity}
         return {}
 
-    def _table(
-        self,
-        id: str,
-        key: ddb.Attribute,
-        *,
-        ttl: str | None = None,
-        stream: ddb.StreamViewType | None = None,
-    ) -> ddb.Table:
+    def _table(self, spec: Table) -> ddb.Table:
         # No table_name: a retained table outlives `cdk destroy`, and a fixed name would make the next
         # deploy fail with "already exists". CloudFormation generates one; functions get it by env.
-        return ddb.Table(
+        table = ddb.Table(
             self,
-            id,
-            partition_key=key,
+            spec.key.capitalize(),
+            partition_key=_attribute(spec.partition_key),
             billing_mode=ddb.BillingMode(self.config.billing_mode.value),
             encryption=ddb.TableEncryption.AWS_MANAGED,
             point_in_time_recovery_specification=ddb.PointInTimeRecoverySpecification(
                 point_in_time_recovery_enabled=True
             ),
-            time_to_live_attribute=ttl,
-            stream=stream,
+            time_to_live_attribute=spec.ttl_attribute,
+            stream=_STREAMS[spec.stream] if spec.stream else None,
             removal_policy=(
                 RemovalPolicy.DESTROY
                 if self.config.removal_policy is RemovalMode.DESTROY
@@ -101,3 +71,12 @@ class Tables(Construct):
             deletion_protection=self.config.removal_policy is RemovalMode.RETAIN,
             **self._capacity(),
         )
+        for index in spec.indexes:
+            table.add_global_secondary_index(
+                index_name=index.name,
+                partition_key=_attribute(index.partition_key),
+                sort_key=_attribute(index.sort_key) if index.sort_key else None,
+                projection_type=_PROJECTIONS[index.projection],
+                **self._capacity(),
+            )
+        return table
