@@ -1,13 +1,19 @@
-"""Builders of real AWS event shapes for handler tests."""
+"""Builders of real AWS event shapes for handler tests, on the shapes the local stack uses
+(infra/local/events.py), with a test caller's defaults."""
 
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import time
 import uuid
 from typing import Any
+
+from infra.local import events
+
+ACCOUNT_ID = "123456789012"
+API_ID = "api1234567"
+REGION = "us-east-1"
 
 
 def http_api_event(
@@ -28,79 +34,36 @@ def http_api_event(
     if isinstance(raw_body, bytes):
         raw_body = base64.b64encode(raw_body).decode()
         is_b64 = True
-    now = time.time()
-    ctx: dict[str, Any] = {
-        "accountId": "123456789012",
-        "apiId": "api1234567",
-        "domainName": "api1234567.execute-api.us-east-1.amazonaws.com",
-        "domainPrefix": "api1234567",
-        "http": {
-            "method": method,
-            "path": path,
-            "protocol": "HTTP/1.1",
-            "sourceIp": "203.0.113.9",
-            "userAgent": "pytest",
-        },
-        "requestId": str(uuid.uuid4()),
-        "routeKey": route_key or f"{method} {path}",
-        "stage": "$default",
-        "time": time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(now)),
-        "timeEpoch": int(now * 1000),
-    }
-    if iam:
-        ctx["authorizer"] = {
-            "iam": {
-                "accessKey": "AKIAEXAMPLE",
-                "accountId": "123456789012",
-                "callerId": "AIDAEXAMPLE",
-                "cognitoIdentity": None,
-                "principalOrgId": None,
-                "userArn": "arn:aws:iam::123456789012:user/operator",
-                "userId": "AIDAEXAMPLE",
-            }
-        }
-    event: dict[str, Any] = {
-        "version": "2.0",
-        "routeKey": ctx["routeKey"],
-        "rawPath": path,
-        "rawQueryString": "",
-        "headers": {"content-type": "application/json", **{k.lower(): v for k, v in (headers or {}).items()}},
-        "requestContext": ctx,
-        "isBase64Encoded": is_b64,
-    }
-    if raw_body is not None:
-        event["body"] = raw_body
-    if path_parameters:
-        event["pathParameters"] = path_parameters
-    return event
+    merged = {"content-type": "application/json", **{k.lower(): v for k, v in (headers or {}).items()}}
+    authorizer = (
+        events.iam_authorizer(
+            ACCOUNT_ID, access_key="AKIAEXAMPLE", user_id="AIDAEXAMPLE", user_name="operator"
+        )
+        if iam
+        else None
+    )
+    return events.http_api_event(
+        method=method,
+        raw_path=path,
+        route_key=route_key or f"{method} {path}",
+        api_id=API_ID,
+        account_id=ACCOUNT_ID,
+        domain_name=f"{API_ID}.execute-api.{REGION}.amazonaws.com",
+        source_ip="203.0.113.9",
+        user_agent="pytest",
+        now=time.time(),
+        request_id=str(uuid.uuid4()),
+        headers=merged.items(),
+        body=raw_body,
+        is_base64_encoded=is_b64,
+        path_parameters=path_parameters,
+        authorizer=authorizer,
+    )
 
 
 def sqs_event(messages: list[dict[str, Any]], queue_arn: str) -> dict[str, Any]:
     """A Lambda SQS event from ReceiveMessage results (with Attributes requested)."""
-    records = []
-    for m in messages:
-        attrs = m.get("Attributes", {})
-        records.append(
-            {
-                "messageId": m["MessageId"],
-                "receiptHandle": m["ReceiptHandle"],
-                "body": m["Body"],
-                "attributes": {
-                    "ApproximateReceiveCount": attrs.get("ApproximateReceiveCount", "1"),
-                    "SentTimestamp": attrs.get("SentTimestamp", str(int(time.time() * 1000))),
-                    "SenderId": attrs.get("SenderId", "AIDAEXAMPLE"),
-                    "ApproximateFirstReceiveTimestamp": attrs.get(
-                        "ApproximateFirstReceiveTimestamp", str(int(time.time() * 1000))
-                    ),
-                },
-                "messageAttributes": {},
-                "md5OfBody": m.get("MD5OfBody") or hashlib.md5(m["Body"].encode()).hexdigest(),
-                "eventSource": "aws:sqs",
-                "eventSourceARN": queue_arn,
-                "awsRegion": "us-east-1",
-            }
-        )
-    return {"Records": records}
+    return events.sqs_event(messages, queue_arn, REGION)
 
 
 class LambdaContextStub:

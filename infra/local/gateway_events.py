@@ -1,6 +1,8 @@
-"""Event shapes of API Gateway, built as plain dicts (no I/O): the WebSocket API's REQUEST authorizer,
-`$connect`, MESSAGE and `$disconnect` events, the HTTP API payload 2.0 event, plus the pure decisions
-around them (authorizer policy, route selection, HTTP route matching).
+"""Event shapes of the gateway emulator, built as plain dicts (no I/O): the WebSocket API's REQUEST
+authorizer, `$connect`, MESSAGE and `$disconnect` events (this module is their one source), the
+operator API's HTTP API payload 2.0 event (bound to the gateway's configuration here, built by
+`infra/local/events.py`, which the tests share), plus the pure decisions around them (authorizer
+policy, route selection, HTTP route matching).
 
 Shapes follow the API Gateway developer guide's examples and parse with Powertools'
 `APIGatewayWebSocket{Connect,Message,Disconnect}EventModel` (tests/integration/test_gateway.py).
@@ -18,6 +20,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from infra.local import events
+from infra.local.events import encode_body, iam_authorizer, request_time
 from infra.local.gateway_config import GatewayConfig
 
 JsonDict = dict[str, Any]
@@ -30,11 +34,6 @@ def new_connection_id() -> str:
 
 def _token(n: int = 12) -> str:
     return base64.b64encode(os.urandom(n)).decode()
-
-
-def request_time(epoch: float) -> str:
-    """`requestTime` format, e.g. `09/Feb/2019:18:30:07 +0000`."""
-    return time.strftime("%d/%b/%Y:%H:%M:%S +0000", time.gmtime(epoch))
 
 
 @dataclass(slots=True)
@@ -305,70 +304,32 @@ def http_api_event(
     domain_name: str,
     now: float,
 ) -> JsonDict:
-    """An HTTP API payload 2.0 event of an IAM-authorized route (the local bearer check stands in for IAM)."""
-    hdrs: dict[str, str] = {}
-    cookies: list[str] = []
-    for k, v in headers:
-        lk = k.lower()
-        if lk == "cookie":
-            cookies.extend(c.strip() for c in v.split(";") if c.strip())
-            continue
-        hdrs[lk] = f"{hdrs[lk]},{v}" if lk in hdrs else v
-    qs: dict[str, str] = {}
-    for k, v in query:
-        qs[k] = f"{qs[k]},{v}" if k in qs else v
-    account = cfg.account_id
-    ctx: JsonDict = {
-        "accountId": account,
-        "apiId": cfg.http_api_id,
-        "authorizer": {
-            "iam": {
-                "accessKey": "AKIALOCALOPERATOR000",
-                "accountId": account,
-                "callerId": "AIDALOCALOPERATOR000",
-                "cognitoIdentity": None,
-                "principalOrgId": None,
-                "userArn": f"arn:aws:iam::{account}:user/local-operator",
-                "userId": "AIDALOCALOPERATOR000",
-            }
-        },
-        "domainName": domain_name,
-        "domainPrefix": domain_name.split(".", 1)[0],
-        "http": {
-            "method": method,
-            "path": raw_path,
-            "protocol": "HTTP/1.1",
-            "sourceIp": source_ip,
-            "userAgent": hdrs.get("user-agent", ""),
-        },
-        "requestId": _token(6),
-        "routeKey": route_key,
-        "stage": "$default",
-        "time": request_time(now),
-        "timeEpoch": int(now * 1000),
-    }
-    event: JsonDict = {
-        "version": "2.0",
-        "routeKey": route_key,
-        "rawPath": raw_path,
-        "rawQueryString": raw_query,
-        "headers": hdrs,
-        "requestContext": ctx,
-        "isBase64Encoded": False,
-    }
-    if cookies:
-        event["cookies"] = cookies
-    if qs:
-        event["queryStringParameters"] = qs
-    if path_parameters:
-        event["pathParameters"] = path_parameters
-    if body:
-        try:
-            event["body"] = body.decode("utf-8")
-        except UnicodeDecodeError:
-            event["body"] = base64.b64encode(body).decode()
-            event["isBase64Encoded"] = True
-    return event
+    """The operator API's HTTP API payload 2.0 event (`infra/local/events.py` builds it) of an
+    IAM-authorized route: the local bearer check stands in for IAM, so the caller is a local IAM user."""
+    text, is_base64 = encode_body(body)
+    return events.http_api_event(
+        method=method,
+        raw_path=raw_path,
+        raw_query=raw_query,
+        route_key=route_key,
+        api_id=cfg.http_api_id,
+        account_id=cfg.account_id,
+        domain_name=domain_name,
+        source_ip=source_ip,
+        now=now,
+        request_id=_token(6),
+        headers=headers,
+        query=query,
+        body=text,
+        is_base64_encoded=is_base64,
+        path_parameters=path_parameters,
+        authorizer=iam_authorizer(
+            cfg.account_id,
+            access_key="AKIALOCALOPERATOR000",
+            user_id="AIDALOCALOPERATOR000",
+            user_name="local-operator",
+        ),
+    )
 
 
 def http_api_response(result: Any) -> tuple[int, list[tuple[str, str]], bytes]:

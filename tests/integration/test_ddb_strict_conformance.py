@@ -21,14 +21,8 @@ import pytest
 from botocore.config import Config
 from botocore.exceptions import ClientError
 
-from infra.local.ddb_strict import (
-    CONFLICT_MESSAGE,
-    PROVISIONED,
-    THROTTLING,
-    StrictConfig,
-    StrictDynamoDBThread,
-    throttle_outcomes,
-)
+from infra.local.ddb_strict import StrictConfig, StrictDynamoDBThread
+from infra.local.ddb_strict_rules import CONFLICT_MESSAGE, PROVISIONED, THROTTLING, throttle_outcomes
 
 REGION = "us-east-1"
 KEYS: dict[str, Any] = {"aws_access_key_id": "strict", "aws_secret_access_key": "strict"}

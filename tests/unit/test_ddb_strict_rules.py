@@ -5,7 +5,7 @@ The AWS page behind every rule: https://docs.aws.amazon.com/amazondynamodb/lates
 
 from __future__ import annotations
 
-from infra.local.ddb_strict import (
+from infra.local.ddb_strict_rules import (
     ItemHolds,
     Ref,
     cancellation_body,
