@@ -11,6 +11,8 @@ from typing import Any
 
 from fanout import plan as _model
 from fanout.plan import DEFAULT_POST_RATE_SHARE, TARGET_FACTOR, Costs, Deployment, Plan, plan
+from fanout.pricing import CostBreakdown
+from fanout.tools.pricing import add_cost_arguments, breakdown_from_args, costs_to_json, render_costs
 from fanout.topology import context_args, env_name
 
 model_doc = _model.__doc__
@@ -67,6 +69,7 @@ def add_parser(subparsers: Any) -> argparse.ArgumentParser:
             default=getattr(defaults, name),
             help=f"{help_} (default %(default)s)",
         )
+    add_cost_arguments(p)
     p.set_defaults(func=cmd_plan)
     return p
 
@@ -92,10 +95,11 @@ def cmd_plan(args: argparse.Namespace) -> int:
         provisioned=args.provisioned,
         share=args.share,
     )
+    bill = breakdown_from_args(args, result, costs)
     if args.json:
-        print(json.dumps(to_json(result, costs), indent=2))
+        print(json.dumps(to_json(result, costs, bill), indent=2))
     else:
-        print(render(result))
+        print(render(result, bill))
     return 0
 
 
@@ -143,8 +147,8 @@ def command_lines(result: Plan) -> dict[str, Any]:
     return out
 
 
-def to_json(result: Plan, costs: Costs) -> dict[str, Any]:
-    return {
+def to_json(result: Plan, costs: Costs, bill: CostBreakdown | None = None) -> dict[str, Any]:
+    out = {
         "deployment": asdict(result.deployment)
         | {"postWorkers": result.deployment.post_workers, "totalPostRate": result.deployment.total_post_rate},
         "prediction": asdict(result.prediction),
@@ -157,9 +161,12 @@ def to_json(result: Plan, costs: Costs) -> dict[str, Any]:
         "costs": asdict(costs),
         "commands": command_lines(result),
     }
+    if bill is not None:
+        out["cost"] = costs_to_json(bill)
+    return out
 
 
-def render(result: Plan) -> str:
+def render(result: Plan, bill: CostBreakdown | None = None) -> str:
     d, p = result.deployment, result.prediction
     others = 1 - result.share
     rows = [
@@ -249,4 +256,6 @@ def render(result: Plan) -> str:
         "run it locally (the same knobs; this machine runs the workers):",
         f"  {commands['localUpCommand']}",
     ]
+    if bill is not None:
+        out += ["", render_costs(bill)]
     return "\n".join(out)

@@ -245,3 +245,29 @@ def test_every_recommended_setting_is_a_deploy_time_knob(n: int, r: int, provisi
     assert post.provisioned_concurrency == (d.post_workers if provisioned else 0)
     assert query.provisioned_concurrency == (d.query_workers if provisioned else 0)
     assert system.function("swarm").provisioned_concurrency == (1 if provisioned else 0)
+
+
+def test_cli_prints_cost_by_service_beside_the_naive_senders(capsys: pytest.CaptureFixture[str]) -> None:
+    root = argparse.ArgumentParser()
+    add_parser(root.add_subparsers(dest="command", required=True))
+    base = ["plan", "--connections", "300000", "--broadcasts-per-day", "10", "--json"]
+    args = root.parse_args([*base, "--message-bytes", "1024"])
+    assert args.func(args) == 0
+    small = json.loads(capsys.readouterr().out)["cost"]
+    args = root.parse_args([*base, "--message-bytes", "40000"])
+    assert args.func(args) == 0
+    big = json.loads(capsys.readouterr().out)["cost"]
+    for design in ("engine", "naive", "naiveThreaded"):
+        assert {"API Gateway", "Lambda", "DynamoDB"} <= set(small[design]["byService"])
+    # one frame per connection either way: 300,000 messages of one 32 KB unit at $1 per million,
+    # and a 40,000-byte frame is metered as two units
+    assert small["engine"]["byService"]["API Gateway"]["perBroadcast"] == pytest.approx(0.30, abs=1e-5)
+    assert big["engine"]["byService"]["API Gateway"]["perBroadcast"] == pytest.approx(0.60, abs=1e-5)
+    assert (
+        small["naive"]["byService"]["API Gateway"]["perBroadcast"]
+        == small["engine"]["byService"]["API Gateway"]["perBroadcast"]
+    )
+    args = root.parse_args(["plan", "--connections", "1000"])
+    assert args.func(args) == 0
+    text = capsys.readouterr().out
+    assert "connection upkeep per day" in text and "naive" in text
