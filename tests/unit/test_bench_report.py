@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench_models import BenchResults
+from loadtest.bench_models import BenchResults, StackFailure, StackRun
 from loadtest.bench_report import goals, render, write_markdown
-from loadtest.bench_stack import stack_post_batch_size
+from loadtest.bench_stack import merge_stack, stack_post_batch_size
 
 ROUNDS = 5
 
@@ -196,3 +196,32 @@ def test_stack_runs_use_a_post_batch_above_the_largest_partition() -> None:
     # balanced partitions of ~100 connections reach ~1.1x the mean
     for size in (1_000, 10_000, 100_000, 300_000):
         assert stack_post_batch_size(size) >= 1.25 * 100
+
+
+def test_a_merged_stack_run_keeps_the_earlier_sizes_it_did_not_measure_again() -> None:
+    # Given an earlier run of 1,000 and 10,000 connections (with the naive runs) and a new run of
+    # 10,000 and 100,000 (with the ceiling)
+    earlier = results()["stack"] | {"command": "earlier", "ceiling": None}
+    earlier["scale"] = [point(1000, 2.0, 800), point(10_000, 6.0, 1300)]
+    new = results()["stack"] | {"command": "new", "naive": None, "failed": []}
+    new["scale"] = [point(10_000, 5.0, 1000), point(100_000, 70.0, 1200)]
+
+    # When the new run is merged into the earlier one
+    merged = merge_stack(StackRun.model_validate(earlier), StackRun.model_validate(new))
+
+    # Then each size has its latest figures, and what came from the earlier run says so
+    assert [(p.connections, p.seconds, p.run) for p in merged.scale] == [
+        (1000, 2.0, "earlier"),
+        (10_000, 5.0, None),
+        (100_000, 70.0, None),
+    ]
+    assert merged.naive is not None and merged.naive.run == "earlier"
+    assert merged.ceiling is not None and merged.ceiling.run is None
+    assert merged.command == "earlier; then new"
+    assert merged.cpu_slope_us_per_decade == 200.0  # 800 -> 1000 -> 1200 us per decade of connections
+    assert "run" not in merged.to_json()["scale"][1]
+
+
+def test_a_stack_run_after_a_failed_one_replaces_it() -> None:
+    new = StackRun.model_validate(results()["stack"])
+    assert merge_stack(StackFailure(error="failed: TimeoutError()"), new) is new
