@@ -1,7 +1,7 @@
 """Register many socketless ("simulated") connections with the local stack.
 
-One process cannot hold more than about 15,000 sockets here (the open-file limit). This tool makes a
-broadcast to hundreds of thousands of connections run end to end here anyway:
+One machine cannot hold more than ~15k sockets per process. This tool makes a broadcast to hundreds
+of thousands of connections run end to end here anyway:
 
 1. generates connection ids shaped like API Gateway's (16 base64 characters ending in `=`);
 2. assigns each a partition with the engine's own partition choice (`partitions.choice.PartitionChooser`

@@ -5,14 +5,15 @@ every few seconds; sample the RSS of every stack process; count unexpected disco
     python -m loadtest.soak --connections 1000 --duration 60  # a short run
 
 It starts its own local stack (or uses a running one with `--state .fanout/local.json`), opens the
-connections from several client processes (one process holds at most about 15,000 sockets here),
+connections from several client processes (a process holds at most ~15k sockets here),
 sends `{"action":"ping"}` from every connection every `--heartbeat` seconds (API Gateway's idle timeout
 is 10 minutes), starts a broadcast every `--every` seconds and checks each one: `completed`, exact
 counts, every connection got it once.
 
 Memory: RSS of every process of the stack (DynamoDB Local, SQS, the runtime and its function workers,
 the gateway) every `--sample` seconds. Growth is measured from the first sample after `--warmup`
-seconds to the median of the last 10% of samples, per process and in total; the issue's bar is < 5%.
+seconds to the median of the last 10% of samples, per process and in total; the bar is < 5%
+(`--max-growth`).
 
 Output: a summary on stdout and the full record (samples included) as JSON (`--out`, default
 loadtest/results/soak-<timestamp>.json). Exit status 0 when every broadcast was exact, no connection

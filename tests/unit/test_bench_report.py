@@ -5,25 +5,42 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from loadtest.bench import goals, stack_post_batch_size, write_markdown
+from loadtest.bench_models import BenchResults, StackFailure, StackRun
+from loadtest.bench_report import goals, render, write_markdown
+from loadtest.bench_stack import merge_stack, stack_post_batch_size
+
+ROUNDS = 5
 
 
 def profile(**shares: float) -> dict[str, Any]:
     return {
+        "totalSeconds": 2.5,
+        "frames": 5000,
         "groups": {k: {"share": v, "usPerFrame": v * 500} for k, v in shares.items()},
-        "top": [],
+        "top": [
+            {"tottimeS": 0.2, "ncalls": 5000, "cumtimeS": 0.9, "function": "aiohttp/client.py:500(_request)"}
+        ],
         "cpuUsPerFrameUnderProfiler": 500.0,
     }
 
 
-def variant(us: float, posts: int = 5000) -> dict[str, Any]:
+def variant(name: str, us: float, posts: int = 5000) -> dict[str, Any]:
     return {
+        "variant": name,
         "posts": posts,
+        "rounds": ROUNDS,
         "cpu_us_per_frame_median": us,
         "cpu_us_per_frame_min": us,
         "cpu_us_per_frame_max": us,
         "frames_per_s_median": 3000.0,
+        "samples": [us] * ROUNDS,
     }
+
+
+def measures(name: str, us: float, posts: int = 5000) -> list[dict[str, Any]]:
+    cpu = us * posts / 1e6
+    measure = {"variant": name, "posts": posts, "delivered": posts, "cpu_s": cpu, "wall_s": posts / 3000}
+    return [measure | {"cpu_us_per_frame": us}] * ROUNDS
 
 
 def point(n: int, seconds: float, us: float) -> dict[str, Any]:
@@ -44,6 +61,7 @@ def point(n: int, seconds: float, us: float) -> dict[str, Any]:
 
 
 def results() -> dict[str, Any]:
+    """A run's JSON as loadtest/bench.py writes it (figures made up, layout real)."""
     return {
         "startedAt": "2026-11-26 00:00:00 UTC",
         "command": ".venv/bin/python -m loadtest.bench",
@@ -51,16 +69,24 @@ def results() -> dict[str, Any]:
         "load": {"post": {"min": 0.5, "median": 1.0, "max": 2.0}},
         "post": {
             "command": ".venv/bin/python -m loadtest.bench_post --rounds 5",
+            "benchmark": "post_cost",
             "frame_bytes": 185,
+            "aioboto3_inflight": 50,
             "loop": "uvloop",
+            "machine": {"cpus": 2, "python": "3.11.7", "load": [1.0, 1.0, 1.0]},
             "variants": {
-                "engine": variant(280),
-                "stage": variant(420),
-                "boto3": variant(1600, 1000),
-                "floor": variant(230),
+                "engine": variant("engine", 280),
+                "stage": variant("stage", 420),
+                "boto3": variant("boto3", 1600, 1000),
+                "floor": variant("floor", 230),
             },
             "ratios": {"boto3/engine": 5.71},
-            "measures": [{}] * 20,
+            "measures": [
+                *measures("engine", 280),
+                *measures("stage", 420),
+                *measures("boto3", 1600, 1000),
+                *measures("floor", 230),
+            ],
             "profile": {
                 "engine": profile(**{"aiohttp/yarl/multidict client machinery": 0.7, "other": 0.3}),
                 "stage": profile(
@@ -78,6 +104,7 @@ def results() -> dict[str, Any]:
             "scale": [point(1000, 2.0, 800), point(10_000, 6.0, 1300), point(100_000, 80.0, 1400)],
             "failed": [{"connections": 300_000, "error": "TimeoutError()"}],
             "naive": {
+                "connections": 10_000,
                 "0ms": {
                     "engineSeconds": 6.0,
                     "naiveSeconds": 18.0,
@@ -93,9 +120,11 @@ def results() -> dict[str, Any]:
                 },
             },
             "ceiling": {
+                "connections": 100_000,
                 "workers": 2,
                 "concurrency": 64,
                 "delivered": 100_000,
+                "seconds": 25.0,
                 "framesPerSecond": 4000.0,
                 "engineFramesPerSecond": 1250.0,
                 "ratio": 0.31,
@@ -108,8 +137,8 @@ def results() -> dict[str, Any]:
 
 def test_every_goal_not_met_says_what_limits_it(tmp_path: Path) -> None:
     # Given a run where some goals are met and some are not
-    data = results()
-    rows = {g: ok for g, _t, _v, ok in goals(data)}
+    data = BenchResults.model_validate(results())
+    rows = {g.goal: g.met for g in goals(data)}
     assert rows["1. engine vs boto3"] is True
     assert rows["1. whole post stage (ledger, counting) per frame"] is False
     assert rows["2. engine vs naive, 10k, 20ms added"] is True
@@ -135,11 +164,64 @@ def test_every_goal_not_met_says_what_limits_it(tmp_path: Path) -> None:
 def test_a_run_without_the_stack_renders(tmp_path: Path) -> None:
     data = results()
     del data["stack"]
-    write_markdown(data, tmp_path / "b.md")
-    assert "Not run yet" in (tmp_path / "b.md").read_text()
+    data["skipped"] = {"stack": "infra/local/gateway.py is missing"}
+    write_markdown(BenchResults.model_validate(data), tmp_path / "b.md")
+    assert "**Not run yet**: infra/local/gateway.py is missing." in (tmp_path / "b.md").read_text()
+
+
+def test_a_stack_section_that_failed_says_why() -> None:
+    data = results() | {"stack": {"error": "failed: RuntimeError('no gateway')"}}
+    text = render(BenchResults.model_validate(data))
+    assert "**Not run yet**: failed: RuntimeError('no gateway')." in text
+    assert "| 2. engine vs naive, 10k, 20ms added | >= 40x faster | - | not run |" in text
+
+
+def test_a_saved_run_loads_and_saves_to_the_same_json() -> None:
+    # Given a run's JSON, with a point kept from an earlier run and the naive runs beside `connections`
+    data = results()
+    data["stack"]["scale"][0]["run"] = ".venv/bin/python -m loadtest.bench --only stack --sizes 1000"
+
+    # When it is read into the records and written back
+    saved = BenchResults.model_validate(data).to_json()
+
+    # Then nothing is lost, added or retyped: an int stays an int, absent fields stay absent
+    assert saved == data
+    assert saved["stack"]["scale"][0]["cpuUsPerFrame"] == 800 and isinstance(
+        saved["stack"]["scale"][0]["cpuUsPerFrame"], int
+    )
+    assert list(saved["stack"]["naive"]) == ["connections", "0ms", "20ms"]
 
 
 def test_stack_runs_use_a_post_batch_above_the_largest_partition() -> None:
     # balanced partitions of ~100 connections reach ~1.1x the mean
     for size in (1_000, 10_000, 100_000, 300_000):
         assert stack_post_batch_size(size) >= 1.25 * 100
+
+
+def test_a_merged_stack_run_keeps_the_earlier_sizes_it_did_not_measure_again() -> None:
+    # Given an earlier run of 1,000 and 10,000 connections (with the naive runs) and a new run of
+    # 10,000 and 100,000 (with the ceiling)
+    earlier = results()["stack"] | {"command": "earlier", "ceiling": None}
+    earlier["scale"] = [point(1000, 2.0, 800), point(10_000, 6.0, 1300)]
+    new = results()["stack"] | {"command": "new", "naive": None, "failed": []}
+    new["scale"] = [point(10_000, 5.0, 1000), point(100_000, 70.0, 1200)]
+
+    # When the new run is merged into the earlier one
+    merged = merge_stack(StackRun.model_validate(earlier), StackRun.model_validate(new))
+
+    # Then each size has its latest figures, and what came from the earlier run says so
+    assert [(p.connections, p.seconds, p.run) for p in merged.scale] == [
+        (1000, 2.0, "earlier"),
+        (10_000, 5.0, None),
+        (100_000, 70.0, None),
+    ]
+    assert merged.naive is not None and merged.naive.run == "earlier"
+    assert merged.ceiling is not None and merged.ceiling.run is None
+    assert merged.command == "earlier; then new"
+    assert merged.cpu_slope_us_per_decade == 200.0  # 800 -> 1000 -> 1200 us per decade of connections
+    assert "run" not in merged.to_json()["scale"][1]
+
+
+def test_a_stack_run_after_a_failed_one_replaces_it() -> None:
+    new = StackRun.model_validate(results()["stack"])
+    assert merge_stack(StackFailure(error="failed: TimeoutError()"), new) is new
