@@ -46,7 +46,7 @@ def _token_secret() -> Iterator[None]:
         use_token_secret(mp, SECRET)
         yield
     get_settings.cache_clear()
-    handlers.authorizer._secrets.cache_clear()
+    handlers.authorizer.deps.cache_clear()
 
 
 # -- $default ---------------------------------------------------------------------------------------
