@@ -814,4 +814,4 @@ async def test_real_authorizer_and_default_handlers_behind_the_gateway(
         await ws.close()
     finally:
         get_settings.cache_clear()
-        authorizer._secrets.cache_clear()
+        authorizer.deps.cache_clear()
