@@ -1,24 +1,39 @@
-"""Starting and reading broadcasts: the operator API's domain (synchronous boto3 clients passed in)."""
+"""Starting and reading broadcasts: the operator API's domain, over the adapters passed in.
+
+Nothing here reads settings or builds clients: the handler builds the adapters once per container
+(fanout.adapters.broadcasts.BroadcastsTable, fanout.adapters.lambdas.SwarmLauncher).
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
-import time
 import uuid
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from botocore.exceptions import BotoCoreError, ClientError
-
-from fanout.errors import BroadcastNotFound, InvalidInput, RetryableError
+from fanout.accounting import Totals
+from fanout.completion import with_totals
+from fanout.errors import FanoutError, InvalidInput, RetryableError
 from fanout.frames import build_frame
-from fanout.models import BroadcastRecord, BroadcastStatus, SwarmRequest
-from fanout.retry import backoff_delay
-from fanout.settings import BroadcastsPart, OperatorApiSettings
-from fanout.store import BroadcastRequests, now_ms, parse_broadcast, shards_of, totals_of, with_totals
+from fanout.models import BroadcastRecord, BroadcastStatus
+from fanout.store import now_ms
+from fanout.swarming import StoredBroadcast
 
 
-def requests_for(settings: BroadcastsPart) -> BroadcastRequests:
-    return BroadcastRequests(settings.broadcasts_table, settings.idempotency_table)
+class Broadcasts(Protocol):
+    """What starting and reading a broadcast needs of the broadcasts table (BroadcastsTable)."""
+
+    def create(self, broadcast_id: str, created_at: int, frame: str, idempotency_key: str | None) -> None: ...
+    def load(self, broadcast_id: str) -> StoredBroadcast: ...
+    def totals(self, broadcast_id: str, shards: int) -> Totals: ...
+    def finish(
+        self, broadcast_id: str, status: BroadcastStatus, at_ms: int, *, error: str | None = None
+    ) -> bool: ...
+
+
+class Launcher(Protocol):
+    def launch(self, broadcast_id: str) -> None: ...
 
 
 def validate_broadcast_id(broadcast_id: str) -> str:
@@ -29,59 +44,41 @@ def validate_broadcast_id(broadcast_id: str) -> str:
 
 
 def start_broadcast(
-    dynamodb: Any,
-    lambda_client: Any,
-    settings: OperatorApiSettings,
+    broadcasts: Broadcasts,
+    swarm: Launcher,
     message: Any,
     *,
+    max_frame_bytes: int,
     idempotency_key: str | None = None,
+    clock_ms: Callable[[], int] = now_ms,
 ) -> str:
     """Store the broadcast (its frame serialized once) and hand it to the swarm; returns its id.
 
-    Raises PayloadTooLarge before anything is written when the frame would exceed 128 KB.
+    Raises PayloadTooLarge before anything is written when the frame would exceed `max_frame_bytes`.
+    If the swarm cannot be invoked, the broadcast is marked failed with the reason and RetryableError
+    is raised (the caller may try again: a new broadcast).
     """
     broadcast_id = str(uuid.uuid4())
-    created_at = now_ms()
-    frame = build_frame(broadcast_id, created_at, message, limit=settings.max_frame_bytes)
-    requests = requests_for(settings)
-    dynamodb.put_item(**requests.create(broadcast_id, created_at, frame, idempotency_key))
-    payload = SwarmRequest(broadcast_id=broadcast_id).model_dump_json(by_alias=True)
+    created_at = clock_ms()
+    frame = build_frame(broadcast_id, created_at, message, limit=max_frame_bytes)
+    broadcasts.create(broadcast_id, created_at, frame, idempotency_key)
     try:
-        lambda_client.invoke(
-            FunctionName=settings.swarm_function_name, InvocationType="Event", Payload=payload
-        )
-    except (ClientError, BotoCoreError) as exc:
+        swarm.launch(broadcast_id)
+    except FanoutError as exc:
         error = f"the swarm function could not be invoked: {exc}"
-        dynamodb.update_item(**requests.finish(broadcast_id, BroadcastStatus.FAILED, now_ms(), error=error))
+        broadcasts.finish(broadcast_id, BroadcastStatus.FAILED, clock_ms(), error=error)
         raise RetryableError(f"could not start the swarm for broadcast {broadcast_id}: {exc}") from exc
     return broadcast_id
 
 
-def get_broadcast(dynamodb: Any, settings: BroadcastsPart, broadcast_id: str) -> BroadcastRecord:
+def get_broadcast(broadcasts: Broadcasts, broadcast_id: str) -> BroadcastRecord:
     """The broadcast with its counts (the sum of its counter shards)."""
-    broadcast_id = validate_broadcast_id(broadcast_id)
-    requests = requests_for(settings)
-    out = dynamodb.get_item(**requests.get(broadcast_id))
-    if "Item" not in out:
-        raise BroadcastNotFound(f"no broadcast {broadcast_id}")
-    record, values = parse_broadcast(out["Item"])
-    shards = shards_of(values)
-    if not shards:
-        return record
-    request = requests.get_shards(broadcast_id, shards)
-    responses = []
-    for attempt in range(1, 9):
-        got = dynamodb.batch_get_item(**request)
-        responses.append(got)
-        if not got.get("UnprocessedKeys"):
-            return with_totals(record, totals_of(responses, requests.ledger))
-        request = {"RequestItems": got["UnprocessedKeys"]}
-        time.sleep(backoff_delay(attempt, base=0.05, cap=1.0))
-    raise RetryableError(f"the counts of broadcast {broadcast_id} could not be read (throttled)")
+    stored = broadcasts.load(validate_broadcast_id(broadcast_id))
+    if not stored.shards:
+        return stored.record
+    return with_totals(stored.record, broadcasts.totals(stored.record.broadcast_id, stored.shards))
 
 
 def message_digest(message: Any) -> str:
     """A stable digest of a message, to refuse an Idempotency-Key reused with another message."""
-    import hashlib
-
     return hashlib.sha256(json.dumps(message, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Coroutine
 from contextlib import AsyncExitStack
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import aioboto3
 from botocore.config import Config
@@ -21,46 +23,64 @@ from botocore.config import Config
 from fanout.delivery import RateLimiter
 from fanout.postclient import ConnectionsClient, new_session
 from fanout.settings import PipelinePart
-from fanout.stages import MetricsSink, NullMetrics, StageDeps
+from fanout.stages import MetricsSink, StageDeps, stage_deps
 from fanout.tracing import instrument
 
+if TYPE_CHECKING:
+    from types_aiobotocore_dynamodb.client import DynamoDBClient
+    from types_aiobotocore_sqs.client import SQSClient
 
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, init=False)
 class Container:
+    """The loop, the clients and the stages' deps of one container (frozen once built)."""
+
+    settings: PipelinePart
+    loop: asyncio.AbstractEventLoop
+    deps: StageDeps
+    _stack: AsyncExitStack
+
     def __init__(
         self, settings: PipelinePart, *, metrics: MetricsSink | None = None, poster: bool = False
     ) -> None:
-        self.settings = settings
-        self.loop = thread_loop(use_uvloop=settings.uvloop)
-        self._stack = AsyncExitStack()
-        self.deps: StageDeps = self.loop.run_until_complete(self._open(metrics or NullMetrics(), poster))
+        loop = thread_loop(use_uvloop=settings.uvloop)
+        stack = AsyncExitStack()
+        deps = loop.run_until_complete(_open(stack, settings, metrics, poster))
+        object.__setattr__(self, "settings", settings)
+        object.__setattr__(self, "loop", loop)
+        object.__setattr__(self, "deps", deps)
+        object.__setattr__(self, "_stack", stack)
 
-    async def _open(self, metrics: MetricsSink, poster: bool) -> StageDeps:
-        s = self.settings
-        config = Config(
-            max_pool_connections=max(16, s.swarm_send_concurrency, s.post_concurrency // 4),
-            retries={"mode": "standard", "max_attempts": 5},
-        )
-        session = aioboto3.Session()
-        dynamodb = await self._stack.enter_async_context(session.client("dynamodb", config=config))
-        sqs = await self._stack.enter_async_context(session.client("sqs", config=config))
-        for client in (dynamodb, sqs):
-            instrument(client)  # a span per call, for the trace of a sampled invocation
-        deps = StageDeps(settings=s, dynamodb=dynamodb, sqs=sqs, metrics=metrics)
-        if poster:
-            http = await self._stack.enter_async_context(new_session(s.post_concurrency))
-            deps.poster = ConnectionsClient(
-                http, s.connections_endpoint, region=s.region, timeout=s.post_timeout_seconds
-            )
-            if s.post_rate_per_worker > 0:
-                deps.limiter = RateLimiter(s.post_rate_per_worker)
-        return deps
-
-    def run(self, coro: Any) -> Any:
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self.loop.run_until_complete(coro)
 
     def close(self) -> None:
         """Close the clients; the loop belongs to the thread and stays open."""
         self.loop.run_until_complete(self._stack.aclose())
+
+
+async def _open(
+    stack: AsyncExitStack, s: PipelinePart, metrics: MetricsSink | None, poster: bool
+) -> StageDeps:
+    config = Config(
+        max_pool_connections=max(16, s.swarm_send_concurrency, s.post_concurrency // 4),
+        retries={"mode": "standard", "max_attempts": 5},
+    )
+    session = aioboto3.Session()
+    dynamodb: DynamoDBClient = await stack.enter_async_context(session.client("dynamodb", config=config))
+    sqs: SQSClient = await stack.enter_async_context(session.client("sqs", config=config))
+    for client in (dynamodb, sqs):
+        instrument(client)  # a span per call, for the trace of a sampled invocation
+    if not poster:
+        return stage_deps(s, dynamodb, sqs, metrics=metrics)
+    http = await stack.enter_async_context(new_session(s.post_concurrency))
+    poster_client = ConnectionsClient(
+        http, s.connections_endpoint, region=s.region, timeout=s.post_timeout_seconds
+    )
+    limiter = RateLimiter(s.post_rate_per_worker) if s.post_rate_per_worker > 0 else None
+    return stage_deps(s, dynamodb, sqs, poster=poster_client, metrics=metrics, limiter=limiter)
 
 
 def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
@@ -71,8 +91,8 @@ def new_loop(use_uvloop: bool) -> asyncio.AbstractEventLoop:
         except ImportError:
             pass
         else:
-            # uvloop rather than asyncio's loop: measured side by side (loadtest/bench_post.py workers, 9
-            # rounds) 301 -> 276 us CPU per delivered frame; 540k -> 492k instructions (cachegrind).
+            # uvloop rather than asyncio's loop: less CPU per delivered frame, measured side by side by
+            # loadtest/bench_post.py (FANOUT_UVLOOP=false for asyncio's; docs/benchmarks.md).
             return uvloop.new_event_loop()
     return asyncio.new_event_loop()
 

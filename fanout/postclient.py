@@ -1,9 +1,8 @@
 """PostToConnection over aiohttp with the cached-key SigV4 signer: the post stage's hot path.
 
-Why not the boto3/aioboto3 ``apigatewaymanagementapi`` client: measured on this machine
-(../shared/FACTS.md; re-measured by `make bench`, docs/benchmarks.md) boto3 costs ~2,250 us and
-aioboto3 ~1,800 us of CPU per call, against ~330 us for aiohttp with this signer. The post stage's
-budget is 400 us per delivered frame.
+Why not the boto3/aioboto3 ``apigatewaymanagementapi`` client: it costs several times the CPU per call
+of aiohttp with this signer, and the post stage's CPU budget per delivered frame is what bounds a
+worker's rate (side by side: `python -m loadtest.bench_post`, figures in docs/benchmarks.md).
 
 Errors are translated here, at the adapter edge, into fanout.errors: 410 → ConnectionGone (with or
 without a GoneException error type), 429 → Throttled, 5xx/timeouts/connection errors → RetryableError,
@@ -27,6 +26,13 @@ class Poster(Protocol):
     """Sends one frame to one connection; raises fanout.errors on failure."""
 
     async def post(self, connection_id: str, frame: bytes, frame_sha256: str) -> None: ...
+
+
+class ConnectionsPoster(Poster, Protocol):
+    """The post stage's poster: posts, and takes fresh credentials once per batch of records (the
+    role's credentials rotate while a container lives; reading them per post would cost per frame)."""
+
+    def refresh_credentials(self) -> None: ...
 
 
 def botocore_credentials() -> Credentials:

@@ -1,7 +1,10 @@
-"""The broadcasts table and the delivery ledger: DynamoDB requests as plain data.
+"""The broadcasts table and the delivery ledger: DynamoDB requests and answers as plain data.
 
-Request builders are pure (they return the keyword arguments of a low-level DynamoDB call), so the
-synchronous operator API (boto3) and the asynchronous stages (aioboto3) share them.
+Request builders are pure (they return the keyword arguments of a low-level DynamoDB call) and so are
+the parsers of the answers, so the two flavours of the adapter (fanout.adapters.broadcasts: boto3 for
+the operator API and the sweeper, aioboto3 for the stages) share them, and unit tests read them without
+a client. This module does no I/O; it is kept apart from the adapter because the local stack's table
+definitions (the sparse index's name) and the tests read it too, and neither needs a client for that.
 
 Exactly-once accounting (fanout.accounting): a broadcast's counts live in counter shards in the
 ledger table, each entry added by one conditional UpdateItem that also records the entry's key, so a
@@ -22,6 +25,7 @@ from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
 from fanout.accounting import COUNT_FIELDS, Totals, chunk_ids, shard_of, sum_shards
 from fanout.models import BroadcastRecord, BroadcastStatus
+from fanout.swarming import StoredBroadcast
 
 _ser = TypeSerializer()
 _de = TypeDeserializer()
@@ -267,17 +271,17 @@ class BroadcastRequests:
         }
 
 
-def parse_broadcast(item: dict[str, Any]) -> tuple[BroadcastRecord, dict[str, Any]]:
-    """The record (without its counts: see with_totals), and the raw values (frame, partitionIds, ...)."""
+def parse_broadcast(item: dict[str, Any]) -> StoredBroadcast:
+    """The record (without its counts: fanout.completion.with_totals), its frame and its plan."""
     values = from_item(item)
     ints = {k: int(v) for k, v in values.items() if k != "partitionIds" and hasattr(v, "as_integer_ratio")}
     record = BroadcastRecord.model_validate({**values, **ints})
-    return record, values
-
-
-def shards_of(values: dict[str, Any]) -> int:
-    """The broadcast's counter shards (0 until the swarm has started it)."""
-    return int(values.get("counterShards") or 0)
+    frame = values.get("frame")
+    return StoredBroadcast(
+        record,
+        frame=str(frame) if frame is not None else None,
+        partition_ids=tuple(int(p) for p in values.get("partitionIds") or ()),
+    )
 
 
 def totals_of(responses: list[dict[str, Any]], ledger_table: str) -> Totals:
@@ -286,13 +290,12 @@ def totals_of(responses: list[dict[str, Any]], ledger_table: str) -> Totals:
     return sum_shards(items)
 
 
-def with_totals(record: BroadcastRecord, totals: Totals) -> BroadcastRecord:
-    return record.model_copy(
-        update={
-            "targeted": totals.targeted,
-            "partitions_done": totals.partitions_done,
-            "delivered": totals.delivered,
-            "gone": totals.gone,
-            "failed": totals.failed,
-        }
-    )
+def plan_ids(item: dict[str, Any]) -> tuple[list[str], int]:
+    """The ids of one item of a partition's plan, and how many items the plan has (on its first)."""
+    values = from_item(item)
+    return [str(i) for i in values.get("connectionIds") or []], int(values.get("chunks") or 1)
+
+
+def applied_entries(item: dict[str, Any] | None) -> set[str]:
+    """The entries a counter shard has applied (GetItem's answer; None: the shard does not exist yet)."""
+    return set((item or {}).get("applied", {}).get("SS", []))

@@ -1,21 +1,28 @@
 """The sweeper's operation: find pending broadcasts, re-drive the stuck ones, fail the hopeless ones.
 
-Synchronous boto3 clients passed in (the sweeper runs once a minute; nothing here is on a hot path).
+The decision is fanout.sweeping.decide (pure); this module runs it over the adapters passed in
+(fanout.adapters.broadcasts.BroadcastsTable, fanout.adapters.lambdas.SwarmLauncher). Synchronous: the
+sweeper runs once a minute; nothing here is on a hot path.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Protocol
 
-from botocore.exceptions import ClientError
-
-from fanout.broadcasts import get_broadcast, requests_for
+from fanout.broadcasts import Broadcasts, Launcher, get_broadcast
 from fanout.errors import BroadcastNotFound
-from fanout.models import BroadcastStatus, SwarmRequest
-from fanout.settings import BroadcastsPart, SweeperSettings
+from fanout.models import BroadcastStatus
 from fanout.store import now_ms as clock_ms
 from fanout.sweeping import Action, decide
+
+
+class SweptBroadcasts(Broadcasts, Protocol):
+    def pending_ids(self) -> list[str]: ...
+    def swept(
+        self, broadcast_id: str, *, sweeps: int, next_sweeps: int, progress: int, at_ms: int
+    ) -> bool: ...
 
 
 @dataclass
@@ -26,70 +33,44 @@ class SweepReport:
     progressing: list[str] = field(default_factory=list)
 
 
-def _conditional(call: Any, request: dict[str, Any]) -> bool:
-    try:
-        call(**request)
-    except ClientError as exc:
-        if exc.response.get("Error", {}).get("Code") == "ConditionalCheckFailedException":
-            return False  # another sweeper, or the broadcast ended meanwhile
-        raise
-    return True
-
-
-def pending_ids(dynamodb: Any, settings: BroadcastsPart) -> list[str]:
-    requests = requests_for(settings)
-    ids: list[str] = []
-    start: dict[str, Any] | None = None
-    while True:
-        out = dynamodb.query(**requests.pending(start))
-        ids.extend(i["broadcastId"]["S"] for i in out.get("Items", []))
-        start = out.get("LastEvaluatedKey")
-        if not start:
-            return ids
-
-
 def sweep(
-    dynamodb: Any, lambda_client: Any, settings: SweeperSettings, *, now_ms: int | None = None
+    broadcasts: SweptBroadcasts,
+    swarm: Launcher,
+    *,
+    after_ms: int,
+    attempts: int,
+    now_ms: int | None = None,
+    clock: Callable[[], int] = clock_ms,
 ) -> SweepReport:
-    requests = requests_for(settings)
+    """One pass over every pending broadcast; `now_ms` fixes the time of the whole pass (tests)."""
     report = SweepReport()
-    ids = pending_ids(dynamodb, settings)
+    ids = broadcasts.pending_ids()
     report.pending = len(ids)
     for broadcast_id in ids:
-        at = clock_ms() if now_ms is None else now_ms
+        at = clock() if now_ms is None else now_ms
         try:
-            record = get_broadcast(dynamodb, settings, broadcast_id)
+            record = get_broadcast(broadcasts, broadcast_id)
         except BroadcastNotFound:
             continue
-        decision = decide(
-            record,
-            now_ms=at,
-            after_ms=int(settings.sweep_after_seconds * 1000),
-            attempts=settings.sweep_attempts,
-        )
+        decision = decide(record, now_ms=at, after_ms=after_ms, attempts=attempts)
         if decision.action == Action.WAIT:
             continue
         if decision.action == Action.FAIL:
-            finish = requests.finish(broadcast_id, BroadcastStatus.FAILED, at, error=decision.reason)
-            if _conditional(dynamodb.update_item, finish):
+            if broadcasts.finish(broadcast_id, BroadcastStatus.FAILED, at, error=decision.reason):
                 report.failed.append(broadcast_id)
-            continue
+            continue  # else another sweeper, or the pipeline, ended it meanwhile
         redrive = decision.action == Action.REDRIVE
-        swept = requests.swept(
+        recorded = broadcasts.swept(
             broadcast_id,
             sweeps=record.sweeps,
             next_sweeps=record.sweeps + (1 if redrive else 0),
             progress=decision.progress,
             at_ms=at,
         )
-        if not _conditional(dynamodb.update_item, swept):
+        if not recorded:
             continue
         if redrive:
-            lambda_client.invoke(
-                FunctionName=settings.swarm_function_name,
-                InvocationType="Event",
-                Payload=SwarmRequest(broadcast_id=broadcast_id).model_dump_json(by_alias=True),
-            )
+            swarm.launch(broadcast_id)
             report.redriven.append(broadcast_id)
         else:
             report.progressing.append(broadcast_id)

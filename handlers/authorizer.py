@@ -7,6 +7,7 @@ connection row is written. The reason is logged (never the token) and counted.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -16,7 +17,7 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from fanout.errors import Unauthorized
+from fanout.errors import ConfigurationError, Unauthorized
 from fanout.settings import AuthorizerSettings, load
 from fanout.tokens import verify_token
 from handlers._observability import logger, metrics, tracer
@@ -46,21 +47,29 @@ class WebSocketAuthorizerEvent(BaseModel):
         return (self.query_string_parameters or {}).get("token")
 
 
+@dataclass(frozen=True)
+class Deps:
+    secrets: SecretsProvider
+    secret_arn: str | None
+
+
 @lru_cache(maxsize=1)
-def _secrets() -> SecretsProvider:
-    """Powertools' Secrets Manager provider, built once per container (its client and value cache).
+def deps() -> Deps:
+    """Built once per container, at the first invocation: Powertools' Secrets Manager provider (its
+    client and value cache) and the secret's ARN.
 
-    Its boto3 client reads ``AWS_ENDPOINT_URL_SECRETS_MANAGER``, which is how the local stack points
-    it at its Secrets Manager emulator.
+    The provider's boto3 client reads ``AWS_ENDPOINT_URL_SECRETS_MANAGER``, which is how the local
+    stack points it at its Secrets Manager emulator.
     """
-    return SecretsProvider()
+    return Deps(SecretsProvider(), load(AuthorizerSettings).token_secret_arn)
 
 
-def token_secret() -> str:
+def token_secret(d: Deps) -> str:
     """The HS256 key: the Secrets Manager secret named by FANOUT_TOKEN_SECRET_ARN (cached for a while,
     so a rotated key is picked up without a cold start)."""
-    arn = load(AuthorizerSettings).token_secret_arn
-    value = _secrets().get(arn, max_age=SECRET_MAX_AGE_SECONDS)
+    if not d.secret_arn:
+        raise ConfigurationError("missing settings: FANOUT_TOKEN_SECRET_ARN")
+    value = d.secrets.get(d.secret_arn, max_age=SECRET_MAX_AGE_SECONDS)
     if isinstance(value, bytes):
         return value.decode()
     return str(value)
@@ -83,7 +92,7 @@ def allow(principal: str, method_arn: str) -> dict[str, Any]:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     try:
         request = parse(event=event, model=WebSocketAuthorizerEvent)
-        claims = verify_token(token_secret(), request.token)
+        claims = verify_token(token_secret(deps()), request.token)
     except (Unauthorized, ValidationError) as exc:
         reason = str(exc) if isinstance(exc, Unauthorized) else "unreadable authorizer event"
         connection_id = (event.get("requestContext") or {}).get("connectionId")

@@ -24,11 +24,12 @@ from aws_lambda_powertools.utilities.parser.models import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fanout.adapters.connections import ConnectionsTable
+from fanout.adapters.partitions import PartitionsTable
 from fanout.errors import FanoutError
 from fanout.settings import ConnectSettings, load
 from handlers._observability import logger, metrics, tracer
 from partitions.choice import PartitionChooser
-from partitions.dynamodb import ConnectionsTable, PartitionsTable
 from partitions.lifecycle import open_connection
 
 

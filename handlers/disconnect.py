@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -15,22 +16,30 @@ from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketDis
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
+from fanout.adapters.connections import ConnectionsTable
 from fanout.errors import FanoutError
 from fanout.settings import DisconnectSettings, load
 from handlers._observability import logger, metrics, tracer
-from partitions.dynamodb import ConnectionsTable
 from partitions.lifecycle import close_connection
 
 
+@dataclass(frozen=True)
+class Deps:
+    connections: ConnectionsTable
+
+
 @lru_cache(maxsize=1)
-def deps() -> ConnectionsTable:
+def deps() -> Deps:
+    """Built once per container, at the first invocation."""
     settings = load(DisconnectSettings)
     client = boto3.client("dynamodb", region_name=settings.region)
-    return ConnectionsTable(
-        client,
-        settings.connections_table,
-        index=settings.connections_index,
-        ttl_seconds=settings.connection_ttl_seconds,
+    return Deps(
+        ConnectionsTable(
+            client,
+            settings.connections_table,
+            index=settings.connections_index,
+            ttl_seconds=settings.connection_ttl_seconds,
+        )
     )
 
 
@@ -47,7 +56,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return {"statusCode": 400}
     ctx = request.request_context
     try:
-        partition_id = close_connection(deps(), ctx.connection_id)
+        partition_id = close_connection(deps().connections, ctx.connection_id)
     except FanoutError as exc:
         # The row expires through TTL if this delete never happens.
         logger.exception("disconnect failed", connectionId=ctx.connection_id, error=str(exc))

@@ -9,6 +9,8 @@ Gateway puts in requestContext.authorizer.iam. A request without it is refused w
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Annotated, Any
 
@@ -16,6 +18,7 @@ import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
     IdempotencyConfig,
@@ -28,9 +31,12 @@ from aws_lambda_powertools.utilities.idempotency.exceptions import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
+from fanout.adapters.broadcasts import BroadcastsTable
+from fanout.adapters.lambdas import SwarmLauncher
 from fanout.broadcasts import get_broadcast, message_digest, start_broadcast
 from fanout.errors import BroadcastNotFound, InvalidInput, PayloadTooLarge, RetryableError
 from fanout.settings import OperatorApiSettings, load
+from fanout.store import BroadcastRequests
 from handlers._observability import logger, metrics, tracer
 
 app = APIGatewayHttpResolver(enable_validation=True)
@@ -62,35 +68,49 @@ class BroadcastView(BaseModel):
     error: str | None = None
 
 
+@dataclass(frozen=True)
 class Deps:
-    def __init__(self, settings: OperatorApiSettings) -> None:
-        self.settings = settings
-        self.dynamodb = boto3.client("dynamodb")
-        self.lambda_client = boto3.client("lambda")
-        persistence = DynamoDBPersistenceLayer(
-            table_name=settings.idempotency_table, boto3_session=boto3.Session()
-        )
-        self.config = IdempotencyConfig(
-            event_key_jmespath="key",
-            payload_validation_jmespath="digest",
-            expires_after_seconds=settings.idempotency_ttl_seconds,
-        )
-
-        @idempotent_function(
-            data_keyword_argument="request", config=self.config, persistence_store=persistence
-        )
-        def start_once(request: dict[str, Any], message: Any) -> dict[str, str]:
-            return {"broadcastId": self.start(message, request["key"])}
-
-        self.start_once = start_once
+    broadcasts: BroadcastsTable
+    swarm: SwarmLauncher
+    max_frame_bytes: int
+    idempotency: IdempotencyConfig
+    # start(message, key) under Powertools' idempotency: one broadcast per Idempotency-Key
+    start_once: Callable[..., dict[str, str]]
 
     def start(self, message: Any, key: str | None) -> str:
-        return start_broadcast(self.dynamodb, self.lambda_client, self.settings, message, idempotency_key=key)
+        return start_broadcast(
+            self.broadcasts, self.swarm, message, max_frame_bytes=self.max_frame_bytes, idempotency_key=key
+        )
 
 
 @lru_cache(maxsize=1)
 def deps() -> Deps:
-    return Deps(load(OperatorApiSettings))
+    """Built once per container, at the first invocation."""
+    settings = load(OperatorApiSettings)
+    requests = BroadcastRequests(settings.broadcasts_table, settings.idempotency_table)
+    broadcasts = BroadcastsTable(boto3.client("dynamodb"), requests)
+    swarm = SwarmLauncher(boto3.client("lambda"), settings.swarm_function_name)
+    persistence = DynamoDBPersistenceLayer(
+        table_name=settings.idempotency_table, boto3_session=boto3.Session()
+    )
+    config = IdempotencyConfig(
+        event_key_jmespath="key",
+        payload_validation_jmespath="digest",
+        expires_after_seconds=settings.idempotency_ttl_seconds,
+    )
+
+    @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
+    def start_once(request: dict[str, Any], message: Any) -> dict[str, str]:
+        broadcast_id = start_broadcast(
+            broadcasts,
+            swarm,
+            message,
+            max_frame_bytes=settings.max_frame_bytes,
+            idempotency_key=request["key"],
+        )
+        return {"broadcastId": broadcast_id}
+
+    return Deps(broadcasts, swarm, settings.max_frame_bytes, config, start_once)
 
 
 def _error(status: int, message: str, **extra: Any) -> Response[Any]:
@@ -104,8 +124,9 @@ def require_iam(app: APIGatewayHttpResolver, next_middleware: NextMiddleware) ->
     logger.append_keys(caller=iam.get("userArn") or iam.get("callerId"))
     body = app.current_event.raw_event.get("body") or ""
     if len(body) > MAX_BODY_BYTES * (4 / 3 if app.current_event.is_base64_encoded else 1):
-        limit = load(OperatorApiSettings).max_frame_bytes
-        return _error(413, f"request body too large; the message frame limit is {limit} bytes")
+        return _error(
+            413, f"request body too large; the message frame limit is {deps().max_frame_bytes} bytes"
+        )
     return next_middleware(app)
 
 
@@ -163,20 +184,20 @@ def post_broadcast(
 ) -> Response[BroadcastAccepted]:
     d = deps()
     if idempotency_key:
-        d.config.register_lambda_context(app.lambda_context)
+        d.idempotency.register_lambda_context(app.lambda_context)
         request = {"key": idempotency_key, "digest": message_digest(body.message)}
         broadcast_id = d.start_once(request=request, message=body.message)["broadcastId"]
     else:
         broadcast_id = d.start(body.message, None)
     logger.append_keys(broadcastId=broadcast_id)
     logger.info("broadcast accepted", idempotencyKey=idempotency_key)
-    metrics.add_metric("BroadcastsStarted", "Count", 1)
+    metrics.add_metric(name="BroadcastsStarted", unit=MetricUnit.Count, value=1)
     return Response(202, "application/json", BroadcastAccepted(broadcastId=broadcast_id))
 
 
 @app.get("/broadcasts/<broadcast_id>")
 def read_broadcast(broadcast_id: Annotated[str, Path(max_length=64)]) -> BroadcastView:
-    record = get_broadcast(deps().dynamodb, deps().settings, broadcast_id)
+    record = get_broadcast(deps().broadcasts, broadcast_id)
     return BroadcastView(**record.public())
 
 

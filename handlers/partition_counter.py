@@ -11,6 +11,7 @@ repeats an ADD), the counters drift by a little and the reconciler corrects them
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -21,19 +22,27 @@ from aws_lambda_powertools.utilities.batch.types import PartialItemFailureRespon
 from aws_lambda_powertools.utilities.data_classes.dynamo_db_stream_event import DynamoDBRecord
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from fanout.adapters.partitions import PartitionsTable
 from fanout.settings import PartitionCounterSettings, load
 from handlers._observability import logger, metrics, tracer
 from partitions.counting import StreamChange, change_from_record
-from partitions.dynamodb import PartitionsTable
 from partitions.lifecycle import count_batch
 
 processor = BatchProcessor(event_type=EventType.DynamoDBStreams)
 
 
+@dataclass(frozen=True)
+class Deps:
+    partitions: PartitionsTable
+
+
 @lru_cache(maxsize=1)
-def deps() -> PartitionsTable:
+def deps() -> Deps:
+    """Built once per container, at the first invocation."""
     settings = load(PartitionCounterSettings)
-    return PartitionsTable(boto3.client("dynamodb", region_name=settings.region), settings.partitions_table)
+    return Deps(
+        PartitionsTable(boto3.client("dynamodb", region_name=settings.region), settings.partitions_table)
+    )
 
 
 def record_handler(record: DynamoDBRecord) -> StreamChange:
@@ -56,7 +65,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailure
     failed = {str(f["itemIdentifier"]) for f in response.get("batchItemFailures", [])}
     # Stream order; a failed record ends the prefix that is counted now.
     changes = [None if _sequence(r) in failed else change_from_record(r) for r in records]
-    outcome = count_batch(changes, deps())
+    outcome = count_batch(changes, deps().partitions)
     if outcome.retry_from is not None:
         sequence = _sequence(records[outcome.retry_from])
         if sequence not in failed:

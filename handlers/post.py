@@ -3,50 +3,49 @@
 from __future__ import annotations
 
 from functools import lru_cache
-from typing import Any
-
-from aws_lambda_powertools.utilities.batch import (
-    AsyncBatchProcessor,
-    EventType,
-    async_process_partial_response,
-)
-from aws_lambda_powertools.utilities.batch.types import PartialItemFailureResponse
-from aws_lambda_powertools.utilities.data_classes.sqs_event import SQSRecord
-from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout.container import Container
 from fanout.models import PostBatch
 from fanout.settings import PostSettings, load
-from fanout.stages import decode, run_post_batch
-from fanout.tracing import span
-from handlers._observability import logger, metrics, traced_spans, tracer
-
-processor = AsyncBatchProcessor(event_type=EventType.SQS)
+from fanout.stages import PostResult, run_post_batch
+from handlers._observability import logger, metrics
+from handlers._sqs import Fields, sqs_batch_handler
 
 
 @lru_cache(maxsize=1)
-def container() -> Container:
+def deps() -> Container:
+    """Built once per container, at the first invocation: settings, event loop, clients, poster."""
     return Container(load(PostSettings), metrics=metrics, poster=True)
 
 
-async def record_handler(record: SQSRecord) -> dict[str, Any]:
-    batch: PostBatch = decode(record.body, PostBatch)
-    with span(
-        "post.batch",
-        broadcastId=batch.broadcast_id,
-        partitionId=batch.partition_id,
-        batchId=batch.batch_id,
-        attempt=batch.attempt,
-        connections=len(batch.connection_ids),
-    ) as s:
-        result = await run_post_batch(container().deps, batch)
-        s.annotate(
-            delivered=result.delivered,
-            gone=result.gone,
-            failed=result.failed,
-            requeued=result.requeued,
-            duplicate=result.duplicate,
-        )
+def refresh_credentials(container: Container) -> None:
+    if container.deps.poster is not None:
+        container.deps.poster.refresh_credentials()
+
+
+def fields(batch: PostBatch) -> Fields:
+    return {
+        "broadcastId": batch.broadcast_id,
+        "partitionId": batch.partition_id,
+        "batchId": batch.batch_id,
+        "attempt": batch.attempt,
+        "connections": len(batch.connection_ids),
+    }
+
+
+def result_fields(result: PostResult) -> Fields:
+    return {
+        "delivered": result.delivered,
+        "gone": result.gone,
+        "failed": result.failed,
+        "requeued": result.requeued,
+        "duplicate": result.duplicate,
+    }
+
+
+def log(batch: PostBatch, result: PostResult) -> None:
+    # Only the batches that did something unusual: a log line per clean batch would cost per batch at
+    # the post rate and tell nothing the metrics do not.
     if result.gone or result.failed or result.requeued or result.duplicate:
         logger.info(
             "post batch done",
@@ -60,17 +59,15 @@ async def record_handler(record: SQSRecord) -> dict[str, Any]:
             duplicate=result.duplicate,
             lastError=result.last_error,
         )
-    return {"delivered": result.delivered, "gone": result.gone, "failed": result.failed}
 
 
-@logger.inject_lambda_context
-@tracer.capture_lambda_handler
-@metrics.log_metrics
-def handler(event: dict[str, Any], context: LambdaContext) -> PartialItemFailureResponse:
-    c = container()
-    if c.deps.poster is not None:
-        c.deps.poster.refresh_credentials()  # type: ignore[attr-defined]
-    with traced_spans():
-        return async_process_partial_response(
-            event=event, record_handler=record_handler, processor=processor, context=context
-        )
+handler = sqs_batch_handler(
+    model=PostBatch,
+    stage=run_post_batch,
+    deps=deps,
+    span_name="post.batch",
+    fields=fields,
+    result_fields=result_fields,
+    log=log,
+    before_batch=refresh_credentials,
+)

@@ -16,9 +16,10 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from fanout.adapters.connections import ConnectionsTable
+from fanout.adapters.partitions import PartitionsTable
 from fanout.settings import ReconcilerSettings, load
 from handlers._observability import logger, metrics, tracer
-from partitions.dynamodb import ConnectionsTable, PartitionsTable
 from partitions.lifecycle import reconcile
 
 MAX_LOGGED_CORRECTIONS = 100
@@ -34,6 +35,7 @@ class Deps:
 
 @lru_cache(maxsize=1)
 def deps() -> Deps:
+    """Built once per container, at the first invocation."""
     settings = load(ReconcilerSettings)
     client = boto3.client("dynamodb", region_name=settings.region)
     return Deps(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
+from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from fanout.container import Container
@@ -17,7 +18,8 @@ from handlers._observability import logger, metrics, traced_spans, tracer
 
 
 @lru_cache(maxsize=1)
-def container() -> Container:
+def deps() -> Container:
+    """Built once per container, at the first invocation: settings, event loop, clients."""
     return Container(load(SwarmSettings), metrics=metrics)
 
 
@@ -34,14 +36,14 @@ async def swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     request = SwarmRequest.model_validate(event)
     logger.append_keys(broadcastId=request.broadcast_id)
-    c = container()
+    c = deps()
     try:
         with traced_spans():
             result = c.run(swarm(c.deps, request.broadcast_id))
     except BroadcastNotFound:
         logger.error("swarm for a broadcast that does not exist")
         return {"broadcastId": request.broadcast_id, "partitions": 0, "tasksSent": 0, "error": "not found"}
-    metrics.add_metric("PartitionTasks", "Count", result.tasks_sent)
+    metrics.add_metric(name="PartitionTasks", unit=MetricUnit.Count, value=result.tasks_sent)
     logger.info("swarm queued partition tasks", partitions=result.partitions, tasks=result.tasks_sent)
     return {
         "broadcastId": result.broadcast_id,

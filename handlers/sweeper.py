@@ -13,25 +13,32 @@ import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
+from fanout.adapters.broadcasts import BroadcastsTable
+from fanout.adapters.lambdas import SwarmLauncher
 from fanout.settings import SweeperSettings, load
+from fanout.store import BroadcastRequests
 from fanout.sweeper import sweep
 from handlers._observability import logger, metrics, tracer
 
 
 @dataclass(frozen=True)
 class Deps:
-    settings: SweeperSettings
-    dynamodb: Any
-    lambda_client: Any
+    broadcasts: BroadcastsTable
+    swarm: SwarmLauncher
+    after_ms: int
+    attempts: int
 
 
 @lru_cache(maxsize=1)
 def deps() -> Deps:
+    """Built once per container, at the first invocation."""
     settings = load(SweeperSettings)
+    requests = BroadcastRequests(settings.broadcasts_table, settings.idempotency_table)
     return Deps(
-        settings,
-        boto3.client("dynamodb", region_name=settings.region),
-        boto3.client("lambda", region_name=settings.region),
+        BroadcastsTable(boto3.client("dynamodb", region_name=settings.region), requests),
+        SwarmLauncher(boto3.client("lambda", region_name=settings.region), settings.swarm_function_name),
+        after_ms=int(settings.sweep_after_seconds * 1000),
+        attempts=settings.sweep_attempts,
     )
 
 
@@ -40,7 +47,7 @@ def deps() -> Deps:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     d = deps()
-    report = sweep(d.dynamodb, d.lambda_client, d.settings)
+    report = sweep(d.broadcasts, d.swarm, after_ms=d.after_ms, attempts=d.attempts)
     if report.redriven or report.failed:
         logger.warning(
             "broadcasts swept", redriven=report.redriven, failed=report.failed, pending=report.pending

@@ -1,6 +1,7 @@
 """The connection lifecycle as domain operations over the adapters: one function per handler.
 
-Adapters are passed in (see partitions.dynamodb); nothing here reads settings or builds clients.
+Adapters are passed in (fanout.adapters.connections, fanout.adapters.partitions); nothing here reads
+settings or builds clients.
 """
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from fanout.adapters.connections import ConnectionsTable
+from fanout.adapters.partitions import AppliedDeltas, PartitionsTable
 from fanout.errors import FanoutError
 from partitions.choice import PartitionChooser
 from partitions.counting import StreamChange, aggregate, plan_checkpoint, prefix_before_failure
-from partitions.dynamodb import AppliedDeltas, ConnectionsTable, PartitionsTable
 from partitions.reconcile import Correction, ReconciliationPlan, plan_reconciliation
 
 

@@ -27,5 +27,5 @@ def use_token_secret(mp: pytest.MonkeyPatch, value: str, endpoint: str | None = 
     arn = create_token_secret(client, value, name=f"fanout-token-{uuid.uuid4().hex[:8]}")
     mp.setenv("FANOUT_TOKEN_SECRET_ARN", arn)
     load.cache_clear()
-    handlers.authorizer._secrets.cache_clear()
+    handlers.authorizer.deps.cache_clear()
     return arn

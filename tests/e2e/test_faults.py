@@ -369,9 +369,11 @@ def test_dynamodb_throttling_in_the_query_stage_loses_nothing(
     everyone = [c for ids in per_partition.values() for c in ids]
     pipe.seed_connections(per_partition)
     pipe.connections.live.update(everyone)
-    deps = handlers.query.container().deps
-    throttler = ThrottlingDynamoDB(deps.dynamodb)
-    deps.dynamodb = throttler
+    deps = handlers.query.deps().deps
+    tables = (deps.broadcasts, deps.connections)
+    throttler = ThrottlingDynamoDB(deps.broadcasts.client)
+    for table in tables:
+        table.client = throttler
     try:
         status, body, _ = pipe.api("POST", "/broadcasts", body={"message": {"throttled": True}})
         assert status == 202
@@ -379,7 +381,8 @@ def test_dynamodb_throttling_in_the_query_stage_loses_nothing(
         # failed tasks come back after the queue's visibility timeout (2 s in the harness)
         pipe.drain(idle_rounds=20)
     finally:
-        deps.dynamodb = throttler._client
+        for table in tables:
+            table.client = throttler._client
     view = pipe.api("GET", f"/broadcasts/{body['broadcastId']}")[1]
 
     assert throttler.throttled > 0

@@ -31,9 +31,9 @@ def reset_handler_state() -> None:
     import handlers.sweeper
 
     for module in (handlers.swarm, handlers.query, handlers.post):
-        if module.container.cache_info().currsize:
-            module.container().close()
-        module.container.cache_clear()
+        if module.deps.cache_info().currsize:
+            module.deps().close()
+        module.deps.cache_clear()
     handlers.operator_api.deps.cache_clear()
     handlers.sweeper.deps.cache_clear()
     load.cache_clear()

@@ -15,10 +15,14 @@ from typing import Any
 
 import pytest
 
+from fanout.adapters.broadcasts import BroadcastsTable
+from fanout.adapters.lambdas import SwarmLauncher
 from fanout.container import Container
 from fanout.models import BroadcastStatus, PostBatch
 from fanout.stages import run_post_batch
 from fanout.store import BroadcastRequests
+from fanout.sweeper import SweepReport
+from fanout.sweeper import sweep as sweep_once
 from tests.integration.pipeline_harness import Pipeline, pipeline
 
 
@@ -247,8 +251,6 @@ def test_a_410_for_a_connection_still_connecting_does_not_prune_it(
 
 
 def test_a_broadcast_whose_swarm_event_was_lost_is_redriven_by_the_sweeper(pipe: Pipeline) -> None:
-    from fanout.sweeper import sweep
-
     per_partition = ids_for(2, 3)
     pipe.seed_connections(per_partition)
     pipe.connections.live.update(c for ids in per_partition.values() for c in ids)
@@ -258,13 +260,8 @@ def test_a_broadcast_whose_swarm_event_was_lost_is_redriven_by_the_sweeper(pipe:
     created = int(status(pipe, broadcast_id)["createdAt"])
 
     # When the sweeper runs before the deadline, then after it
-    early = sweep(pipe.dynamodb, lambda_client(pipe), pipe.settings, now_ms=created + 1000)
-    late = sweep(
-        pipe.dynamodb,
-        lambda_client(pipe),
-        pipe.settings,
-        now_ms=created + int(pipe.settings.sweep_after_seconds * 1000),
-    )
+    early = sweep(pipe, now_ms=created + 1000)
+    late = sweep(pipe, now_ms=created + int(pipe.settings.sweep_after_seconds * 1000))
 
     # Then it waits, then invokes the swarm again, and the broadcast completes
     assert early.redriven == [] and late.redriven == [broadcast_id]
@@ -273,14 +270,12 @@ def test_a_broadcast_whose_swarm_event_was_lost_is_redriven_by_the_sweeper(pipe:
     view = status(pipe, broadcast_id)
     assert (view["status"], view["delivered"]) == ("completed", 6)
     # and a completed broadcast is no longer pending
-    assert sweep(pipe.dynamodb, lambda_client(pipe), pipe.settings).pending == 0
+    assert sweep(pipe).pending == 0
 
 
 def test_a_broadcast_that_cannot_start_is_failed_with_the_reason_after_the_last_redrive(
     pipe: Pipeline,
 ) -> None:
-    from fanout.sweeper import sweep
-
     pipe.seed_connections(ids_for(2, 3))
     # Given partition queues that no longer exist: every swarm attempt fails
     for url in pipe.settings.partition_queue_urls:
@@ -293,16 +288,11 @@ def test_a_broadcast_that_cannot_start_is_failed_with_the_reason_after_the_last_
 
     # When the sweeper re-drives it as often as it may, and each re-drive fails too
     for n in range(1, pipe.settings.sweep_attempts + 1):
-        report = sweep(pipe.dynamodb, lambda_client(pipe), pipe.settings, now_ms=created + n * step)
+        report = sweep(pipe, now_ms=created + n * step)
         assert report.redriven == [broadcast_id]
         with pytest.raises(Exception, match=r"NonExistentQueue|QueueDoesNotExist"):
             pipe.run_swarms()
-    final = sweep(
-        pipe.dynamodb,
-        lambda_client(pipe),
-        pipe.settings,
-        now_ms=created + (pipe.settings.sweep_attempts + 1) * step,
-    )
+    final = sweep(pipe, now_ms=created + (pipe.settings.sweep_attempts + 1) * step)
 
     # Then it is failed, with the swarm's last error as the reason
     assert final.failed == [broadcast_id]
@@ -311,7 +301,21 @@ def test_a_broadcast_that_cannot_start_is_failed_with_the_reason_after_the_last_
     assert "re-drive" in view["error"] and "swarm:" in view["error"]
 
 
-def lambda_client(pipe: Pipeline) -> Any:
+def sweep(pipe: Pipeline, *, now_ms: int | None = None) -> SweepReport:
+    """One pass of the sweeper over the pipeline's tables, re-driving through the fake Lambda API."""
     import boto3
 
-    return boto3.client("lambda", endpoint_url=pipe.lambdas.endpoint)
+    settings = pipe.settings
+    broadcasts = BroadcastsTable(
+        pipe.dynamodb, BroadcastRequests(settings.broadcasts_table, settings.idempotency_table)
+    )
+    swarm = SwarmLauncher(
+        boto3.client("lambda", endpoint_url=pipe.lambdas.endpoint), settings.swarm_function_name
+    )
+    return sweep_once(
+        broadcasts,
+        swarm,
+        after_ms=int(settings.sweep_after_seconds * 1000),
+        attempts=settings.sweep_attempts,
+        now_ms=now_ms,
+    )

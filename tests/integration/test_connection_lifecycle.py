@@ -46,7 +46,7 @@ def _reset_caches() -> None:
     from handlers import authorizer, connect, disconnect, partition_counter, reconciler
 
     load.cache_clear()
-    authorizer._secrets.cache_clear()
+    authorizer.deps.cache_clear()
     for module in (connect, disconnect, partition_counter, reconciler):
         module.deps.cache_clear()
 

@@ -43,7 +43,7 @@ def pipe(
         for f in (handlers.connect.deps, handlers.disconnect.deps):
             f.cache_clear()
         yield p
-        for f in (handlers.authorizer._secrets, handlers.connect.deps, handlers.disconnect.deps):
+        for f in (handlers.authorizer.deps, handlers.connect.deps, handlers.disconnect.deps):
             f.cache_clear()
 
 

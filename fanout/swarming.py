@@ -1,0 +1,130 @@
+"""What the swarm does with a broadcast (pure): start it, resume it, or leave it; which partition tasks
+it sends, to which partition queue shard, and what a failure means.
+
+The swarm is invoked asynchronously, so Lambda may run it twice, and the sweeper re-drives it when it
+stalls. A queued broadcast is started with the partitions that have connections now (its plan, stored
+on the broadcast with its counter shards); a running one is resumed from that stored plan, less the
+partitions already counted, whose tasks ran and whose post batches are queued or sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+
+from fanout.accounting import Totals, counter_shards
+from fanout.errors import MessageRefused
+from fanout.models import BroadcastRecord, BroadcastStatus, PartitionTask
+from fanout.planning import partition_shard
+
+# SendMessageBatch takes at most 10 messages.
+SQS_BATCH = 10
+
+
+@dataclass(frozen=True)
+class StoredBroadcast:
+    """A broadcast as read from its table: the record (without its counts), and what the swarm stored."""
+
+    record: BroadcastRecord
+    frame: str | None = None  # read only when asked for
+    partition_ids: tuple[int, ...] = ()  # the plan, once started
+
+    @property
+    def shards(self) -> int:
+        """The broadcast's counter shards (0 until the swarm has started it)."""
+        return self.record.counter_shards
+
+
+class SwarmStep(StrEnum):
+    ENDED = "ended"  # completed or failed: nothing to send
+    START = "start"  # queued: plan it from the partitions' counts
+    RESUME = "resume"  # running: a retried invocation or a re-drive, from the stored plan
+
+
+@dataclass(frozen=True)
+class SwarmPlan:
+    partition_ids: list[int]  # every partition targeted (the broadcast's `partitions`)
+    shards: int  # its counter shards
+
+    @property
+    def partitions(self) -> int:
+        return len(self.partition_ids)
+
+
+def swarm_step(status: BroadcastStatus) -> SwarmStep:
+    if status in (BroadcastStatus.COMPLETED, BroadcastStatus.FAILED):
+        return SwarmStep.ENDED
+    if status == BroadcastStatus.RUNNING:
+        return SwarmStep.RESUME
+    return SwarmStep.START
+
+
+def first_plan(counts: Mapping[int, int], *, batch_size: int, min_shards: int) -> SwarmPlan:
+    """Every partition with connections, in partition order, and the counter shards they need."""
+    ids = sorted(pid for pid, count in counts.items() if count > 0)
+    shards = counter_shards((counts[pid] for pid in ids), batch_size, minimum=min_shards)
+    return SwarmPlan(ids, shards)
+
+
+def resumed_plan(stored: StoredBroadcast) -> SwarmPlan:
+    return SwarmPlan(list(stored.partition_ids), stored.shards)
+
+
+def unsent(partition_ids: Sequence[int], counted: Collection[int]) -> list[int]:
+    """The partitions whose tasks must be sent (again): not counted yet. A counted partition was
+    queried, so sending it again would post its batches again."""
+    return [pid for pid in partition_ids if pid not in counted]
+
+
+def still_to_send(plan: SwarmPlan, totals: Totals) -> list[int]:
+    return unsent(plan.partition_ids, totals.counted_partitions())
+
+
+def inline_frame(frame: str, limit: int) -> str | None:
+    """The frame if it travels inside the tasks (small), None if the stages read it by reference."""
+    return frame if len(frame.encode("utf-8")) <= limit else None
+
+
+def partition_tasks(
+    broadcast_id: str,
+    partition_ids: Sequence[int],
+    plan: SwarmPlan,
+    *,
+    frame: str | None,
+    queue_shards: int,
+) -> dict[int, list[str]]:
+    """The bodies of the partition tasks, by partition queue shard (a partition always goes to one)."""
+    by_shard: dict[int, list[str]] = {}
+    for pid in partition_ids:
+        body = PartitionTask(
+            broadcast_id=broadcast_id,
+            partition_id=pid,
+            partitions=plan.partitions,
+            counter_shards=plan.shards,
+            frame=frame,
+        ).model_dump_json(by_alias=True)
+        by_shard.setdefault(partition_shard(pid, queue_shards), []).append(body)
+    return by_shard
+
+
+def send_batches_of(
+    by_shard: Mapping[int, Sequence[str]], size: int = SQS_BATCH
+) -> list[tuple[int, list[str]]]:
+    """(shard, up to `size` bodies): one SendMessageBatch each, sent many at once."""
+    return [
+        (shard, list(bodies[i : i + size]))
+        for shard, bodies in by_shard.items()
+        for i in range(0, len(bodies), size)
+    ]
+
+
+def refusal_reason(exc: MessageRefused) -> str:
+    """Why a broadcast fails when SQS refuses its tasks for good: no retry can change a refused body."""
+    return f"the partition tasks were refused by SQS: {exc}"
+
+
+def attempt_error(exc: BaseException) -> str:
+    """What is noted on a broadcast when a swarm attempt fails otherwise (retried by Lambda, then the
+    sweeper, which puts it in the reason when it gives up)."""
+    return f"swarm: {type(exc).__name__}: {exc}"
