@@ -1,4 +1,4 @@
-"""Bad input gets a clear error (issue 7, item 3), without I/O: `$default` frames, authorizer tokens,
+"""Bad input gets a clear error, without I/O: `$default` frames, authorizer tokens,
 broadcast envelopes and ids.
 
 Hypothesis sizes come from a settings profile: ``FANOUT_FUZZ_PROFILE=ci`` (the default, for `make test`)
