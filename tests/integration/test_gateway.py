@@ -743,7 +743,7 @@ async def test_cli_ready_line_and_clean_stop(lam: FakeLambda, tmp_path: Path) ->
     try:
         assert proc.stderr is not None
         ready = json.loads(await asyncio.wait_for(proc.stderr.readline(), WAIT))
-        assert ready["event"] == "gateway ready"
+        assert ready["message"] == "gateway ready"
         assert ready["websocketUrl"].endswith("/dev")
         assert "operatorToken" not in ready
         async with aiohttp.ClientSession() as http:
