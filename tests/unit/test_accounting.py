@@ -23,6 +23,7 @@ from fanout.models import BroadcastRecord, BroadcastStatus, PostBatch
 from fanout.settlement import PostOutcome, settle
 from fanout.store import BroadcastRequests
 from fanout.sweeping import Action, decide
+from tests.unit.post_batches import outcomes, post_batch
 
 ids = st.lists(st.text("abcdefghijklmnopqrstuvwxyz0123456789=", min_size=1, max_size=20), unique=True)
 
@@ -108,30 +109,6 @@ def test_the_count_request_records_its_entry_and_refuses_a_replay() -> None:
     assert "ADD #ap :es, #c0 :v0, #c1 :v1" in request["UpdateExpression"]
 
 
-def batch(n: int, *, attempt: int = 1, dead: bool = False) -> PostBatch:
-    return PostBatch(
-        broadcast_id="b",
-        partition_id=0,
-        batch_id="p0-b0",
-        connection_ids=[f"c{i}" for i in range(n)],
-        attempt=attempt,
-        dead_lettered=dead,
-        partitions=1,
-        counter_shards=4,
-    )
-
-
-@st.composite
-def outcomes(draw: st.DrawFn) -> tuple[PostBatch, PostOutcome]:
-    n = draw(st.integers(1, 40))
-    b = batch(n, attempt=draw(st.integers(1, 6)), dead=draw(st.booleans()))
-    kinds = draw(st.lists(st.sampled_from("dgrfc"), min_size=n, max_size=n))
-    lists: dict[str, list[str]] = {k: [] for k in "dgrfc"}
-    for cid, kind in zip(b.connection_ids, kinds, strict=True):
-        lists[kind].append(cid)
-    return b, PostOutcome(lists["d"], lists["g"], lists["r"], lists["f"], lists["c"])
-
-
 @given(outcomes())
 def test_every_id_of_a_batch_is_counted_or_carried_on_exactly_once(
     case: tuple[PostBatch, PostOutcome],
@@ -157,7 +134,7 @@ def test_every_id_of_a_batch_is_counted_or_carried_on_exactly_once(
 
 def test_a_connection_still_connecting_is_retried_after_the_grace_not_counted() -> None:
     s = settle(
-        batch(3),
+        post_batch(3),
         PostOutcome(["c0"], [], [], [], ["c1", "c2"]),
         max_attempts=5,
         requeue_base_delay=1,
@@ -170,7 +147,10 @@ def test_a_connection_still_connecting_is_retried_after_the_grace_not_counted() 
 
 def test_on_the_last_attempt_a_410_is_believed() -> None:
     s = settle(
-        batch(2, attempt=5), PostOutcome([], [], [], [], ["c0", "c1"]), max_attempts=5, requeue_base_delay=1
+        post_batch(2, attempt=5),
+        PostOutcome([], [], [], [], ["c0", "c1"]),
+        max_attempts=5,
+        requeue_base_delay=1,
     )
     assert s.counts == {"gone": 2}
     assert s.requeue is None and s.dead_letter is None

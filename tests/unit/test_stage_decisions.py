@@ -41,6 +41,7 @@ from fanout.swarming import (
     swarm_step,
     unsent,
 )
+from tests.unit.post_batches import outcomes, post_batch
 
 counts_by_partition = st.dictionaries(st.integers(0, 5000), st.integers(0, 400), max_size=300)
 connection_ids = st.lists(
@@ -181,31 +182,7 @@ def test_only_an_empty_partition_counted_now_checks_completion_from_the_query_st
 
 
 # -- post -------------------------------------------------------------------------------------------
-def post_batch(n: int, *, attempt: int = 1, dead: bool = False) -> PostBatch:
-    return PostBatch(
-        broadcast_id="b",
-        partition_id=0,
-        batch_id="p0-b0",
-        connection_ids=[f"c{i}" for i in range(n)],
-        attempt=attempt,
-        dead_lettered=dead,
-        partitions=1,
-        counter_shards=4,
-    )
-
-
-@st.composite
-def settled(draw: st.DrawFn) -> tuple[PostBatch, PostOutcome]:
-    n = draw(st.integers(1, 40))
-    b = post_batch(n, attempt=draw(st.integers(1, 6)), dead=draw(st.booleans()))
-    kinds = draw(st.lists(st.sampled_from("dgrfc"), min_size=n, max_size=n))
-    lists: dict[str, list[str]] = {k: [] for k in "dgrfc"}
-    for cid, kind in zip(b.connection_ids, kinds, strict=True):
-        lists[kind].append(cid)
-    return b, PostOutcome(lists["d"], lists["g"], lists["r"], lists["f"], lists["c"])
-
-
-@given(settled(), st.booleans(), st.integers(0, 50))
+@given(outcomes(), st.booleans(), st.integers(0, 50))
 def test_the_post_result_reports_the_settlement_and_a_redriven_batch_fails_nothing_new(
     case: tuple[PostBatch, PostOutcome], counted: bool, throttled: int
 ) -> None:
