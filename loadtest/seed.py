@@ -40,9 +40,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from fanout.adapters.partitions import PartitionsTable
 from fanout.settings import Settings
 from partitions.choice import PartitionChooser
-from partitions.dynamodb import PartitionsTable
 
 BATCH = 25  # BatchWriteItem's limit
 REGISTER_CHUNK = 10_000
@@ -69,7 +69,7 @@ def assign_partitions(ids: Sequence[str], chooser: PartitionChooser) -> list[int
 
 
 def connection_item(cid: str, partition_id: int, *, now: float, ttl_seconds: int) -> dict[str, Any]:
-    """A row of the connections table, as `partitions.dynamodb.ConnectionsTable.put` writes it."""
+    """A row of the connections table, as `fanout.adapters.connections.ConnectionsTable.put` writes it."""
     return {
         "connectionId": {"S": cid},
         "partitionId": {"N": str(partition_id)},

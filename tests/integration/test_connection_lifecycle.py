@@ -393,7 +393,7 @@ def test_reconciler_corrects_injected_drift(stack: Stack) -> None:
 
 
 def test_conditional_correction_never_overwrites_a_concurrent_add(stack: Stack) -> None:
-    from partitions.dynamodb import PartitionsTable
+    from fanout.adapters.partitions import PartitionsTable
 
     table = PartitionsTable(stack.dynamodb, stack.partitions_table)
     read = table.get_count(3)
@@ -405,7 +405,7 @@ def test_conditional_correction_never_overwrites_a_concurrent_add(stack: Stack) 
 
 
 def test_stored_counts_are_the_counters_without_their_stamps(stack: Stack) -> None:
-    from partitions.dynamodb import PartitionsTable
+    from fanout.adapters.partitions import PartitionsTable
 
     table = PartitionsTable(stack.dynamodb, stack.partitions_table)
     assert table.stored_counts() == {pid: c.count for pid, c in table.stored_counters().items()}

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from fanout.adapters.partitions import AppliedDeltas
 from fanout.errors import Throttled
 from partitions.counting import (
     MalformedRecord,
@@ -18,7 +19,6 @@ from partitions.counting import (
     plan_checkpoint,
     prefix_before_failure,
 )
-from partitions.dynamodb import AppliedDeltas
 from partitions.lifecycle import count_batch
 
 
