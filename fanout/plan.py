@@ -201,7 +201,7 @@ def worker_rate(d: Deployment, costs: Costs, per_partition: int, *, paced: bool 
     return frames / (frames / rate + fixed_s)
 
 
-def _query_task_seconds(d: Deployment, costs: Costs, per_partition: int) -> float:
+def query_task_seconds(d: Deployment, costs: Costs, per_partition: int) -> float:
     pages = max(1, math.ceil(per_partition / costs.query_page_items))
     batches = max(1, math.ceil(per_partition / d.post_batch_size))
     sends = math.ceil(batches / 10)
@@ -239,7 +239,7 @@ def predict(
     # supply rates of the stages before post
     w_rate = worker_rate(d, costs, per_partition)
     post_capacity = d.post_workers * w_rate
-    tq = _query_task_seconds(d, costs, per_partition)
+    tq = query_task_seconds(d, costs, per_partition)
     query_invocation = tq + costs.invoke_overhead_ms / 1000  # a batch's tasks run concurrently
     query_supply = d.query_workers * d.query_sqs_batch_size * per_partition / query_invocation
     swarm_supply = d.swarm_send_concurrency * 10 * per_partition / (costs.sqs_send_ms / 1000)
@@ -370,7 +370,7 @@ def recommend_deployment(
         rate = math.floor(target / d.post_workers * 10) / 10
         d = replace(d, post_rate_per_worker=max(0.1, rate), provisioned_concurrency=provisioned)
         # query: enough workers that the post queues never run dry (1.5x the post throughput)
-        tq = _query_task_seconds(d, costs, per_partition) + costs.invoke_overhead_ms / 1000
+        tq = query_task_seconds(d, costs, per_partition) + costs.invoke_overhead_ms / 1000
         per_query_worker = d.query_sqs_batch_size * per_partition / tq
         need = math.ceil(1.5 * min(target, connections) / per_query_worker / d.shards)
         return replace(

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from fanout.accounting import chunk_ids, counter_shards, post_entry, query_entry
 from fanout.models import PartitionTask, PostBatch
-from fanout.plan import Costs, Deployment, Prediction, _query_task_seconds, worker_rate
+from fanout.plan import Costs, Deployment, Prediction, query_task_seconds, worker_rate
 from fanout.prices import DEFAULT_PRICES, Prices
 from fanout.prices import PRICE_FIELDS as PRICE_FIELDS  # re-exported: the tools read them here
 from fanout.prices import PricesError as PricesError
@@ -370,7 +370,7 @@ def _engine(i: CostInputs) -> DesignCost:
 
     # query: per task, read the (absent) plan, page the GSI, store the plan, count, send post batches
     q_batches, q_receives, q_deletes = _receives(partitions, d.query_sqs_batch_size, task_body)
-    query_s = _query_task_seconds(d, c, per_partition) + c.invoke_overhead_ms / 1000
+    query_s = query_task_seconds(d, c, per_partition) + c.invoke_overhead_ms / 1000
     bill.invoke("query", q_batches, query_s, m.query)
     bill.sqs("query: ReceiveMessage by the ESM", q_receives)
     bill.sqs("query: DeleteMessageBatch by the ESM", q_deletes)
