@@ -103,6 +103,17 @@ class ConnectionsPart(FunctionSettings):
     connection_ttl_seconds: int = Field(default=CONNECTION_TTL_SECONDS, ge=60)
 
 
+class SubscriptionsPart(FunctionSettings):
+    subscriptions_table: Name
+    max_subscriptions: int = Field(
+        default=100, ge=1, le=1_000, description="channels one connection may be subscribed to at once"
+    )
+
+
+class ChannelsPart(FunctionSettings):
+    channels_table: Name = Field(description="channel occupancy: connections and users per channel")
+
+
 class PartitionsPart(FunctionSettings):
     partitions_table: Name
     partition_count: int = Field(default=100, ge=1, le=100_000, description="N partitions")
@@ -165,7 +176,9 @@ class PostingPart(FunctionSettings):
     )
 
 
-class PipelinePart(ConnectionsPart, PartitionsPart, BroadcastsPart, PostingPart):
+class PipelinePart(
+    ConnectionsPart, PartitionsPart, BroadcastsPart, PostingPart, SubscriptionsPart, ChannelsPart
+):
     """What the swarm, query and post stages share (one StageDeps, one container type).
 
     The queue URLs and the endpoint are optional here, for the stages that do not use them; the
@@ -191,6 +204,13 @@ class PipelinePart(ConnectionsPart, PartitionsPart, BroadcastsPart, PostingPart)
         default=4, ge=1, le=100, description="fewest counter shards per broadcast (fanout.accounting)"
     )
     uvloop: bool = Field(default=True, description="run the container's event loop on uvloop if importable")
+    users_index: str = "byUser"
+    channel_task_members: int = Field(
+        default=1_000,
+        ge=1,
+        le=1_000_000,
+        description="members per channel task: a bigger channel fans out over ceil(members/this) tasks",
+    )
 
     @model_validator(mode="after")
     def _shards_match(self) -> PipelinePart:
@@ -209,11 +229,23 @@ class AuthorizerSettings(TokenPart):
     pass
 
 
-class ConnectSettings(ConnectionsPart, PartitionsPart, PlacementPart):
+class ConnectSettings(ConnectionsPart, PartitionsPart, PlacementPart, SubscriptionsPart):
     pass
 
 
-class DisconnectSettings(ConnectionsPart):
+class DisconnectSettings(ConnectionsPart, SubscriptionsPart):
+    pass
+
+
+class DefaultSettings(ConnectionsPart, SubscriptionsPart):
+    pass
+
+
+class ChannelCounterSettings(ChannelsPart):
+    pass
+
+
+class ChannelReconcilerSettings(SubscriptionsPart, ChannelsPart, ReconcilePart):
     pass
 
 
@@ -225,7 +257,7 @@ class ReconcilerSettings(ConnectionsPart, PartitionsPart, ReconcilePart):
     pass
 
 
-class OperatorApiSettings(BroadcastsPart, BroadcastApiPart, SwarmInvokerPart):
+class OperatorApiSettings(BroadcastsPart, BroadcastApiPart, SwarmInvokerPart, ChannelsPart):
     pass
 
 
@@ -248,12 +280,14 @@ class PostSettings(PipelinePart):
     )
 
 
-# The settings model of each function, by the module of its handler (handlers/<module>.py); the
-# default route reads no settings.
+# The settings model of each function, by the module of its handler (handlers/<module>.py).
 FUNCTION_SETTINGS: dict[str, type[FunctionSettings]] = {
     "authorizer": AuthorizerSettings,
     "connect": ConnectSettings,
     "disconnect": DisconnectSettings,
+    "default": DefaultSettings,
+    "channel_counter": ChannelCounterSettings,
+    "channel_reconciler": ChannelReconcilerSettings,
     "partition_counter": PartitionCounterSettings,
     "reconciler": ReconcilerSettings,
     "operator_api": OperatorApiSettings,
@@ -274,6 +308,8 @@ RESOURCES = (
     "partitions_table",
     "broadcasts_table",
     "idempotency_table",
+    "subscriptions_table",
+    "channels_table",
     "swarm_function_name",
 )
 
@@ -284,6 +320,9 @@ class Settings(
     PostSettings,
     ConnectSettings,
     DisconnectSettings,
+    DefaultSettings,
+    ChannelCounterSettings,
+    ChannelReconcilerSettings,
     PartitionCounterSettings,
     ReconcilerSettings,
     OperatorApiSettings,
@@ -297,6 +336,8 @@ class Settings(
     partitions_table: str = "fanout-partitions"
     broadcasts_table: str = "fanout-broadcasts"
     idempotency_table: str = "fanout-idempotency"
+    subscriptions_table: str = "fanout-subscriptions"
+    channels_table: str = "fanout-channels"
     swarm_function_name: str = "fanout-swarm"
     token_secret_arn: str = ""
     partition_queue_urls: list[str] = Field(default_factory=list)

@@ -245,17 +245,19 @@ class Table:
     indexes: tuple[Index, ...] = ()
     stream: Literal["NEW_AND_OLD_IMAGES"] | None = None
     ttl_attribute: str | None = None
+    sort_key: Key | None = None
 
     @property
     def attributes(self) -> tuple[Key, ...]:
         """Every key attribute of the table and its indexes, once (DynamoDB's AttributeDefinitions)."""
-        keys = [self.partition_key]
+        keys = [self.partition_key, *([self.sort_key] if self.sort_key else [])]
         for index in self.indexes:
             keys += [k for k in (index.partition_key, index.sort_key) if k is not None]
         return tuple(dict.fromkeys(keys))
 
 
 CONNECTIONS_INDEX = "byPartition"
+USERS_INDEX = "byUser"
 BROADCASTS_PENDING_INDEX = "byPending"
 
 
@@ -268,10 +270,29 @@ def _tables() -> tuple[Table, ...]:
             connection_id,
             # Keys only: the query stage needs the ids of a partition and nothing else, and a thin GSI
             # keeps connect writes cheap (an under-provisioned GSI throttles the base table).
-            (Index(CONNECTIONS_INDEX, Key("partitionId", "N"), connection_id),),
+            (
+                Index(CONNECTIONS_INDEX, Key("partitionId", "N"), connection_id),
+                # A user's connections (every device), for user-addressed sends: keys only, as above.
+                Index(USERS_INDEX, Key("userId", "S"), connection_id),
+            ),
             stream="NEW_AND_OLD_IMAGES",  # feeds the partition counter
             ttl_attribute="expiresAt",  # covers a missed $disconnect
         ),
+        # One row per (channel, connection): the channel is the partition key, so a channel's members
+        # are read by Query, O(members); the sort key "<bucket>#<connectionId>" spreads them over
+        # bucket ranges that many tasks read at once (fanout.channels). The rows expire with their
+        # connection (the same expiresAt) and feed the channel counter.
+        Table(
+            "subscriptions",
+            "subscriptions_table",
+            Key("channel", "S"),
+            stream="NEW_AND_OLD_IMAGES",
+            ttl_attribute="expiresAt",
+            sort_key=Key("member", "S"),
+        ),
+        # Channel occupancy: the counter row ("#") and one presence row per user ("u#<userId>"),
+        # kept by the channel counter from the subscriptions stream.
+        Table("channels", "channels_table", Key("channel", "S"), sort_key=Key("key", "S")),
         Table("partitions", "partitions_table", Key("partitionId", "N")),
         # Sparse: only broadcasts still queued or running carry `pending`, so the sweeper reads the
         # unfinished ones, oldest first, without scanning the history. Keys only: it reads each row.
@@ -437,6 +458,7 @@ def table_settings() -> dict[str, SettingValue]:
     """What every function gets: where the tables and indexes are."""
     settings: dict[str, SettingValue] = {t.setting: Ref(RefKind.TABLE_NAME, t.key) for t in _tables()}
     settings["connections_index"] = CONNECTIONS_INDEX
+    settings["users_index"] = USERS_INDEX
     return settings
 
 

@@ -27,7 +27,10 @@ def table_specs(settings: Settings) -> list[dict[str, Any]]:
             "AttributeDefinitions": [
                 {"AttributeName": k.name, "AttributeType": k.type} for k in table.attributes
             ],
-            "KeySchema": [{"AttributeName": table.partition_key.name, "KeyType": "HASH"}],
+            "KeySchema": [
+                {"AttributeName": table.partition_key.name, "KeyType": "HASH"},
+                *([{"AttributeName": table.sort_key.name, "KeyType": "RANGE"}] if table.sort_key else []),
+            ],
         }
         if table.indexes:
             spec["GlobalSecondaryIndexes"] = [

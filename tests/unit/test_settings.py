@@ -15,7 +15,10 @@ from fanout.errors import ConfigurationError
 from fanout.settings import (
     FUNCTION_SETTINGS,
     AuthorizerSettings,
+    ChannelCounterSettings,
+    ChannelReconcilerSettings,
     ConnectSettings,
+    DefaultSettings,
     DisconnectSettings,
     FunctionSettings,
     OperatorApiSettings,
@@ -35,7 +38,9 @@ CONNECTIONS = "FANOUT_CONNECTIONS_TABLE"
 PARTITIONS = "FANOUT_PARTITIONS_TABLE"
 BROADCASTS = "FANOUT_BROADCASTS_TABLE"
 IDEMPOTENCY = "FANOUT_IDEMPOTENCY_TABLE"
-TABLES = {CONNECTIONS, PARTITIONS, BROADCASTS, IDEMPOTENCY}
+SUBSCRIPTIONS = "FANOUT_SUBSCRIPTIONS_TABLE"
+CHANNELS = "FANOUT_CHANNELS_TABLE"
+TABLES = {CONNECTIONS, PARTITIONS, BROADCASTS, IDEMPOTENCY, SUBSCRIPTIONS, CHANNELS}
 PARTITION_QUEUES = "FANOUT_PARTITION_QUEUE_URLS"
 POST_QUEUES = "FANOUT_POST_QUEUE_URLS"
 ENDPOINT = "FANOUT_CONNECTIONS_ENDPOINT"
@@ -46,11 +51,14 @@ TOKEN_SECRET = "FANOUT_TOKEN_SECRET_ARN"
 # model losing a requirement fails these tests.
 REQUIRED: dict[type[FunctionSettings], set[str]] = {
     AuthorizerSettings: {TOKEN_SECRET},
-    ConnectSettings: {CONNECTIONS, PARTITIONS},
-    DisconnectSettings: {CONNECTIONS},
+    ConnectSettings: {CONNECTIONS, PARTITIONS, SUBSCRIPTIONS},
+    DisconnectSettings: {CONNECTIONS, SUBSCRIPTIONS},
+    DefaultSettings: {CONNECTIONS, SUBSCRIPTIONS},
+    ChannelCounterSettings: {CHANNELS},
+    ChannelReconcilerSettings: {CHANNELS, SUBSCRIPTIONS},
     PartitionCounterSettings: {PARTITIONS},
     ReconcilerSettings: {CONNECTIONS, PARTITIONS},
-    OperatorApiSettings: {BROADCASTS, IDEMPOTENCY, SWARM_FUNCTION},
+    OperatorApiSettings: {BROADCASTS, IDEMPOTENCY, SWARM_FUNCTION, CHANNELS},
     SweeperSettings: {BROADCASTS, IDEMPOTENCY, SWARM_FUNCTION},
     SwarmSettings: TABLES | {PARTITION_QUEUES},
     QuerySettings: TABLES | {POST_QUEUES},
@@ -63,6 +71,8 @@ VALUES = {
     PARTITIONS: "t-partitions",
     BROADCASTS: "t-broadcasts",
     IDEMPOTENCY: "t-idempotency",
+    SUBSCRIPTIONS: "t-subscriptions",
+    CHANNELS: "t-channels",
     PARTITION_QUEUES: json.dumps([f"https://sqs.test/partition-{i}" for i in range(SHARDS)]),
     POST_QUEUES: json.dumps([f"https://sqs.test/post-{i}" for i in range(SHARDS)]),
     ENDPOINT: "https://abc123.execute-api.us-east-1.amazonaws.com/prod",

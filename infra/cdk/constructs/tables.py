@@ -56,6 +56,7 @@ class Tables(Construct):
             self,
             spec.key.capitalize(),
             partition_key=_attribute(spec.partition_key),
+            sort_key=_attribute(spec.sort_key) if spec.sort_key else None,
             billing_mode=ddb.BillingMode(self.config.billing_mode.value),
             encryption=ddb.TableEncryption.AWS_MANAGED,
             point_in_time_recovery_specification=ddb.PointInTimeRecoverySpecification(
