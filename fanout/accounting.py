@@ -28,8 +28,10 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
+
+from fanout.channels import split_counter
 
 # BatchGetItem reads at most 100 keys in one call; the shards are read in one.
 MAX_COUNTER_SHARDS = 100
@@ -40,6 +42,8 @@ ENTRIES_PER_SHARD = 250
 # stays well under it, leaving room for the key, the other attributes and the list's own overhead.
 LEDGER_CHUNK_BYTES = 300_000
 COUNT_FIELDS = ("targeted", "partitionsDone", "delivered", "gone", "failed")
+# What a channel broadcast also counts per channel (fanout.channels.counter_name).
+CHANNEL_COUNT_FIELDS = ("targeted", "delivered", "gone", "failed")
 
 
 @dataclass(frozen=True)
@@ -53,6 +57,8 @@ class Totals:
     failed: int = 0
     # every entry key applied so far (the query entries name the partitions already counted)
     applied: frozenset[str] = frozenset()
+    # a channel broadcast's counts per channel: {channel: {targeted, delivered, gone, failed}}
+    channels: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
 
     @property
     def accounted(self) -> int:
@@ -93,10 +99,16 @@ def sum_shards(items: Iterable[Mapping[str, Any]]) -> Totals:
     """Add up the shards' counters (plain values, as deserialized from DynamoDB)."""
     sums = dict.fromkeys(COUNT_FIELDS, 0)
     applied: set[str] = set()
+    channels: dict[str, dict[str, int]] = {}
     for item in items:
         for name in COUNT_FIELDS:
             sums[name] += int(item.get(name, 0) or 0)
         applied.update(str(e) for e in item.get("applied") or ())
+        for name, value in item.items():
+            parts = split_counter(str(name))
+            if parts is not None and parts[1] in CHANNEL_COUNT_FIELDS:
+                counts = channels.setdefault(parts[0], dict.fromkeys(CHANNEL_COUNT_FIELDS, 0))
+                counts[parts[1]] += int(value or 0)
     return Totals(
         targeted=sums["targeted"],
         partitions_done=sums["partitionsDone"],
@@ -104,7 +116,16 @@ def sum_shards(items: Iterable[Mapping[str, Any]]) -> Totals:
         gone=sums["gone"],
         failed=sums["failed"],
         applied=frozenset(applied),
+        channels=channels,
     )
+
+
+def is_counter(name: str) -> bool:
+    """Whether a ledger entry may add to `name`: a broadcast's count, or a channel's."""
+    if name in COUNT_FIELDS:
+        return True
+    parts = split_counter(name)
+    return parts is not None and parts[1] in CHANNEL_COUNT_FIELDS
 
 
 def is_complete(partitions: int, totals: Totals) -> bool:

@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from fanout.accounting import Totals
+from fanout.channels import with_channel
 from fanout.completion import with_totals
-from fanout.errors import FanoutError, InvalidInput, RetryableError
+from fanout.errors import FanoutError, InvalidInput, PayloadTooLarge, RetryableError
 from fanout.frames import build_frame
-from fanout.models import BroadcastRecord, BroadcastStatus
+from fanout.models import Audience, BroadcastRecord, BroadcastStatus
 from fanout.store import now_ms
 from fanout.swarming import StoredBroadcast
 
@@ -24,7 +25,14 @@ from fanout.swarming import StoredBroadcast
 class Broadcasts(Protocol):
     """What starting and reading a broadcast needs of the broadcasts table (BroadcastsTable)."""
 
-    def create(self, broadcast_id: str, created_at: int, frame: str, idempotency_key: str | None) -> None: ...
+    def create(
+        self,
+        broadcast_id: str,
+        created_at: int,
+        frame: str,
+        idempotency_key: str | None,
+        audience: Audience | None = None,
+    ) -> None: ...
     def load(self, broadcast_id: str) -> StoredBroadcast: ...
     def totals(self, broadcast_id: str, shards: int) -> Totals: ...
     def finish(
@@ -50,18 +58,26 @@ def start_broadcast(
     *,
     max_frame_bytes: int,
     idempotency_key: str | None = None,
+    audience: Audience | None = None,
     clock_ms: Callable[[], int] = now_ms,
 ) -> str:
     """Store the broadcast (its frame serialized once) and hand it to the swarm; returns its id.
 
-    Raises PayloadTooLarge before anything is written when the frame would exceed `max_frame_bytes`.
+    `audience` None means every connection. Raises PayloadTooLarge before anything is written when
+    the frame would exceed `max_frame_bytes` (for a channel broadcast: the frame naming its longest
+    channel).
     If the swarm cannot be invoked, the broadcast is marked failed with the reason and RetryableError
     is raised (the caller may try again: a new broadcast).
     """
     broadcast_id = str(uuid.uuid4())
     created_at = clock_ms()
     frame = build_frame(broadcast_id, created_at, message, limit=max_frame_bytes)
-    broadcasts.create(broadcast_id, created_at, frame, idempotency_key)
+    if audience is not None and audience.channels:
+        longest = max(audience.channels, key=len)
+        size = len(with_channel(frame, longest).encode("utf-8"))
+        if size > max_frame_bytes:
+            raise PayloadTooLarge(size, max_frame_bytes)
+    broadcasts.create(broadcast_id, created_at, frame, idempotency_key, audience)
     try:
         swarm.launch(broadcast_id)
     except FanoutError as exc:
@@ -79,6 +95,8 @@ def get_broadcast(broadcasts: Broadcasts, broadcast_id: str) -> BroadcastRecord:
     return with_totals(stored.record, broadcasts.totals(stored.record.broadcast_id, stored.shards))
 
 
-def message_digest(message: Any) -> str:
-    """A stable digest of a message, to refuse an Idempotency-Key reused with another message."""
-    return hashlib.sha256(json.dumps(message, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+def message_digest(message: Any, audience: Audience | None = None) -> str:
+    """A stable digest of a message and its audience, to refuse an Idempotency-Key reused with another
+    message or another audience (an everyone-broadcast's digest is the message's alone, as before)."""
+    value = message if audience is None else {"message": message, "to": audience.public()}
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -6,7 +6,7 @@ the broadcasts table carries none of them, so every reader adds them here.
 
 from __future__ import annotations
 
-from fanout.accounting import Totals, is_complete
+from fanout.accounting import CHANNEL_COUNT_FIELDS, Totals, is_complete
 from fanout.models import BroadcastRecord
 
 __all__ = ["completion_ms", "is_complete", "with_totals"]
@@ -21,8 +21,18 @@ def with_totals(record: BroadcastRecord, totals: Totals) -> BroadcastRecord:
             "delivered": totals.delivered,
             "gone": totals.gone,
             "failed": totals.failed,
+            "channels": _channel_counts(record, totals),
         }
     )
+
+
+def _channel_counts(record: BroadcastRecord, totals: Totals) -> dict[str, dict[str, int]] | None:
+    """Every channel of a channel broadcast, in the operator's order, counted or not yet."""
+    audience = record.audience
+    if audience is None or audience.channels is None:
+        return None
+    zero = dict.fromkeys(CHANNEL_COUNT_FIELDS, 0)
+    return {name: dict(totals.channels.get(name, zero)) for name in audience.channels}
 
 
 def completion_ms(record: BroadcastRecord) -> int | None:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+from fanout.channels import MAX_CHANNELS_PER_BROADCAST, channel_problem
 
 
 class BroadcastStatus(StrEnum):
@@ -13,6 +15,74 @@ class BroadcastStatus(StrEnum):
     RUNNING = "running"
     COMPLETED = "completed"
     FAILED = "failed"
+
+
+def _channel_name(name: str) -> str:
+    problem = channel_problem(name)
+    if problem is not None:
+        raise ValueError(problem)
+    return name
+
+
+def _distinct(values: list[str] | None) -> list[str] | None:
+    return list(dict.fromkeys(values)) if values is not None else None
+
+
+ChannelName = Annotated[str, AfterValidator(_channel_name)]
+UserId = Annotated[str, Field(min_length=1, max_length=256)]
+# API Gateway's connection ids are short base64 strings; 128 leaves room for any other gateway's.
+ConnectionId = Annotated[str, Field(min_length=1, max_length=128)]
+MAX_AUDIENCE_IDS = 1_000
+
+
+class AudienceKind(StrEnum):
+    EVERYONE = "everyone"
+    CHANNELS = "channels"
+    USERS = "users"
+    CONNECTIONS = "connections"
+
+
+class Audience(BaseModel):
+    """Who a broadcast goes to (the operator API's ``"to"``): exactly one of the three lists.
+
+    No audience at all means every connection. Repeated names count once, in their first order.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    channels: list[ChannelName] | None = Field(
+        default=None, min_length=1, max_length=MAX_CHANNELS_PER_BROADCAST, description="channel names"
+    )
+    users: list[UserId] | None = Field(
+        default=None, min_length=1, max_length=MAX_AUDIENCE_IDS, description="every connection of each"
+    )
+    connections: list[ConnectionId] | None = Field(
+        default=None, min_length=1, max_length=MAX_AUDIENCE_IDS, description="connection ids"
+    )
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Audience:
+        given = [name for name in ("channels", "users", "connections") if getattr(self, name) is not None]
+        if len(given) != 1:
+            raise ValueError('"to" takes exactly one of "channels", "users" or "connections"')
+        for name in given:
+            object.__setattr__(self, name, _distinct(getattr(self, name)))
+        return self
+
+    @property
+    def kind(self) -> AudienceKind:
+        if self.channels is not None:
+            return AudienceKind.CHANNELS
+        if self.users is not None:
+            return AudienceKind.USERS
+        return AudienceKind.CONNECTIONS
+
+    @property
+    def ids(self) -> list[str]:
+        return list(self.channels or self.users or self.connections or [])
+
+    def public(self) -> dict[str, list[str]]:
+        return {self.kind.value: self.ids}
 
 
 class _Message(BaseModel):
@@ -37,6 +107,8 @@ class PartitionTask(_Message):
     counter_shards: int = Field(alias="counterShards", ge=1, le=100)
     # The frame travels inline when small; otherwise the query/post stages load it by broadcastId.
     frame: str | None = None
+    # Set on the task of a channel's bucket range (its partitionId is the unit: fanout.channels).
+    channel: ChannelName | None = None
 
 
 class PostBatch(_Message):
@@ -55,6 +127,8 @@ class PostBatch(_Message):
     # batch moves what it delivers from `failed` to `delivered`/`gone`.
     dead_lettered: bool = Field(default=False, alias="deadLettered")
     frame: str | None = None
+    # A channel broadcast's batch: the envelope names the channel, and the channel's counts add up.
+    channel: ChannelName | None = None
 
 
 class BroadcastRecord(BaseModel):
@@ -78,6 +152,9 @@ class BroadcastRecord(BaseModel):
     sweeps: int = 0
     swept_at: int | None = Field(default=None, alias="sweptAt")
     swept_progress: int = Field(default=0, alias="sweptProgress")
+    audience: Audience | None = Field(default=None, alias="to")
+    # per channel of a channel broadcast: targeted, delivered, gone, failed
+    channels: dict[str, dict[str, int]] | None = None
 
     @property
     def accounted(self) -> int:
@@ -94,5 +171,7 @@ class BroadcastRecord(BaseModel):
             "failed": self.failed,
             "createdAt": self.created_at,
             "completedAt": self.completed_at,
+            **({"to": self.audience.public()} if self.audience is not None else {}),
+            **({"channels": self.channels} if self.channels is not None else {}),
             **({"error": self.error} if self.error else {}),
         }

@@ -12,6 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from fanout.channels import with_channel_counts
 from fanout.models import PartitionTask, PostBatch
 from fanout.planning import plan_batches
 
@@ -37,9 +38,10 @@ class ShardCycle:
         return shard
 
 
-def query_counts(connection_ids: Sequence[str]) -> dict[str, int]:
-    """What one partition task adds to the broadcast's counters, once (the query entry)."""
-    return {"targeted": len(connection_ids), "partitionsDone": 1}
+def query_counts(connection_ids: Sequence[str], channel: str | None = None) -> dict[str, int]:
+    """What one partition task adds to the broadcast's counters, once (the query entry); a channel's
+    unit adds to the channel's `targeted` too."""
+    return with_channel_counts({"targeted": len(connection_ids), "partitionsDone": 1}, channel)
 
 
 def post_batches(task: PartitionTask, connection_ids: Sequence[str], batch_size: int) -> list[PostBatch]:
@@ -53,6 +55,7 @@ def post_batches(task: PartitionTask, connection_ids: Sequence[str], batch_size:
             partitions=task.partitions,
             counter_shards=task.counter_shards,
             frame=task.frame,
+            channel=task.channel,
         )
         for batch_id, chunk in plan_batches(connection_ids, batch_size, partition_id=task.partition_id)
     ]

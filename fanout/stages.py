@@ -13,6 +13,7 @@ import contextlib
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol, TypeVar
 
@@ -23,10 +24,11 @@ from fanout.adapters.broadcasts import AsyncBroadcastsTable
 from fanout.adapters.connections import AsyncConnectionsTable
 from fanout.adapters.partitions import AsyncPartitionsTable
 from fanout.adapters.sqs import Queues
+from fanout.channels import unit_parts, with_channel, with_channel_counts
 from fanout.completion import completion_ms, is_complete, with_totals
 from fanout.delivery import DeliveryOutcome, RateLimiter, deliver
 from fanout.errors import MessageRefused
-from fanout.models import BroadcastRecord, BroadcastStatus, PartitionTask, PostBatch
+from fanout.models import Audience, AudienceKind, BroadcastRecord, BroadcastStatus, PartitionTask, PostBatch
 from fanout.postclient import ConnectionsPoster
 from fanout.posting import DUPLICATE, PostResult, checks_completion, connecting_delay, post_result
 from fanout.querying import ShardCycle, by_shard, post_batches, query_counts
@@ -36,16 +38,22 @@ from fanout.settlement import PostOutcome, settle
 from fanout.sigv4 import payload_hash
 from fanout.store import BroadcastRequests, now_ms
 from fanout.swarming import (
+    StoredBroadcast,
+    SwarmPlan,
     SwarmStep,
     attempt_error,
+    audience_plan,
     first_plan,
     inline_frame,
     partition_tasks,
     refusal_reason,
     resumed_plan,
+    runs_in_swarm,
     send_batches_of,
     still_to_send,
     swarm_step,
+    unit_channel,
+    unit_tasks,
 )
 
 if TYPE_CHECKING:
@@ -67,12 +75,28 @@ __all__ = [
 
 Message = TypeVar("Message", PartitionTask, PostBatch)
 
-# Frames kept per container: a container serves a few broadcasts at a time.
+# Frames kept per container: a container serves a few broadcasts at a time (one frame per channel).
 FRAMES_KEPT = 32
+# Units the swarm reads itself at once (small channels, users, connections), and user queries at once.
+LOCAL_UNITS_IN_FLIGHT = 16
+USER_QUERIES_IN_FLIGHT = 32
 
 
 class MetricsSink(Protocol):
     def add_metric(self, name: str, unit: MetricUnit, value: float) -> None: ...
+
+
+class Members(Protocol):
+    """The subscriptions table, as the stages use it (fanout.adapters.subscriptions)."""
+
+    async def member_ids(self, channel: str, lo: int, hi: int) -> list[str]: ...
+    async def remove(self, rows: Mapping[str, Iterable[str]]) -> None: ...
+
+
+class Occupancy(Protocol):
+    """The channel occupancy counters, as the swarm reads them (fanout.adapters.channels)."""
+
+    async def member_counts(self, channels: Sequence[str]) -> dict[str, int]: ...
 
 
 class NullMetrics:
@@ -85,15 +109,16 @@ class FrameCache:
     """The frames of recent broadcasts, with their SHA-256 (signing needs it once per frame)."""
 
     limit: int = FRAMES_KEPT
-    _entries: OrderedDict[str, tuple[bytes, str]] = field(default_factory=OrderedDict)
+    _entries: OrderedDict[tuple[str, str | None], tuple[bytes, str]] = field(default_factory=OrderedDict)
 
-    def get(self, broadcast_id: str) -> tuple[bytes, str] | None:
-        return self._entries.get(broadcast_id)
+    def get(self, broadcast_id: str, channel: str | None = None) -> tuple[bytes, str] | None:
+        return self._entries.get((broadcast_id, channel))
 
-    def put(self, broadcast_id: str, frame: str) -> tuple[bytes, str]:
-        data = frame.encode("utf-8")
+    def put(self, broadcast_id: str, frame: str, channel: str | None = None) -> tuple[bytes, str]:
+        """Keep the broadcast's frame as `channel`'s members receive it (naming the channel)."""
+        data = with_channel(frame, channel).encode("utf-8")
         entry = (data, payload_hash(data))
-        self._entries[broadcast_id] = entry
+        self._entries[(broadcast_id, channel)] = entry
         while len(self._entries) > self.limit:
             self._entries.popitem(last=False)
         return entry
@@ -113,6 +138,13 @@ class StageDeps:
     limiter: RateLimiter | None = None
     frames: FrameCache = field(default_factory=FrameCache)
     post_shards: ShardCycle | None = None
+    subscriptions: Members | None = None
+    occupancy: Occupancy | None = None
+
+    def members(self) -> Members:
+        if self.subscriptions is None:
+            raise RuntimeError("the stage deps were built without the subscriptions table")
+        return self.subscriptions
 
     def next_post_shard(self) -> int:
         if self.post_shards is None:
@@ -151,14 +183,17 @@ def stage_deps(
 
 
 # -- shared -----------------------------------------------------------------------------------------
-async def frame_of(deps: StageDeps, broadcast_id: str, inline: str | None) -> tuple[bytes, str]:
-    """The frame's bytes and SHA-256, inline or read once per container from the broadcasts table."""
-    cached = deps.frames.get(broadcast_id)
+async def frame_of(
+    deps: StageDeps, broadcast_id: str, inline: str | None, channel: str | None = None
+) -> tuple[bytes, str]:
+    """The frame's bytes and SHA-256, inline or read once per container from the broadcasts table;
+    a channel's members get it naming the channel."""
+    cached = deps.frames.get(broadcast_id, channel)
     if cached is not None:
         return cached
     if inline is None:
         inline = (await deps.broadcasts.load(broadcast_id, frame=True)).frame or ""
-    return deps.frames.put(broadcast_id, inline)
+    return deps.frames.put(broadcast_id, inline, channel)
 
 
 async def check_completion(
@@ -215,8 +250,7 @@ async def _swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
     if step == SwarmStep.ENDED:
         return SwarmResult(broadcast_id, stored.record.partitions, 0)
     if step == SwarmStep.START:
-        counts = await deps.partitions.non_empty()
-        plan = first_plan(counts, batch_size=settings.post_batch_size, min_shards=settings.counter_shards)
+        plan = await _first_plan(deps, stored.audience)
         if not await broadcasts.start(broadcast_id, plan.partition_ids, plan.shards):
             stored = await broadcasts.load(broadcast_id, frame=True)  # another invocation started it
             step = SwarmStep.RESUME
@@ -229,12 +263,17 @@ async def _swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
         await check_completion(deps, broadcast_id, plan.partitions, max(plan.shards, 1))
         return SwarmResult(broadcast_id, plan.partitions, 0)
 
+    audience = stored.audience
+    frame = inline_frame(stored.frame or "", settings.inline_payload_limit)
+    local = [unit for unit in todo if runs_in_swarm(audience, unit)]
+    queued = [unit for unit in todo if not runs_in_swarm(audience, unit)]
     tasks = partition_tasks(
         broadcast_id,
-        todo,
+        queued,
         plan,
-        frame=inline_frame(stored.frame or "", settings.inline_payload_limit),
+        frame=frame,
         queue_shards=settings.shard_count,
+        channel_of=lambda unit: unit_channel(audience, unit),
     )
     semaphore = asyncio.Semaphore(settings.swarm_send_concurrency)
     urls = settings.partition_queue_urls
@@ -244,7 +283,68 @@ async def _swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
             await deps.queues.send(urls[shard], bodies)
 
     await asyncio.gather(*(send(shard, bodies) for shard, bodies in send_batches_of(tasks)))
+    if local:
+        await _run_here(deps, stored, plan, local, frame)
     return SwarmResult(broadcast_id, plan.partitions, len(todo))
+
+
+async def _first_plan(deps: StageDeps, audience: Audience | None) -> SwarmPlan:
+    settings = deps.settings
+    if audience is None:
+        counts = await deps.partitions.non_empty()
+        return first_plan(counts, batch_size=settings.post_batch_size, min_shards=settings.counter_shards)
+    members: dict[str, int] = {}
+    if audience.channels is not None:
+        if deps.occupancy is None:
+            raise RuntimeError("the stage deps were built without the channel occupancy table")
+        members = await deps.occupancy.member_counts(audience.channels)
+    return audience_plan(
+        audience,
+        members,
+        per_task=settings.channel_task_members,
+        batch_size=settings.post_batch_size,
+        min_shards=settings.counter_shards,
+    )
+
+
+async def _run_here(
+    deps: StageDeps, stored: StoredBroadcast, plan: SwarmPlan, units: list[int], frame: str | None
+) -> None:
+    """Do the query stage's work for units the swarm reads itself (fanout.swarming.runs_in_swarm)."""
+    audience = stored.audience
+    tasks = unit_tasks(
+        stored.record.broadcast_id,
+        units,
+        plan,
+        frame=frame,
+        channel_of=lambda unit: unit_channel(audience, unit),
+    )
+    semaphore = asyncio.Semaphore(LOCAL_UNITS_IN_FLIGHT)
+
+    async def one(task: PartitionTask) -> None:
+        async with semaphore:
+            await run_unit(deps, task, lambda: _audience_ids(deps, audience, task))
+
+    await asyncio.gather(*(one(task) for task in tasks))
+
+
+async def _audience_ids(deps: StageDeps, audience: Audience | None, task: PartitionTask) -> list[str]:
+    """The connection ids of one unit: a partition, a channel's bucket range, users' or given ids."""
+    if task.channel is not None:
+        _, lo, hi = unit_parts(task.partition_id)
+        return await deps.members().member_ids(task.channel, lo, hi)
+    if audience is None:
+        return await deps.connections.partition_ids(task.partition_id)
+    if audience.kind == AudienceKind.USERS:
+        semaphore = asyncio.Semaphore(USER_QUERIES_IN_FLIGHT)
+
+        async def of_user(user: str) -> list[str]:
+            async with semaphore:
+                return await deps.connections.user_ids(user)
+
+        found = await asyncio.gather(*(of_user(user) for user in audience.ids))
+        return list(dict.fromkeys(cid for ids in found for cid in ids))
+    return audience.ids
 
 
 # -- query ------------------------------------------------------------------------------------------
@@ -256,19 +356,27 @@ class QueryResult:
 
 
 async def run_partition_task(deps: StageDeps, task: PartitionTask) -> QueryResult:
-    """Load a partition's connections (or the plan of an earlier run), count them once, and send post
-    batches of B ids."""
+    """Load a partition's connections, or a channel's bucket range (or the plan of an earlier run),
+    count them once, and send post batches of B ids."""
+    return await run_unit(deps, task, lambda: _audience_ids(deps, None, task))
+
+
+async def run_unit(
+    deps: StageDeps, task: PartitionTask, load_ids: Callable[[], Awaitable[list[str]]]
+) -> QueryResult:
+    """The query stage's work for one unit, whoever runs it: the ids `load_ids` reads (or the plan of
+    an earlier run), counted once, sent as post batches of B ids."""
     settings = deps.settings
     broadcasts = deps.broadcasts
     bid, pid, shards = task.broadcast_id, task.partition_id, task.counter_shards
     ids = await broadcasts.load_plan(bid, pid)
     replayed = ids is not None
     if ids is None:
-        ids = await deps.connections.partition_ids(pid)
+        ids = await load_ids()
         if not await broadcasts.save_plan(bid, pid, ids):  # another run of this task stored its plan first
             ids = await broadcasts.load_plan(bid, pid) or []
             replayed = True
-    counted = await broadcasts.count(bid, query_entry(pid), query_counts(ids), shards)
+    counted = await broadcasts.count(bid, query_entry(pid), query_counts(ids, task.channel), shards)
 
     batches = post_batches(task, ids, settings.post_batch_size)
     urls = settings.post_queue_urls
@@ -293,7 +401,7 @@ async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
         return DUPLICATE
 
     started = time.perf_counter()
-    frame, sha = await frame_of(deps, bid, batch.frame)
+    frame, sha = await frame_of(deps, bid, batch.frame, batch.channel)
     outcome: DeliveryOutcome = await deliver(
         batch.connection_ids,
         frame,
@@ -308,9 +416,11 @@ async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
     gone: list[str] = []
     connecting: list[str] = []
     if outcome.gone:
-        gone, connecting = await deps.connections.prune(
+        gone, connecting, subscribed = await deps.connections.prune(
             outcome.gone, now_ms=now_ms(), grace_ms=int(settings.prune_grace_seconds * 1000)
         )
+        if subscribed:  # a pruned connection's subscriptions go with it
+            await deps.members().remove(subscribed)
     settlement = settle(
         batch,
         PostOutcome(outcome.delivered, gone, outcome.retry, outcome.failed, connecting),
@@ -328,7 +438,7 @@ async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
             url, [settlement.dead_letter.model_dump_json(by_alias=True, exclude_defaults=True)]
         )
 
-    counts = settlement.counts
+    counts = with_channel_counts(settlement.counts, batch.channel)
     counted = await broadcasts.count(bid, entry, counts, shards) if counts else True
     result = post_result(
         batch,

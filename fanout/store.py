@@ -23,8 +23,8 @@ from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
 
-from fanout.accounting import COUNT_FIELDS, Totals, chunk_ids, shard_of, sum_shards
-from fanout.models import BroadcastRecord, BroadcastStatus
+from fanout.accounting import Totals, chunk_ids, is_counter, shard_of, sum_shards
+from fanout.models import Audience, BroadcastRecord, BroadcastStatus
 from fanout.swarming import StoredBroadcast
 
 _ser = TypeSerializer()
@@ -58,7 +58,12 @@ class BroadcastRequests:
     # `pending` is set while a broadcast is queued or running and removed when it ends: the sparse
     # index on it (PENDING_INDEX) is how the sweeper finds broadcasts that never finished.
     def create(
-        self, broadcast_id: str, created_at: int, frame: str, idempotency_key: str | None
+        self,
+        broadcast_id: str,
+        created_at: int,
+        frame: str,
+        idempotency_key: str | None,
+        audience: Audience | None = None,
     ) -> dict[str, Any]:
         item = {
             "broadcastId": broadcast_id,
@@ -68,6 +73,8 @@ class BroadcastRequests:
             "frame": frame,
             "idempotencyKey": idempotency_key,
             "pending": PENDING,
+            # who it goes to (absent: everyone), as the operator gave it, deduplicated
+            "audience": audience.model_dump_json(exclude_none=True) if audience is not None else None,
         }
         return {
             "TableName": self.table,
@@ -88,6 +95,7 @@ class BroadcastRequests:
             "sweeps",
             "sweptAt",
             "sweptProgress",
+            "audience",
         ]
         if frame:
             names.append("frame")
@@ -196,7 +204,7 @@ class BroadcastRequests:
         }
         adds = ["#ap :es"]
         for i, (name, value) in enumerate(counts.items()):
-            if name not in COUNT_FIELDS:
+            if not is_counter(name):
                 raise ValueError(f"unknown counter {name}")
             names[f"#c{i}"] = name
             values[f":v{i}"] = {"N": str(value)}
@@ -275,7 +283,10 @@ def parse_broadcast(item: dict[str, Any]) -> StoredBroadcast:
     """The record (without its counts: fanout.completion.with_totals), its frame and its plan."""
     values = from_item(item)
     ints = {k: int(v) for k, v in values.items() if k != "partitionIds" and hasattr(v, "as_integer_ratio")}
+    audience = values.pop("audience", None)
     record = BroadcastRecord.model_validate({**values, **ints})
+    if audience is not None:
+        record = record.model_copy(update={"audience": Audience.model_validate_json(str(audience))})
     frame = values.get("frame")
     return StoredBroadcast(
         record,

@@ -9,13 +9,15 @@ partitions already counted, whose tasks ran and whose post batches are queued or
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import math
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
 from fanout.accounting import Totals, counter_shards
+from fanout.channels import BUCKETS, bucket_ranges, unit_id, unit_parts
 from fanout.errors import MessageRefused
-from fanout.models import BroadcastRecord, BroadcastStatus, PartitionTask
+from fanout.models import Audience, AudienceKind, BroadcastRecord, BroadcastStatus, PartitionTask
 from fanout.planning import partition_shard
 
 # SendMessageBatch takes at most 10 messages.
@@ -34,6 +36,11 @@ class StoredBroadcast:
     def shards(self) -> int:
         """The broadcast's counter shards (0 until the swarm has started it)."""
         return self.record.counter_shards
+
+    @property
+    def audience(self) -> Audience | None:
+        """Who it goes to; None: every connection."""
+        return self.record.audience
 
 
 class SwarmStep(StrEnum):
@@ -67,6 +74,57 @@ def first_plan(counts: Mapping[int, int], *, batch_size: int, min_shards: int) -
     return SwarmPlan(ids, shards)
 
 
+# A users or connections audience is one work unit: its ids are known to the swarm (or read with one
+# query per user), and 1,000 users of a few devices each are a few post batches.
+SINGLE_UNIT = 0
+
+
+def audience_plan(
+    audience: Audience,
+    member_counts: Mapping[str, int],
+    *,
+    per_task: int,
+    batch_size: int,
+    min_shards: int,
+) -> SwarmPlan:
+    """The work units of a targeted broadcast and its counter shards.
+
+    A channel is read in bucket ranges, one unit per `per_task` members by its occupancy count (which
+    may lag: it only sizes the split, every unit reads the rows themselves, so a stale count costs
+    parallelism, never a member). Users and connections are one unit.
+    """
+    if audience.kind != AudienceKind.CHANNELS:
+        guess = len(audience.ids) * (3 if audience.kind == AudienceKind.USERS else 1)
+        return SwarmPlan([SINGLE_UNIT], counter_shards([guess], batch_size, minimum=min_shards))
+    units: list[int] = []
+    sizes: list[int] = []
+    for index, name in enumerate(audience.channels or []):
+        members = max(member_counts.get(name, 0), 0)
+        ranges = bucket_ranges(members, per_task)
+        units += [unit_id(index, lo, hi) for lo, hi in ranges]
+        sizes += [math.ceil(members / len(ranges))] * len(ranges)
+    return SwarmPlan(units, counter_shards(sizes, batch_size, minimum=min_shards))
+
+
+def unit_channel(audience: Audience | None, unit: int) -> str | None:
+    """The channel a work unit reads (None unless the audience is channels)."""
+    if audience is None or audience.channels is None:
+        return None
+    return audience.channels[unit_parts(unit)[0]]
+
+
+def runs_in_swarm(audience: Audience | None, unit: int) -> bool:
+    """Whether the swarm reads the unit and queues its post batches itself, sparing the audience a
+    queue hop and a query invocation: a user's devices, a list of connections, a channel read in one
+    range. Partitions of everyone, and the ranges of a big channel, go to the query stage in parallel."""
+    if audience is None:
+        return False
+    if audience.kind != AudienceKind.CHANNELS:
+        return True
+    _, lo, hi = unit_parts(unit)
+    return (lo, hi) == (0, BUCKETS - 1)
+
+
 def resumed_plan(stored: StoredBroadcast) -> SwarmPlan:
     return SwarmPlan(list(stored.partition_ids), stored.shards)
 
@@ -93,19 +151,36 @@ def partition_tasks(
     *,
     frame: str | None,
     queue_shards: int,
+    channel_of: Callable[[int], str | None] = lambda unit: None,
 ) -> dict[int, list[str]]:
     """The bodies of the partition tasks, by partition queue shard (a partition always goes to one)."""
     by_shard: dict[int, list[str]] = {}
-    for pid in partition_ids:
-        body = PartitionTask(
+    for task in unit_tasks(broadcast_id, partition_ids, plan, frame=frame, channel_of=channel_of):
+        body = task.model_dump_json(by_alias=True, exclude_none=True)
+        by_shard.setdefault(partition_shard(task.partition_id, queue_shards), []).append(body)
+    return by_shard
+
+
+def unit_tasks(
+    broadcast_id: str,
+    units: Sequence[int],
+    plan: SwarmPlan,
+    *,
+    frame: str | None,
+    channel_of: Callable[[int], str | None] = lambda unit: None,
+) -> list[PartitionTask]:
+    """The task of each unit (a partition of everyone, or a unit of a targeted broadcast)."""
+    return [
+        PartitionTask(
             broadcast_id=broadcast_id,
-            partition_id=pid,
+            partition_id=unit,
             partitions=plan.partitions,
             counter_shards=plan.shards,
             frame=frame,
-        ).model_dump_json(by_alias=True)
-        by_shard.setdefault(partition_shard(pid, queue_shards), []).append(body)
-    return by_shard
+            channel=channel_of(unit),
+        )
+        for unit in units
+    ]
 
 
 def send_batches_of(

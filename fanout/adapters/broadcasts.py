@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from fanout.accounting import Totals
 from fanout.adapters.errors import AWS_ERRORS, is_condition_failure, is_conflict, translate
 from fanout.errors import BroadcastNotFound, RetryableError, Throttled
-from fanout.models import BroadcastStatus
+from fanout.models import Audience, BroadcastStatus
 from fanout.retry import backoff_delay
 from fanout.store import (
     BroadcastRequests,
@@ -197,9 +197,17 @@ class BroadcastsTable:
         self.requests = requests
         self._sleep = sleep
 
-    def create(self, broadcast_id: str, created_at: int, frame: str, idempotency_key: str | None) -> None:
+    def create(
+        self,
+        broadcast_id: str,
+        created_at: int,
+        frame: str,
+        idempotency_key: str | None,
+        audience: Audience | None = None,
+    ) -> None:
+        request = self.requests.create(broadcast_id, created_at, frame, idempotency_key, audience)
         try:
-            self.client.put_item(**self.requests.create(broadcast_id, created_at, frame, idempotency_key))
+            self.client.put_item(**request)
         except AWS_ERRORS as exc:
             raise translate(exc, "store broadcast") from exc
 

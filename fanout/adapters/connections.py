@@ -64,12 +64,24 @@ class ConnectionRequests:
         }
 
     def prune(self, connection_id: str, *, cutoff_ms: int) -> dict[str, Any]:
-        """Delete a row unless it was written after `cutoff_ms` (its $connect may still be running)."""
+        """Delete a row unless it was written after `cutoff_ms` (its $connect may still be running);
+        the old row tells which subscriptions go with it."""
         return {
             "TableName": self.table,
             "Key": {"connectionId": {"S": connection_id}},
             "ConditionExpression": "attribute_not_exists(connectionId) OR connectedAt < :cutoff",
             "ExpressionAttributeValues": {":cutoff": _n(cutoff_ms)},
+            "ReturnValues": "ALL_OLD",
+        }
+
+    def of_user(self, user_id: str, users_index: str) -> dict[str, Any]:
+        """The first page of a Query of the users GSI: the ids of one user's connections."""
+        return {
+            "TableName": self.table,
+            "IndexName": users_index,
+            "KeyConditionExpression": "userId = :u",
+            "ExpressionAttributeValues": {":u": {"S": user_id}},
+            "ProjectionExpression": "connectionId",
         }
 
     def in_partition(self, partition_id: int, *, count: bool = False) -> dict[str, Any]:
@@ -85,6 +97,12 @@ class ConnectionRequests:
         else:
             kwargs["ProjectionExpression"] = "connectionId"
         return kwargs
+
+
+def channels_of(deleted: dict[str, Any]) -> list[str]:
+    """The channels a deleted row was subscribed to (DeleteItem's ALL_OLD answer)."""
+    old = deleted.get("Attributes") or {}
+    return sorted(old.get("channels", {}).get("SS", []))
 
 
 def partition_of(deleted: dict[str, Any]) -> int | None:
@@ -178,9 +196,26 @@ class ConnectionsTable:
 class AsyncConnectionsTable:
     """The connections table for the pipeline's stages (aioboto3 client passed in)."""
 
-    def __init__(self, client: AsyncDynamoDBClient, table: str, *, index: str) -> None:
+    def __init__(
+        self, client: AsyncDynamoDBClient, table: str, *, index: str, users_index: str = "byUser"
+    ) -> None:
         self.client = client
         self.requests = ConnectionRequests(table, index)
+        self.users_index = users_index
+
+    async def user_ids(self, user_id: str) -> list[str]:
+        """Every connection of one user (all devices): pages through the keys-only users GSI."""
+        ids: list[str] = []
+        kwargs = self.requests.of_user(user_id, self.users_index)
+        try:
+            while True:
+                out = await self.client.query(**kwargs)
+                ids.extend(i["connectionId"]["S"] for i in out.get("Items", []))
+                if "LastEvaluatedKey" not in out:
+                    return ids
+                kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+        except AWS_ERRORS as exc:
+            raise translate(exc, f"query connections of user {user_id}") from exc
 
     async def partition_ids(self, partition_id: int) -> list[str]:
         """Every connection id of one partition: pages through the keys-only GSI (1 MB a page)."""
@@ -198,29 +233,35 @@ class AsyncConnectionsTable:
 
     async def prune(
         self, connection_ids: Sequence[str], *, now_ms: int, grace_ms: int
-    ) -> tuple[list[str], list[str]]:
+    ) -> tuple[list[str], list[str], dict[str, list[str]]]:
         """Delete the rows of connections that answered 410, unless a row is younger than `grace_ms`.
 
         API Gateway answers 410 to a connection whose $connect has not finished, and the row is written
         during $connect: such a row is kept (and its id returned as still connecting) rather than
         deleting a live client. The age test is the delete's own condition, so it is atomic.
-        Returns (pruned or already gone, still connecting).
+        Returns (pruned or already gone, still connecting, the channels of each pruned subscriber).
         """
         cutoff = now_ms - grace_ms
         gone: list[str] = []
         connecting: list[str] = []
+        subscribed: dict[str, list[str]] = {}
         semaphore = asyncio.Semaphore(DELETE_CONCURRENCY)
 
         async def one(connection_id: str) -> None:
             async with semaphore:
                 try:
-                    await self.client.delete_item(**self.requests.prune(connection_id, cutoff_ms=cutoff))
+                    out = await self.client.delete_item(
+                        **self.requests.prune(connection_id, cutoff_ms=cutoff)
+                    )
                 except AWS_ERRORS as exc:
                     if error_code(exc) != CONDITION_FAILED:
                         raise translate(exc, f"prune connection {connection_id}") from exc
                     connecting.append(connection_id)
                 else:
                     gone.append(connection_id)
+                    channels = channels_of(dict(out))
+                    if channels:
+                        subscribed[connection_id] = channels
 
         await asyncio.gather(*(one(c) for c in connection_ids))
-        return gone, connecting
+        return gone, connecting, subscribed

@@ -348,7 +348,7 @@ async def test_a_replayed_count_answers_false_and_a_throttle_raises_the_engines_
 async def test_pruning_keeps_a_row_younger_than_the_grace_and_reports_it_connecting() -> None:
     client = FakeDynamoDB(delete_item=[{}, client_error("ConditionalCheckFailedException")])
     table = AsyncConnectionsTable(client, "connections", index="byPartition")  # type: ignore[arg-type]
-    gone, connecting = await table.prune(["old", "young"], now_ms=10_000, grace_ms=3_000)
+    gone, connecting, _ = await table.prune(["old", "young"], now_ms=10_000, grace_ms=3_000)
     assert (gone, connecting) == (["old"], ["young"])
     assert client.calls[0][1]["ExpressionAttributeValues"] == {":cutoff": {"N": "7000"}}
 
