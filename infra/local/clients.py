@@ -20,6 +20,7 @@ class Receipt:
     broadcast_id: str
     sent_at_ms: int
     received_at_ms: float
+    channel: str | None = None  # the channel a channel broadcast's frame names
 
 
 @dataclass
@@ -66,9 +67,12 @@ class ClientSwarm:
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
 
-    async def _open_one(self, index: int, token: str | None) -> Client | None:
+    async def _open_one(
+        self, index: int, token: str | None, extra: dict[str, str] | None = None
+    ) -> Client | None:
         assert self._session is not None
         params = {"token": token} if token is not None else {}
+        params.update(extra or {})
         try:
             ws = await self._session.ws_connect(
                 self.url,
@@ -96,19 +100,39 @@ class ClientSwarm:
                     client.other_frames.append(msg.data)
                     continue
                 if isinstance(frame, dict) and frame.get("type") == "broadcast":
-                    client.receipts.append(Receipt(str(frame["broadcastId"]), int(frame["sentAt"]), now))
+                    channel = frame.get("channel")
+                    client.receipts.append(
+                        Receipt(
+                            str(frame["broadcastId"]),
+                            int(frame["sentAt"]),
+                            now,
+                            str(channel) if channel is not None else None,
+                        )
+                    )
                 else:
                     client.other_frames.append(frame)
         finally:
             client.closed.set()
 
-    async def open(self, n: int, *, on_progress: Callable[[int], None] | None = None) -> list[Client]:
+    async def open(
+        self,
+        n: int,
+        *,
+        on_progress: Callable[[int], None] | None = None,
+        token_for: Callable[[int], str] | None = None,
+        params_for: Callable[[int], dict[str, str]] | None = None,
+    ) -> list[Client]:
+        """Open n clients; `token_for(index)` and `params_for(index)` give a client its own token and
+        URL parameters (``channels``), else every client uses the swarm's token."""
         semaphore = asyncio.Semaphore(self.concurrency)
         opened: list[Client] = []
 
         async def one(i: int) -> None:
+            index = len(self.clients) + i
+            token = token_for(index) if token_for is not None else self.token
+            params = params_for(index) if params_for is not None else None
             async with semaphore:
-                client = await self._open_one(len(self.clients) + i, self.token)
+                client = await self._open_one(index, token, params)
             if client is not None:
                 opened.append(client)
                 if on_progress:
@@ -118,9 +142,9 @@ class ClientSwarm:
         self.clients.extend(opened)
         return opened
 
-    async def try_open(self, token: str | None) -> Client | None:
+    async def try_open(self, token: str | None, params: dict[str, str] | None = None) -> Client | None:
         """Open one client with another token (None: no token); None when the handshake is refused."""
-        client = await self._open_one(len(self.clients), token)
+        client = await self._open_one(len(self.clients), token, params)
         if client is not None:
             self.clients.append(client)
         return client
@@ -133,6 +157,15 @@ class ClientSwarm:
         counts: Counter[int] = Counter()
         for c in self.clients:
             counts[c.index] = sum(1 for r in c.receipts if r.broadcast_id == broadcast_id)
+        return counts
+
+    def channel_receipts(self, broadcast_id: str) -> Counter[tuple[int, str | None]]:
+        """How many frames of that broadcast each (client index, channel named) got."""
+        counts: Counter[tuple[int, str | None]] = Counter()
+        for c in self.clients:
+            for r in c.receipts:
+                if r.broadcast_id == broadcast_id:
+                    counts[(c.index, r.channel)] += 1
         return counts
 
     def latencies_ms(self, broadcast_id: str) -> list[float]:
