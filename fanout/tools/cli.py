@@ -12,7 +12,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from fanout.errors import FanoutError
+from fanout.errors import FanoutError, InvalidInput
 from fanout.tools import dlq, plan
 from fanout.tools.operator_client import OperatorClient
 from infra.local.ddb_strict import parse_rate
@@ -38,7 +38,9 @@ def cmd_broadcast(args: argparse.Namespace) -> int:
 
     console = Console(stderr=True)
     api = _client(args)
-    broadcast_id = api.start(_parse_message(args.message), idempotency_key=args.idempotency_key)
+    broadcast_id = api.start(
+        _parse_message(args.message), idempotency_key=args.idempotency_key, to=_audience(args)
+    )
     if not args.wait:
         print(json.dumps({"broadcastId": broadcast_id}))
         return 0
@@ -58,6 +60,27 @@ def cmd_broadcast(args: argparse.Namespace) -> int:
         f"of {view['targeted']} targeted over {view['partitions']} partitions in {seconds:.2f} s"
     )
     return 0 if view["status"] == "completed" else 1
+
+
+def _audience(args: argparse.Namespace) -> dict[str, list[str]] | None:
+    """The operator API's "to" from --channel/--user/--connection (each repeatable; one kind)."""
+    given = {
+        kind: values
+        for kind, values in (
+            ("channels", args.channel),
+            ("users", args.user),
+            ("connections", args.connection),
+        )
+        if values
+    }
+    if len(given) > 1:
+        raise InvalidInput("give --channel, --user or --connection, not several kinds", field="to")
+    return given or None
+
+
+def cmd_channel(args: argparse.Namespace) -> int:
+    print(json.dumps(_client(args).channel(args.name)))
+    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -168,6 +191,7 @@ def parser() -> argparse.ArgumentParser:
     for name, func, help_ in (
         ("broadcast", cmd_broadcast, "send a broadcast"),
         ("status", cmd_status, "show a broadcast's state and counts"),
+        ("channel", cmd_channel, "show a channel's occupancy (connections, users)"),
     ):
         p = sub.add_parser(name, help=help_)
         if name == "broadcast":
@@ -177,6 +201,20 @@ def parser() -> argparse.ArgumentParser:
                 "--timeout", type=float, default=300.0, help="seconds to wait (default %(default)s)"
             )
             p.add_argument("--idempotency-key", help="a repeated key returns the first broadcast")
+            for flag, what in (
+                ("channel", "a channel"),
+                ("user", "a user id"),
+                ("connection", "a connection id"),
+            ):
+                p.add_argument(
+                    f"--{flag}",
+                    action="append",
+                    default=[],
+                    metavar=flag.upper(),
+                    help=f"send to {what} instead of everyone (repeatable)",
+                )
+        elif name == "channel":
+            p.add_argument("name")
         else:
             p.add_argument("broadcast_id")
         p.add_argument("--api", help="a deployed operator API URL (SigV4-signed); default: the local stack")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -110,10 +111,18 @@ class OperatorClient:
         SigV4Auth(creds, "execute-api", self.region or "us-east-1").add_auth(request)
         return dict(request.headers.items())
 
-    def start(self, message: Any, idempotency_key: str | None = None) -> str:
-        """Start a broadcast. Without a key, one is made for this call so that its retries are safe."""
+    def start(
+        self, message: Any, idempotency_key: str | None = None, *, to: dict[str, list[str]] | None = None
+    ) -> str:
+        """Start a broadcast, to everyone or to `to` ({"channels"|"users"|"connections": [...]}).
+        Without a key, one is made for this call so that its retries are safe."""
         headers = {"Idempotency-Key": idempotency_key or f"client-{uuid.uuid4()}"}
-        return str(self._request("POST", "/broadcasts", {"message": message}, headers)["broadcastId"])
+        body = {"message": message, **({"to": to} if to is not None else {})}
+        return str(self._request("POST", "/broadcasts", body, headers)["broadcastId"])
+
+    def channel(self, name: str) -> dict[str, Any]:
+        """A channel's occupancy: {"channel", "connections", "users"}."""
+        return dict(self._request("GET", f"/channels/{urllib.parse.quote(name, safe='')}"))
 
     def status(self, broadcast_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/broadcasts/{broadcast_id}"))
