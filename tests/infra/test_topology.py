@@ -107,6 +107,9 @@ def _function_of(t: dict[str, Any], value: Any) -> str:
     return str(name)
 
 
+STREAM_ARNS = {"connections": "arn:stream:connections", "subscriptions": "arn:stream:subscriptions"}
+
+
 def template_facts(t: dict[str, Any]) -> dict[str, Any]:
     """Per function name: its timeout and the (batch size, window, max concurrency) of its mappings."""
     queues = {k: r["Properties"]["QueueName"] for k, r in by_type(t, "AWS::SQS::Queue").items()}
@@ -142,7 +145,7 @@ def local_facts(options: StackOptions) -> dict[str, Any]:
     env = function_environment(
         options, Settings(), queues, connections_endpoint="http://ws/local", token_secret_arn="arn:secret"
     )
-    config = runtime_config(env, queues, "arn:stream", options)
+    config = runtime_config(env, queues, STREAM_ARNS, options)
     mappings: dict[str, list[tuple[str, int, int, int | None]]] = {}
     for m in config["sqsMappings"]:
         mappings.setdefault(m["function"], []).append(
