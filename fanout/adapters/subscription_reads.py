@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
 
+# `member` is one of DynamoDB's reserved words: every name goes through a placeholder.
+_NAMES = {"#c": "channel", "#m": "member", "#u": "userId", "#e": "expiresAt"}
+_PROJECTION = "#c, #m, #u, #e"
+
+
 @dataclass(frozen=True)
 class SubscriptionRow:
     channel: str
@@ -50,16 +55,18 @@ class SubscriptionReadRequests:
         """The first page of a Scan of every row's keys, user and expiry."""
         return {
             "TableName": self.table,
-            "ProjectionExpression": "channel, member, userId, expiresAt",
+            "ProjectionExpression": _PROJECTION,
+            "ExpressionAttributeNames": _NAMES,
         }
 
     def of_channel(self, channel: str) -> dict[str, Any]:
         """The first page of a consistent Query of one channel's rows (its user and expiry only)."""
         return {
             "TableName": self.table,
-            "KeyConditionExpression": "channel = :c",
+            "KeyConditionExpression": "#c = :c",
             "ExpressionAttributeValues": {":c": {"S": channel}},
-            "ProjectionExpression": "channel, member, userId, expiresAt",
+            "ProjectionExpression": _PROJECTION,
+            "ExpressionAttributeNames": _NAMES,
             "ConsistentRead": True,
         }
 
