@@ -80,6 +80,8 @@ class MemorySizes:
     default: int = 256
     partition_counter: int = 512
     reconciler: int = 512
+    channel_counter: int = 512  # channel occupancy: not billed by the broadcast cost model yet
+    channel_reconciler: int = 512
     operator_api: int = 512
     swarm: int = 1024
     query: int = 1024

@@ -87,7 +87,7 @@ class TopologyConfig(BaseModel):
     # rate is bounded without it, by the post event source mappings' MaximumConcurrency.
     reserve_concurrency: bool = Field(
         default=False,
-        description="reserve the post fleet's, the reconciler's and the sweeper's concurrency",
+        description="reserve the post fleet's, the reconcilers' and the sweeper's concurrency",
     )
     # Provisioned concurrency (on a version alias the triggers then invoke): no cold start on a
     # broadcast's critical path. 0: none (Lambda bills provisioned environments while they exist).
@@ -420,8 +420,9 @@ class Topology:
     functions: tuple[Function, ...]
     tables: tuple[Table, ...]
     queue_stages: tuple[QueueStage, ...]
-    stream_failures: Queue
+    stream_failures: Queue  # the partition counter's (the connections stream)
     swarm_failures: Queue
+    channel_counter_failures: Queue  # the channel counter's (the subscriptions stream)
 
     def function(self, key: str) -> Function:
         return _one(self.functions, key, "function")
@@ -436,10 +437,19 @@ class Topology:
         raise KeyError(f"no queue stage {stage!r}")
 
     @property
+    def stream_failure_queues(self) -> tuple[Queue, ...]:
+        """The on-failure queue of every stream trigger, one per stream consumer."""
+        return (self.stream_failures, self.channel_counter_failures)
+
+    def queue(self, key: str) -> Queue:
+        return _one(self.queues, key, "queue")
+
+    @property
     def dead_letter_queues(self) -> tuple[Queue, ...]:
-        """The shards' dead-letter queues, then the stream's and the swarm's failure queues."""
+        """The shards' dead-letter queues, then the partition counter's, the swarm's and the channel
+        counter's failure queues."""
         dlqs = [d for s in self.queue_stages for d in s.dead_letters]
-        return (*dlqs, self.stream_failures, self.swarm_failures)
+        return (*dlqs, self.stream_failures, self.swarm_failures, self.channel_counter_failures)
 
     @property
     def queues(self) -> tuple[Queue, ...]:
@@ -468,7 +478,9 @@ def topology(config: TopologyConfig | None = None) -> Topology:
     plan = c.post_plan
     reserved: dict[str, int] = (
         # the post fleet keeps its workers; the scheduled reconciler and sweeper never run twice at once
-        {"post": plan.total_workers, "reconciler": 1, "sweeper": 1} if c.reserve_concurrency else {}
+        {"post": plan.total_workers, "reconciler": 1, "channel-reconciler": 1, "sweeper": 1}
+        if c.reserve_concurrency
+        else {}
     )
     common = table_settings() | {
         "partition_count": str(c.partitions),
@@ -494,6 +506,13 @@ def topology(config: TopologyConfig | None = None) -> Topology:
         # 55 s: the run of one minute ends before the next one starts
         fn("reconciler", "reconciler", 512, 55, "every minute: recount partitions, skew",
            schedule=Schedule("reconcile", every_minute, "run the partition reconciler every minute")),
+        # The subscriptions table's stream: channel occupancy (connections and users per channel).
+        fn("channel-counter", "channel_counter", 512, 60, "stream: channel occupancy",
+           stream=StreamTrigger("subscriptions", c.stream_batch_size, 1, c.stream_parallelization,
+                                on_failure_queue="channel-counter-failures")),
+        fn("channel-reconciler", "channel_reconciler", 512, 55,
+           "every minute: recount channels, delete expired subscriptions",
+           schedule=Schedule("reconcile-channels", every_minute, "run the channel reconciler every minute")),
         fn("operator-api", "operator_api", 512, 15, "operator HTTP API (IAM)",
            settings={"swarm_function_name": swarm_name}),
         fn("swarm", "swarm", 1024, 300, "one task per non-empty partition",
@@ -538,6 +557,10 @@ def topology(config: TopologyConfig | None = None) -> Topology:
         # age): without a destination they are dropped and their broadcast stays queued.
         swarm_failures=Queue("swarm-failures", DLQ_RETENTION_SECONDS,
                              purpose="asynchronous swarm invocations Lambda gave up on"),
+        # Subscriptions stream records the channel counter gave up on (the channel reconciler
+        # corrects the counts anyway).
+        channel_counter_failures=Queue("channel-counter-failures", DLQ_RETENTION_SECONDS,
+                                       purpose="subscriptions stream records the channel counter gave up on"),
     )  # fmt: skip
 
 

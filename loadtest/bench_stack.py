@@ -55,7 +55,7 @@ def stack_status() -> str | None:
         if not (ROOT / "infra" / "local" / f"{name}.py").exists():
             return f"infra/local/{name}.py is missing"
     try:
-        stack.runtime_config({}, None, "", stack.StackOptions(), None)
+        stack.runtime_config({}, None, {}, stack.StackOptions(), None)
     except NotImplementedError as exc:
         return f"infra/local/stack.py is not finished: {exc}"
     except Exception:

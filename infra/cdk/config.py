@@ -68,6 +68,8 @@ class FanoutConfig(TopologyConfig):
     log_retention_days: int = 30
     alarm_email: str | None = None
     queue_age_alarm_seconds: int = Field(default=300, ge=60)
+    # A stream consumer this far behind serves counts that old (placement, occupancy).
+    stream_age_alarm_seconds: int = Field(default=120, ge=1)
     throttled_alarm_per_minute: int = Field(default=1_000, ge=1)
     transaction_conflict_alarm_per_minute: int = Field(default=300, ge=1)
 

@@ -93,7 +93,12 @@ class FanoutStack(Stack):
             removal_policy=removal,
         )
         self.monitoring = Monitoring(
-            self, "Monitoring", config=config, queues=self.queues, functions=self.functions.by_key
+            self,
+            "Monitoring",
+            config=config,
+            queues=self.queues,
+            functions=self.functions.by_key,
+            stream_consumers=[f.key for f in system.functions if f.stream is not None],
         )
         self._outputs()
 
@@ -138,6 +143,8 @@ class FanoutStack(Stack):
         out("PartitionsTable", self.tables.partitions.table_name, "partitions table")
         out("BroadcastsTable", self.tables.broadcasts.table_name, "broadcasts table")
         out("IdempotencyTable", self.tables.idempotency.table_name, "idempotency and ledger table")
+        out("SubscriptionsTable", self.tables.subscriptions.table_name, "subscriptions table")
+        out("ChannelsTable", self.tables.channels.table_name, "channel occupancy table")
         out("SwarmFailuresQueueUrl", self.queues.swarm_failures.queue_url, "swarm events Lambda gave up on")
         out("DashboardName", self.monitoring.dashboard.dashboard_name, "CloudWatch dashboard")
         out("AlarmTopicArn", self.monitoring.topic.topic_arn, "subscribe on-call here")

@@ -86,9 +86,19 @@ def seed_partition_rows(dynamodb: Any, settings: Settings) -> None:
             pending = out.get("UnprocessedItems") or {}
 
 
+def stream_arns(dynamodb: Any, settings: Settings) -> dict[str, str]:
+    """The stream ARN of every topology table with a stream, by table key (connections, subscriptions):
+    what the runtime's stream event source mappings read."""
+    arns: dict[str, str] = {}
+    for table in TOPOLOGY.tables:
+        if table.stream:
+            desc = dynamodb.describe_table(TableName=getattr(settings, table.setting))["Table"]
+            arns[table.key] = str(desc["LatestStreamArn"])
+    return arns
+
+
 def connections_stream_arn(dynamodb: Any, settings: Settings) -> str:
-    desc = dynamodb.describe_table(TableName=settings.connections_table)["Table"]
-    return str(desc["LatestStreamArn"])
+    return stream_arns(dynamodb, settings)["connections"]
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ import os
 import secrets
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,10 @@ from infra.local import procs
 from infra.local.dynamodb import ROOT, DynamoDBLocal
 from infra.local.resources import (
     QueueSet,
-    connections_stream_arn,
     create_queues,
     create_tables,
     create_token_secret,
+    stream_arns,
 )
 
 HOST = "127.0.0.1"
@@ -203,7 +203,7 @@ class LocalStack:
         )
         dynamodb = local_client("dynamodb", ddb_url)
         create_tables(dynamodb, settings)
-        stream_arn = connections_stream_arn(dynamodb, settings)
+        streams = stream_arns(dynamodb, settings)
         sqs = local_client("sqs", sqs_url)
         queues = create_queues(
             sqs, shards=o.shards, prefix=PREFIX, visibility_timeout=LOCAL_VISIBILITY_TIMEOUT
@@ -232,7 +232,7 @@ class LocalStack:
         }
         runtime_cfg = self.state_dir / "runtime.json"
         runtime_cfg.write_text(
-            json.dumps(runtime_config(env, queues, stream_arn, o, sqs, swarm_failures), indent=2)
+            json.dumps(runtime_config(env, queues, streams, o, sqs, swarm_failures), indent=2)
         )
         self.log(f"starting the Lambda runtime ({len(o.topology().functions)} functions)")
         self._spawn(
@@ -410,7 +410,7 @@ def _concurrency(key: str, o: StackOptions) -> int:
 def runtime_config(
     env: dict[str, str],
     queues: Any,
-    stream_arn: str,
+    stream_arns: Mapping[str, str],
     o: StackOptions,
     sqs: Any = None,
     swarm_failures: str | None = None,
@@ -419,6 +419,7 @@ def runtime_config(
 
     Without ``sqs`` the queues' ARNs are left to the runtime (GetQueueAttributes at start), so the
     configuration can be built, and compared with the CDK app's, without a running stack.
+    ``stream_arns`` holds the stream of every table a stream trigger reads, by table key.
     """
     from infra.local.runtime_config import (
         DynamoDBStreamMapping,
@@ -478,7 +479,7 @@ def runtime_config(
     streams = [
         DynamoDBStreamMapping(
             function=f.name(PREFIX),
-            stream_arn=stream_arn,
+            stream_arn=stream_arns[f.stream.table],
             batch_size=f.stream.batch_size,
             starting_position=f.stream.starting_position,
             maximum_batching_window=f.stream.maximum_batching_window_seconds,
@@ -490,7 +491,12 @@ def runtime_config(
         for f in system.functions
         if f.stream is not None
     ]
-    rates = {"reconcile": o.reconcile_every_seconds, "sweep": o.sweep_every_seconds}
+    # both reconcilers (partitions, channels) run at the cadence a test sets for reconciling
+    rates = {
+        "reconcile": o.reconcile_every_seconds,
+        "reconcile-channels": o.reconcile_every_seconds,
+        "sweep": o.sweep_every_seconds,
+    }
     schedules = [
         ScheduleConfig(
             function=f.name(PREFIX),

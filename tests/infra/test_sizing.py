@@ -110,7 +110,12 @@ def test_reserved_concurrency_is_opt_in() -> None:
     assert FanoutConfig().reserve_concurrency is False
     assert _reserved(FanoutConfig()) == {}
     on = FanoutConfig.from_context(Context(reserveConcurrency="true"))
-    assert _reserved(on) == {"post": on.post_plan.total_workers, "reconciler": 1, "sweeper": 1}
+    assert _reserved(on) == {
+        "post": on.post_plan.total_workers,
+        "reconciler": 1,
+        "channel-reconciler": 1,
+        "sweeper": 1,
+    }
 
 
 def test_name_prefix_follows_the_stack_unless_given() -> None:

@@ -22,6 +22,8 @@ FUNCTIONS = {
     "fanout-default": "handlers.default.handler",
     "fanout-partition-counter": "handlers.partition_counter.handler",
     "fanout-reconciler": "handlers.reconciler.handler",
+    "fanout-channel-counter": "handlers.channel_counter.handler",
+    "fanout-channel-reconciler": "handlers.channel_reconciler.handler",
     "fanout-operator-api": "handlers.operator_api.handler",
     "fanout-swarm": "handlers.swarm.handler",
     "fanout-query": "handlers.query.handler",
@@ -29,9 +31,10 @@ FUNCTIONS = {
     "fanout-sweeper": "handlers.sweeper.handler",
 }
 PLAN = post_concurrency_plan(FanoutConfig().post_budget, SHARDS, FanoutConfig().post_worker_capacity)
-# Tables have generated names; each is known by its key.
-TABLE_KEYS = {"connectionId": "connections", "partitionId": "partitions", "broadcastId": "broadcasts",
-              "id": "idempotency"}  # fmt: skip
+# Tables have generated names; each is known by its (partition key, sort key).
+TABLE_KEYS = {("connectionId", None): "connections", ("partitionId", None): "partitions",
+              ("broadcastId", None): "broadcasts", ("id", None): "idempotency",
+              ("channel", "member"): "subscriptions", ("channel", "key"): "channels"}  # fmt: skip
 
 
 def by_type(t: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
@@ -49,11 +52,11 @@ def function_id(t: dict[str, Any], name: str) -> str:
 
 
 def table_ids(t: dict[str, Any]) -> dict[str, str]:
-    """Logical id of each table by its role (connections, partitions, broadcasts, idempotency)."""
+    """Logical id of each table by its role (connections, subscriptions, channels, partitions, ...)."""
     out = {}
     for lid, r in by_type(t, "AWS::DynamoDB::Table").items():
-        (hash_key,) = [k["AttributeName"] for k in r["Properties"]["KeySchema"] if k["KeyType"] == "HASH"]
-        out[TABLE_KEYS[hash_key]] = lid
+        schema = {k["KeyType"]: k["AttributeName"] for k in r["Properties"]["KeySchema"]}
+        out[TABLE_KEYS[(schema["HASH"], schema.get("RANGE"))]] = lid
     assert len(out) == len(TABLE_KEYS)
     return out
 
@@ -156,14 +159,28 @@ def test_tables_keys_gsi_stream_ttl_pitr_encryption(fanout: dict[str, Any]) -> N
     assert keys["partitions"] == [{"AttributeName": "partitionId", "KeyType": "HASH"}]
     assert keys["broadcasts"] == [{"AttributeName": "broadcastId", "KeyType": "HASH"}]
     assert keys["idempotency"] == [{"AttributeName": "id", "KeyType": "HASH"}]
-    conn = tables["connections"]["Properties"]
-    (gsi,) = conn["GlobalSecondaryIndexes"]
-    assert gsi["IndexName"] == "byPartition"
-    assert gsi["KeySchema"] == [
-        {"AttributeName": "partitionId", "KeyType": "HASH"},
-        {"AttributeName": "connectionId", "KeyType": "RANGE"},
+    assert keys["subscriptions"] == [
+        {"AttributeName": "channel", "KeyType": "HASH"},
+        {"AttributeName": "member", "KeyType": "RANGE"},
     ]
-    assert gsi["Projection"] == {"ProjectionType": "KEYS_ONLY"}
+    assert keys["channels"] == [
+        {"AttributeName": "channel", "KeyType": "HASH"},
+        {"AttributeName": "key", "KeyType": "RANGE"},
+    ]
+    conn = tables["connections"]["Properties"]
+    gsis = {g["IndexName"]: g for g in conn["GlobalSecondaryIndexes"]}
+    assert set(gsis) == {"byPartition", "byUser"}
+    for name, key in (("byPartition", "partitionId"), ("byUser", "userId")):
+        assert gsis[name]["KeySchema"] == [
+            {"AttributeName": key, "KeyType": "HASH"},
+            {"AttributeName": "connectionId", "KeyType": "RANGE"},
+        ], name
+        assert gsis[name]["Projection"] == {"ProjectionType": "KEYS_ONLY"}, name
+    assert {"AttributeName": "userId", "AttributeType": "S"} in conn["AttributeDefinitions"]
+    subs = tables["subscriptions"]["Properties"]
+    assert subs["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}  # the channel counter
+    assert subs["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
+    assert "StreamSpecification" not in tables["channels"]["Properties"]
     assert {"AttributeName": "partitionId", "AttributeType": "N"} in conn["AttributeDefinitions"]
     assert conn["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
     assert conn["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
@@ -208,7 +225,11 @@ def test_queue_and_dlq_counts_follow_q(fanout: dict[str, Any]) -> None:
         for i in range(SHARDS)
         for dlq in ("", "-dlq")
     }
-    assert set(queues) == expected | {"fanout-partition-counter-failures", "fanout-swarm-failures"}
+    assert set(queues) == expected | {
+        "fanout-partition-counter-failures",
+        "fanout-swarm-failures",
+        "fanout-channel-counter-failures",
+    }
     ids = {r["Properties"]["QueueName"]: k for k, r in by_type(fanout, "AWS::SQS::Queue").items()}
     for stage, timeout in (("partition", 60), ("post", 60)):
         for i in range(SHARDS):
@@ -304,20 +325,32 @@ def test_sqs_event_source_mappings(fanout: dict[str, Any]) -> None:
             assert 2 <= p["ScalingConfig"]["MaximumConcurrency"] <= 1000
 
 
-def test_stream_event_source_mapping(fanout: dict[str, Any]) -> None:
+def test_stream_event_source_mappings(fanout: dict[str, Any]) -> None:
     tables = {lid: role for role, lid in table_ids(fanout).items()}
-    (stream,) = [
-        m["Properties"]
-        for m in by_type(fanout, "AWS::Lambda::EventSourceMapping").values()
-        if refs(m["Properties"]["EventSourceArn"]) & set(tables)
-    ]
-    assert tables[next(iter(refs(stream["EventSourceArn"])))] == "connections"
-    assert function_id(fanout, "fanout-partition-counter") in refs(stream["FunctionName"])
-    assert stream["BisectBatchOnFunctionError"] is True
-    assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"]
-    assert stream["StartingPosition"] == "TRIM_HORIZON"
-    assert 0 < stream["MaximumRetryAttempts"] <= 20
-    assert refs(stream["DestinationConfig"]["OnFailure"]["Destination"])
+    queue_names = {k: r["Properties"]["QueueName"] for k, r in by_type(fanout, "AWS::SQS::Queue").items()}
+    streams = {}
+    for m in by_type(fanout, "AWS::Lambda::EventSourceMapping").values():
+        (source,) = refs(m["Properties"]["EventSourceArn"])
+        if source in tables:
+            streams[tables[source]] = m["Properties"]
+    # each stream-fed table has one consumer, with its own failure queue
+    assert set(streams) == {"connections", "subscriptions"}
+    for table, fn, failures in (
+        ("connections", "fanout-partition-counter", "fanout-partition-counter-failures"),
+        ("subscriptions", "fanout-channel-counter", "fanout-channel-counter-failures"),
+    ):
+        stream = streams[table]
+        assert refs(stream["FunctionName"]) == {function_id(fanout, fn)}, table
+        assert stream["BisectBatchOnFunctionError"] is True, table
+        assert stream["FunctionResponseTypes"] == ["ReportBatchItemFailures"], table
+        assert stream["StartingPosition"] == "TRIM_HORIZON", table
+        assert 0 < stream["MaximumRetryAttempts"] <= 20, table
+        (queue,) = refs(stream["DestinationConfig"]["OnFailure"]["Destination"])
+        assert queue_names[queue] == failures, table
+        # Lambda sends the failed batch's description with the function's own role
+        assert any(refs(r) == {queue} for r in _role_actions(fanout, fn)["sqs:SendMessage"]), table
+        reads = _role_actions(fanout, fn)["dynamodb:GetRecords"]
+        assert {x for r in reads for x in refs(r)} == {table_ids(fanout)[table]}, table
 
 
 def test_reconciler_and_sweeper_run_every_minute(fanout: dict[str, Any]) -> None:
@@ -329,6 +362,7 @@ def test_reconciler_and_sweeper_run_every_minute(fanout: dict[str, Any]) -> None
         assert target["RetryPolicy"]["MaximumRetryAttempts"] == 0  # the next minute's run retries
     assert scheduled == {
         function_id(fanout, "fanout-reconciler"): "rate(1 minute)",
+        function_id(fanout, "fanout-channel-reconciler"): "rate(1 minute)",
         function_id(fanout, "fanout-sweeper"): "rate(1 minute)",
     }
 
@@ -379,6 +413,66 @@ def test_sweeper_permissions(fanout: dict[str, Any]) -> None:
         "lambda:InvokeFunction",
         "logs:CreateLogStream", "logs:PutLogEvents", "xray:PutTraceSegments", "xray:PutTelemetryRecords",
     }  # fmt: skip
+
+
+def _tables_of(fanout: dict[str, Any], function_name: str) -> dict[str, set[str]]:
+    """action -> the roles of the tables (or "<table>/<index>") a function may call it on."""
+    roles = {lid: role for role, lid in table_ids(fanout).items()}
+    out: dict[str, set[str]] = {}
+    for action, resources in _role_actions(fanout, function_name).items():
+        if not action.startswith("dynamodb:") or action == "dynamodb:ListStreams":
+            continue
+        for resource in resources:
+            (lid,) = refs(resource) & set(roles)
+            text = json.dumps(resource)
+            index = text.split("/index/")[1].split('"')[0] if "/index/" in text else None
+            stream = "/stream/" in text or "StreamArn" in text
+            out.setdefault(action, set()).add(
+                roles[lid] + (f"/{index}" if index else "") + ("/stream" if stream else "")
+            )
+    return out
+
+
+STREAM_READ = ("dynamodb:DescribeStream", "dynamodb:GetRecords", "dynamodb:GetShardIterator")
+
+
+def test_channel_functions_least_privilege(fanout: dict[str, Any]) -> None:
+    counter = _tables_of(fanout, "fanout-channel-counter")
+    assert counter == {
+        "dynamodb:UpdateItem": {"channels"},
+        "dynamodb:DeleteItem": {"channels"},
+        **{a: {"subscriptions/stream"} for a in STREAM_READ},
+    }
+    assert _tables_of(fanout, "fanout-channel-reconciler") == {
+        "dynamodb:Scan": {"subscriptions", "channels"},
+        "dynamodb:Query": {"subscriptions", "channels"},
+        "dynamodb:DeleteItem": {"subscriptions", "channels"},
+        "dynamodb:UpdateItem": {"channels"},
+    }
+    operator = _tables_of(fanout, "fanout-operator-api")
+    assert operator["dynamodb:GetItem"] >= {"channels"}
+    assert all("channels" not in t for a, t in operator.items() if a != "dynamodb:GetItem")
+    assert all("subscriptions" not in t for t in operator.values())
+
+
+def test_connection_and_pipeline_functions_reach_the_channel_tables(fanout: dict[str, Any]) -> None:
+    writes = {"dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"}
+    for fn in ("fanout-connect", "fanout-disconnect", "fanout-default"):
+        actions = _tables_of(fanout, fn)
+        assert {a for a, t in actions.items() if "subscriptions" in t} == writes, fn
+        assert all("channels" not in t for t in actions.values()), fn
+    assert "connections" in _tables_of(fanout, "fanout-default")["dynamodb:UpdateItem"]
+    for fn in ("fanout-swarm", "fanout-query"):
+        actions = _tables_of(fanout, fn)
+        assert {"subscriptions", "connections/byUser"} <= actions["dynamodb:Query"], fn
+        assert "channels" in actions["dynamodb:BatchGetItem"], fn
+        assert not {a for a, t in actions.items() if "subscriptions" in t} - {"dynamodb:Query"}, fn
+        assert not {a for a, t in actions.items() if "channels" in t} - {
+            "dynamodb:GetItem", "dynamodb:BatchGetItem"
+        }, fn  # fmt: skip
+    post = _tables_of(fanout, "fanout-post")
+    assert {a for a, t in post.items() if "subscriptions" in t} == {"dynamodb:DeleteItem"}
+    assert all("channels" not in t for t in post.values())
 
 
 # -- IAM -----------------------------------------------------------------------------------------
@@ -477,7 +571,9 @@ def test_dashboard_widgets(fanout: dict[str, Any]) -> None:
     for metric in ("Delivered", "Gone", "Throttled", "Failed", "BroadcastsStarted", "BroadcastsCompleted",
                    "BroadcastDuration", "BatchLatency", "PartitionSkew", "Connections", "ConnectFailed",
                    "DisconnectFailed", "ConnectRefused", "TransactionConflicts", "BroadcastsRedriven",
-                   "BroadcastsFailed"):  # fmt: skip
+                   "BroadcastsFailed", "Subscriptions", "Channels", "SubscriptionRecordsCounted",
+                   "SubscriptionsExpiredDeleted", "ChannelsCorrected", "ChannelDriftTotal",
+                   "ChannelCounterAddsFailed", "SubscriptionRecordsMalformed"):  # fmt: skip
         assert f'\\"Fanout\\",\\"{metric}\\"' in body, metric
     assert body.count("PERIOD(") >= 3  # delivered/s, gone/s, throttled/s
     assert body.count('\\"stat\\":\\"p99\\"') >= 2 and body.count('\\"stat\\":\\"p50\\"') >= 2
@@ -486,6 +582,10 @@ def test_dashboard_widgets(fanout: dict[str, Any]) -> None:
         assert body.count(f'\\"AWS/SQS\\",\\"{metric}\\"') >= 2 * SHARDS, metric
     for metric in ("Errors", "Throttles", "ConcurrentExecutions"):
         assert body.count(f'\\"AWS/Lambda\\",\\"{metric}\\"') >= len(FUNCTIONS), metric
+    # the lag of both stream consumers, and the channel functions' errors beside the occupancy figures
+    assert body.count('\\"AWS/Lambda\\",\\"IteratorAge\\"') == 2
+    assert body.count('\\"label\\":\\"channel-counter errors\\"') == 1
+    assert body.count('\\"label\\":\\"channel-reconciler errors\\"') == 1
 
 
 def test_alarms_are_wired_to_the_topic(fanout: dict[str, Any]) -> None:
@@ -494,7 +594,7 @@ def test_alarms_are_wired_to_the_topic(fanout: dict[str, Any]) -> None:
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic_id}]
     names = [a["Properties"].get("MetricName") for a in alarms]
-    dlqs = 2 * SHARDS + 2  # per-shard DLQs, stream failures, swarm async failures
+    dlqs = 2 * SHARDS + 3  # per-shard DLQs, both streams' failures, swarm async failures
     assert names.count("ApproximateNumberOfMessagesVisible") == dlqs
     assert names.count("ApproximateAgeOfOldestMessage") == 2 * SHARDS
     assert names.count("Throttled") == 1
@@ -505,6 +605,28 @@ def test_alarms_are_wired_to_the_topic(fanout: dict[str, Any]) -> None:
     assert alarmed == {function_id(fanout, n) for n in FUNCTIONS} - {authorizer}
     topic = fanout["Resources"][topic_id]["Properties"]
     assert refs(topic["KmsMasterKeyId"])
+
+
+def test_stream_consumers_lag_and_failures_are_alarmed(fanout: dict[str, Any]) -> None:
+    alarms = [a["Properties"] for a in by_type(fanout, "AWS::CloudWatch::Alarm").values()]
+    ages = [a for a in alarms if a.get("MetricName") == "IteratorAge"]
+    assert {ref for a in ages for ref in refs(a["Dimensions"])} == {
+        function_id(fanout, "fanout-partition-counter"),
+        function_id(fanout, "fanout-channel-counter"),
+    }
+    for alarm in ages:
+        assert alarm["Namespace"] == "AWS/Lambda" and alarm["Statistic"] == "Maximum"
+        assert alarm["Threshold"] == FanoutConfig().stream_age_alarm_seconds * 1000  # IteratorAge is ms
+    # a record the channel counter gave up on pages someone
+    ids = {r["Properties"]["QueueName"]: k for k, r in by_type(fanout, "AWS::SQS::Queue").items()}
+    (depth,) = [
+        a
+        for a in alarms
+        if a.get("MetricName") == "ApproximateNumberOfMessagesVisible"
+        and refs(a["Dimensions"]) == {ids["fanout-channel-counter-failures"]}
+    ]
+    assert depth["Threshold"] == 1
+    assert depth["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
 
 
 def _fanout_alarm(fanout: dict[str, Any], metric: str) -> dict[str, Any]:

@@ -107,6 +107,9 @@ def _function_of(t: dict[str, Any], value: Any) -> str:
     return str(name)
 
 
+STREAM_ARNS = {"connections": "arn:stream:connections", "subscriptions": "arn:stream:subscriptions"}
+
+
 def template_facts(t: dict[str, Any]) -> dict[str, Any]:
     """Per function name: its timeout and the (batch size, window, max concurrency) of its mappings."""
     queues = {k: r["Properties"]["QueueName"] for k, r in by_type(t, "AWS::SQS::Queue").items()}
@@ -142,7 +145,7 @@ def local_facts(options: StackOptions) -> dict[str, Any]:
     env = function_environment(
         options, Settings(), queues, connections_endpoint="http://ws/local", token_secret_arn="arn:secret"
     )
-    config = runtime_config(env, queues, "arn:stream", options)
+    config = runtime_config(env, queues, STREAM_ARNS, options)
     mappings: dict[str, list[tuple[str, int, int, int | None]]] = {}
     for m in config["sqsMappings"]:
         mappings.setdefault(m["function"], []).append(
@@ -357,3 +360,31 @@ def test_the_printed_local_command_runs_the_plans_knobs() -> None:
         token_secret_arn="arn",
     )
     assert float(env[env_name("post_rate_per_worker")]) == pytest.approx(d.post_rate_per_worker, abs=1e-3)
+
+
+def test_the_local_runtime_runs_every_stream_consumer_on_its_tables_stream_and_every_schedule() -> None:
+    options = StackOptions(partitions=PARTITIONS, shards=SHARDS, reconcile_every_seconds=2)
+    queues = QueueSet(["p"] * SHARDS, ["q"] * SHARDS, ["d"] * 2 * SHARDS)
+    config = runtime_config({}, queues, STREAM_ARNS, options)
+    streams = {m["function"]: m["streamArn"] for m in config["dynamodbStreamMappings"]}
+    assert streams == {
+        "fanout-partition-counter": STREAM_ARNS["connections"],
+        "fanout-channel-counter": STREAM_ARNS["subscriptions"],
+    }
+    system = topology()
+    counter = system.function("channel-counter")
+    assert counter.stream is not None and counter.stream.table == "subscriptions"
+    assert counter.stream.on_failure_queue == "channel-counter-failures"
+    assert system.queue("channel-counter-failures") in system.dead_letter_queues
+    assert [q.key for q in system.stream_failure_queues] == [
+        "partition-counter-failures",
+        "channel-counter-failures",
+    ]
+    schedules = {s["function"]: s["rateSeconds"] for s in config["schedules"]}
+    # both reconcilers at the cadence the test asked for; the sweeper as deployed
+    assert schedules == {"fanout-reconciler": 2, "fanout-channel-reconciler": 2, "fanout-sweeper": 60}
+
+
+def test_local_stream_arns_cover_every_stream_trigger() -> None:
+    tables = {f.stream.table for f in topology().functions if f.stream is not None}
+    assert tables == {t.key for t in topology().tables if t.stream} == set(STREAM_ARNS)

@@ -203,15 +203,33 @@ class Functions(Construct):
         # BatchGetItem to sum them)
         ledger = ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:BatchGetItem"]
         read_counts = ["dynamodb:BatchGetItem"]
+        subs, chans = t.subscriptions.table_arn, t.channels.table_arn
+        # A connection's subscription rows: written one at a time or in batches (?channels= on connect,
+        # subscribe/unsubscribe on $default), deleted with the connection.
+        write_subscriptions = ["dynamodb:PutItem", "dynamodb:DeleteItem", "dynamodb:BatchWriteItem"]
         partition_queues = [s.queue.queue_arn for s in q.partition_shards]
         post_queues = [s.queue.queue_arn for s in q.post_shards]
         post_dlqs = [s.dlq.queue_arn for s in q.post_shards]
 
         token_secret.grant_read(self.roles["authorizer"])
-        self._allow("connect", ["dynamodb:PutItem"], [conn])
+        self._allow("connect", ["dynamodb:PutItem", "dynamodb:UpdateItem"], [conn])
         self._allow("connect", read_partitions, [parts])
+        self._allow("connect", write_subscriptions, [subs])
         self._allow("disconnect", ["dynamodb:DeleteItem", "dynamodb:GetItem"], [conn])
+        self._allow("disconnect", write_subscriptions, [subs])
+        # $default subscribes and unsubscribes: the subscription rows and the connection row's channels
+        self._allow("default", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [conn])
+        self._allow("default", write_subscriptions, [subs])
         self._allow("partition-counter", ["dynamodb:UpdateItem"], [parts])
+        # presence ADDs (and the deletion of a presence row back at 0), counter ADDs
+        self._allow("channel-counter", ["dynamodb:UpdateItem", "dynamodb:DeleteItem"], [chans])
+        # recount every channel and delete the expired subscription rows
+        self._allow("channel-reconciler", ["dynamodb:Scan", "dynamodb:Query", "dynamodb:DeleteItem"], [subs])
+        self._allow(
+            "channel-reconciler",
+            ["dynamodb:Scan", "dynamodb:Query", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            [chans],
+        )
         self._allow("reconciler", ["dynamodb:Query"], [t.connections_index_arn])
         self._allow("reconciler", [*read_partitions, "dynamodb:UpdateItem", "dynamodb:PutItem"], [parts])
         self._allow(
@@ -231,6 +249,7 @@ class Functions(Construct):
             [idem],
         )
         self._allow("operator-api", ["lambda:InvokeFunction"], [self.targets["swarm"].function_arn])
+        self._allow("operator-api", ["dynamodb:GetItem"], [chans])  # GET /channels/{name}: occupancy
         self._allow("sweeper", ["dynamodb:Query"], [t.broadcasts_pending_index_arn])
         self._allow("sweeper", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("sweeper", ["lambda:InvokeFunction"], [self.targets["swarm"].function_arn])
@@ -239,11 +258,15 @@ class Functions(Construct):
         self._allow("swarm", ["dynamodb:Scan", "dynamodb:GetItem"], [parts])
         self._allow("swarm", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("swarm", ["sqs:SendMessage", "sqs:GetQueueAttributes"], partition_queues)
+        # audiences: a channel's members (sized by its counter row), a user's connections
+        for stage in ("swarm", "query"):
+            self._allow(stage, ["dynamodb:Query"], [subs, t.users_index_arn])
+            self._allow(stage, ["dynamodb:GetItem", "dynamodb:BatchGetItem"], [chans])
         self._allow("query", ["dynamodb:Query"], [t.connections_index_arn])
         self._allow("query", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("query", ledger, [idem])
         self._allow("query", ["sqs:SendMessage", "sqs:GetQueueAttributes"], post_queues)
-        self._allow("post", ["dynamodb:DeleteItem"], [conn])
+        self._allow("post", ["dynamodb:DeleteItem"], [conn, subs])  # a 410 prunes its subscriptions too
         self._allow("post", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("post", ledger, [idem])
         self._allow("post", ["sqs:SendMessage", "sqs:GetQueueAttributes"], post_queues + post_dlqs)
@@ -318,4 +341,8 @@ class Functions(Construct):
 
 
 # The rules' construct ids as first deployed (a new id would replace the rule).
-_RULE_IDS = {"reconcile": "ReconcileEveryMinute", "sweep": "SweepEveryMinute"}
+_RULE_IDS = {
+    "reconcile": "ReconcileEveryMinute",
+    "reconcile-channels": "ReconcileChannelsEveryMinute",
+    "sweep": "SweepEveryMinute",
+}

@@ -6,6 +6,8 @@ Engine metrics come from Powertools (EMF) in namespace ``Fanout`` with the dimen
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from aws_cdk import Duration, RemovalPolicy
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
@@ -51,6 +53,11 @@ def authorizer_faults(fn: lambda_.IFunction, refusals: str) -> cw.MathExpression
     )
 
 
+def iterator_age(fn: lambda_.IFunction) -> cw.Metric:
+    """How far behind its stream a stream-fed function is: the age of the last record it got (ms)."""
+    return fn.metric("IteratorAge", period=MINUTE, statistic="Maximum")
+
+
 def per_second(name: str, label: str) -> cw.MathExpression:
     var = name.lower()  # expression ids must be unique within one graph
     return cw.MathExpression(
@@ -70,8 +77,11 @@ class Monitoring(Construct):
         config: FanoutConfig,
         queues: Queues,
         functions: dict[str, lambda_.Function],
+        stream_consumers: Sequence[str] = (),
     ) -> None:
         super().__init__(scope, id)
+        # the functions fed by a DynamoDB stream (partition counter, channel counter)
+        self.stream_consumers = {k: functions[k] for k in stream_consumers}
         key = kms.Key(
             self,
             "AlarmTopicKey",
@@ -180,6 +190,21 @@ class Monitoring(Construct):
                     evaluation_periods=5,
                     datapoints_to_alarm=2,
                     comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                    treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+                ),
+            )
+        for key, fn in self.stream_consumers.items():
+            self._alarm(
+                "stream-age",
+                iterator_age(fn).create_alarm(
+                    self,
+                    f"{key}-iterator-age",
+                    alarm_description=f"{config.name(key)} is more than {config.stream_age_alarm_seconds}s "
+                    "behind its table's stream: the counts it keeps are that old",
+                    threshold=config.stream_age_alarm_seconds * 1000,
+                    evaluation_periods=3,
+                    datapoints_to_alarm=2,
+                    comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
                     treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
                 ),
             )
@@ -314,6 +339,40 @@ class Monitoring(Construct):
                 title="Partition skew (max / mean)",
                 left=[fanout_metric("PartitionSkew", "Maximum").with_(label="skew")],
                 width=half,
+            ),
+        )
+        d.add_widgets(
+            cw.GraphWidget(
+                title="Stream consumer lag (iterator age, ms)",
+                left=[iterator_age(f).with_(label=k) for k, f in self.stream_consumers.items()],
+                width=third,
+            ),
+            cw.GraphWidget(
+                title="Subscriptions and channels (channel reconciler)",
+                left=[
+                    fanout_metric("Subscriptions", "Maximum").with_(label="subscriptions"),
+                    fanout_metric("Channels", "Maximum").with_(label="channels"),
+                ],
+                right=[
+                    fanout_metric("SubscriptionRecordsCounted").with_(label="stream records counted"),
+                    fanout_metric("SubscriptionsExpiredDeleted").with_(label="expired deleted"),
+                ],
+                width=third,
+            ),
+            cw.GraphWidget(
+                title="Channel occupancy drift and failures",
+                left=[
+                    fanout_metric("ChannelsCorrected").with_(label="channels corrected"),
+                    fanout_metric("ChannelDriftTotal").with_(label="drift (connections)"),
+                    fanout_metric("ChannelCounterAddsFailed").with_(label="counter adds failed"),
+                    fanout_metric("SubscriptionRecordsMalformed").with_(label="records malformed"),
+                ],
+                right=[
+                    functions[k].metric_errors(period=MINUTE, statistic="Sum", label=f"{k} errors")
+                    for k in ("channel-counter", "channel-reconciler")
+                    if k in functions
+                ],
+                width=third,
             ),
         )
         for title, shards in (("Partition-task", queues.partition_shards), ("Post", queues.post_shards)):

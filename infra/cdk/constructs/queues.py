@@ -1,5 +1,6 @@
 """The topology's queues (fanout/topology.py): Q partition-task shards and Q post shards, each with a
-dead-letter queue, and the failure queues of the connections stream and the swarm's async invokes."""
+dead-letter queue, and the failure queues of the two streams (connections, subscriptions) and of the
+swarm's async invokes."""
 
 from __future__ import annotations
 
@@ -44,12 +45,20 @@ class Queues(Construct):
             "This queue is itself a dead-letter destination: the on-failure destination of the swarm "
             "function's asynchronous invocations (cdk-nag only recognizes SQS redrive policies).",
         )
+        self.channel_counter_failures = self._queue(topology.channel_counter_failures)
+        acknowledge(
+            self.channel_counter_failures,
+            "AwsSolutions-SQS3",
+            "This queue is itself a dead-letter destination: the on-failure destination of the "
+            "subscriptions stream's event source mapping (cdk-nag only recognizes SQS redrive policies).",
+        )
 
     @property
     def dead_letter_queues(self) -> list[sqs.Queue]:
         return [s.dlq for s in self.partition_shards + self.post_shards] + [
             self.stream_failures,
             self.swarm_failures,
+            self.channel_counter_failures,
         ]
 
     def _shard(self, spec: Queue) -> Shard:

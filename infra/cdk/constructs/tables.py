@@ -1,4 +1,5 @@
-"""The tables of the topology (fanout/topology.py): connections, partitions, broadcasts, idempotency."""
+"""The tables of the topology (fanout/topology.py): connections, subscriptions, channels, partitions,
+broadcasts, idempotency."""
 
 from __future__ import annotations
 
@@ -8,10 +9,10 @@ from aws_cdk import RemovalPolicy
 from aws_cdk import aws_dynamodb as ddb
 from constructs import Construct
 
-from fanout.topology import BROADCASTS_PENDING_INDEX, CONNECTIONS_INDEX, Key, Table, Topology
+from fanout.topology import BROADCASTS_PENDING_INDEX, CONNECTIONS_INDEX, USERS_INDEX, Key, Table, Topology
 from infra.cdk.config import Billing, FanoutConfig, RemovalMode
 
-__all__ = ["BROADCASTS_PENDING_INDEX", "CONNECTIONS_INDEX", "Tables"]
+__all__ = ["BROADCASTS_PENDING_INDEX", "CONNECTIONS_INDEX", "USERS_INDEX", "Tables"]
 
 _TYPES = {"S": ddb.AttributeType.STRING, "N": ddb.AttributeType.NUMBER}
 _PROJECTIONS = {"KEYS_ONLY": ddb.ProjectionType.KEYS_ONLY, "ALL": ddb.ProjectionType.ALL}
@@ -31,6 +32,8 @@ class Tables(Construct):
         self.partitions = self.by_key["partitions"]
         self.broadcasts = self.by_key["broadcasts"]
         self.idempotency = self.by_key["idempotency"]
+        self.subscriptions = self.by_key["subscriptions"]
+        self.channels = self.by_key["channels"]
 
     @property
     def all(self) -> list[ddb.Table]:
@@ -39,6 +42,10 @@ class Tables(Construct):
     @property
     def connections_index_arn(self) -> str:
         return f"{self.connections.table_arn}/index/{CONNECTIONS_INDEX}"
+
+    @property
+    def users_index_arn(self) -> str:
+        return f"{self.connections.table_arn}/index/{USERS_INDEX}"
 
     @property
     def broadcasts_pending_index_arn(self) -> str:
