@@ -35,6 +35,16 @@ class PayloadTooLarge(InvalidInput):
         self.limit = limit
 
 
+class Refused(InvalidInput):
+    """A client's request the protocol refuses: a machine-readable `code` (the error frame's) and the
+    HTTP `status` a refused $connect answers with (400 for a bad request, 403 for a missing right)."""
+
+    def __init__(self, message: str, *, code: str, status: int = 400) -> None:
+        super().__init__(message, field="channels")
+        self.code = code
+        self.status = status
+
+
 class Unauthorized(FanoutError):
     """A token or caller identity was refused."""
 

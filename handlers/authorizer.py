@@ -1,6 +1,10 @@
 """fanout-authorizer: the WebSocket `$connect` REQUEST authorizer (identity: querystring `token`).
 
-A valid HS256 token → an Allow policy on the methodArn with context {"userId": sub}. Anything else →
+A valid HS256 token → an Allow policy on the methodArn with context {"userId": sub, "channels": ...,
+"publish": ...}, the token's rights as JSON strings (fanout.protocol.authorizer_context: API Gateway
+takes only strings, numbers and booleans as context values). `token` is the only identity source:
+API Gateway refuses a request that lacks one of them, so ``?channels=`` is checked by `$connect`
+against these rights, not here. Anything else →
 `Exception("Unauthorized")`, which API Gateway answers with 401 before `$connect` runs, so no
 connection row is written. The reason is logged (never the token) and counted.
 """
@@ -18,8 +22,9 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fanout.errors import ConfigurationError, Unauthorized
+from fanout.protocol import authorizer_context
 from fanout.settings import AuthorizerSettings, load
-from fanout.tokens import verify_token
+from fanout.tokens import TokenClaims, verify_token
 from handlers._observability import logger, metrics, tracer
 
 SECRET_MAX_AGE_SECONDS = 300
@@ -75,14 +80,14 @@ def token_secret(d: Deps) -> str:
     return str(value)
 
 
-def allow(principal: str, method_arn: str) -> dict[str, Any]:
+def allow(claims: TokenClaims, method_arn: str) -> dict[str, Any]:
     return {
-        "principalId": principal,
+        "principalId": claims.sub,
         "policyDocument": {
             "Version": "2012-10-17",
             "Statement": [{"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": method_arn}],
         },
-        "context": {"userId": principal},
+        "context": authorizer_context(claims.sub, claims.channels, claims.publish),
     }
 
 
@@ -101,4 +106,4 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         raise Exception("Unauthorized") from None  # the exact message API Gateway maps to 401
     logger.debug("connect allowed", userId=claims.sub, connectionId=request.request_context.connection_id)
     metrics.add_metric(name="ConnectAllowed", unit=MetricUnit.Count, value=1)
-    return allow(claims.sub, request.method_arn)
+    return allow(claims, request.method_arn)

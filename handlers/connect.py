@@ -1,6 +1,10 @@
-"""fanout-connect: route `$connect` → choose a partition, write the connection row.
+"""fanout-connect: route `$connect` → subscribe to `?channels=`, choose a partition, write the rows.
 
-The authorizer already checked the token; its context carries the userId. Partition choice reads a
+The authorizer already checked the token; its context carries the userId and the token's rights
+(fanout.protocol.Grants). The channels of ``?channels=a,b`` are checked here, where the rights and
+the parameter meet (not in the authorizer: every identity source of a WebSocket authorizer must be on
+every request): an invalid name or too many is a 400, a channel the token does not allow a 403, and
+then no row is written. Partition choice reads a
 per-container cached view of the partition counters (refreshed every
 FANOUT_PARTITION_VIEW_TTL_SECONDS) and takes the least loaded of FANOUT_PARTITION_CHOICES random
 candidates: O(1) DynamoDB reads per connect, amortized.
@@ -22,34 +26,38 @@ from aws_lambda_powertools.utilities.parser.models import (
     APIGatewayWebSocketConnectEventRequestContext,
 )
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import Field, ValidationError
 
 from fanout.adapters.connections import ConnectionsTable
 from fanout.adapters.partitions import PartitionsTable
-from fanout.errors import FanoutError
+from fanout.adapters.subscriptions import SubscriptionsTable
+from fanout.errors import FanoutError, Refused
+from fanout.protocol import expires_at, grants_of, requested_channels
 from fanout.settings import ConnectSettings, load
 from handlers._observability import logger, metrics, tracer
 from partitions.choice import PartitionChooser
 from partitions.lifecycle import open_connection
 
 
-class AuthorizerContext(BaseModel):
-    model_config = ConfigDict(extra="ignore")
-    user_id: str = Field(alias="userId", min_length=1)
-
-
 class ConnectRequestContext(APIGatewayWebSocketConnectEventRequestContext):
-    authorizer: AuthorizerContext | None = None
+    authorizer: dict[str, Any] | None = None
 
 
 class ConnectEvent(APIGatewayWebSocketConnectEventModel):
     request_context: ConnectRequestContext = Field(alias="requestContext")
+    query_string_parameters: dict[str, str] | None = Field(default=None, alias="queryStringParameters")
+    multi_value_query_string_parameters: dict[str, list[str]] | None = Field(
+        default=None, alias="multiValueQueryStringParameters"
+    )
 
 
 @dataclass(frozen=True)
 class Deps:
     connections: ConnectionsTable
+    subscriptions: SubscriptionsTable
     chooser: PartitionChooser
+    ttl_seconds: int
+    max_subscriptions: int
 
 
 @lru_cache(maxsize=1)
@@ -72,7 +80,12 @@ def deps() -> Deps:
         clock=time.monotonic,
         rng=random.Random(),
     )
-    return Deps(connections, chooser)
+    subscriptions = SubscriptionsTable(
+        client, settings.subscriptions_table, connections_table=settings.connections_table
+    )
+    return Deps(
+        connections, subscriptions, chooser, settings.connection_ttl_seconds, settings.max_subscriptions
+    )
 
 
 @logger.inject_lambda_context
@@ -85,7 +98,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         logger.warning("unreadable $connect event", errors=exc.errors(include_url=False, include_input=False))
         return {"statusCode": 400}
     ctx = request.request_context
-    if ctx.authorizer is None:
+    grants = grants_of(ctx.authorizer)
+    if grants is None:
         # The route is only reachable through the authorizer; without its context, refuse (no row).
         logger.warning("connect without authorizer context", connectionId=ctx.connection_id)
         return {"statusCode": 401}
@@ -95,11 +109,27 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         connected = open_connection(
             d.chooser,
             d.connections,
+            d.subscriptions,
             connection_id=ctx.connection_id,
-            user_id=ctx.authorizer.user_id,
+            grants=grants,
             source_ip=str(ctx.identity.source_ip.network_address),
             now=time.time(),
+            expires_at=expires_at(ctx.connected_at, d.ttl_seconds),
+            requested=requested_channels(
+                request.query_string_parameters, request.multi_value_query_string_parameters
+            ),
+            max_subscriptions=d.max_subscriptions,
         )
+    except Refused as exc:
+        logger.info(
+            "connect refused",
+            connectionId=ctx.connection_id,
+            userId=grants.user_id,
+            code=exc.code,
+            problem=str(exc),
+        )
+        metrics.add_metric(name="ConnectChannelsRefused", unit=MetricUnit.Count, value=1)
+        return {"statusCode": exc.status}
     except FanoutError as exc:
         logger.exception("connect failed", connectionId=ctx.connection_id, error=str(exc))
         metrics.add_metric(name="ConnectFailed", unit=MetricUnit.Count, value=1)
@@ -108,8 +138,9 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     logger.info(
         "connected",
         connectionId=connected.connection_id,
-        userId=ctx.authorizer.user_id,
+        userId=grants.user_id,
         partitionId=connected.partition_id,
+        channels=list(connected.channels),
         viewReads=view_reads,
     )
     metrics.add_metric(name="Connects", unit=MetricUnit.Count, value=1)

@@ -1,84 +1,144 @@
-"""fanout-default: route `$default` (two-way): `{"action":"ping"}` → `{"type":"pong"}`.
+"""fanout-default: route `$default` (two-way): ping, subscribe and unsubscribe.
 
-Anything else gets `{"type":"error","error":"<what is wrong>"}`, never a crash: unknown actions,
-non-JSON, binary frames, empty or oversized messages, even an unreadable event.
+`{"action":"ping"}` → `{"type":"pong"}`; `{"action":"subscribe","channel":"a"}` →
+`{"type":"subscribed","channel":"a"}`; `{"action":"unsubscribe","channel":"a"}` →
+`{"type":"unsubscribed","channel":"a"}`. The rights come from the authorizer's context of the
+connection and the connection from `requestContext.connectionId`, never from the frame, so no
+connection can change another's subscriptions. Anything else gets an error frame
+(`{"type":"error","action":...,"code":...,"message":...}`, fanout.protocol), never a crash:
+unknown actions, non-JSON, binary frames, empty or oversized messages, even an unreadable event.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
+import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.parser import parse
-from aws_lambda_powertools.utilities.parser.models import APIGatewayWebSocketMessageEventModel
+from aws_lambda_powertools.utilities.parser.models import (
+    APIGatewayWebSocketMessageEventModel,
+    APIGatewayWebSocketMessageEventRequestContext,
+)
 from aws_lambda_powertools.utilities.typing import LambdaContext
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import Field, ValidationError
 
+from fanout.adapters.subscriptions import SubscriptionsTable
+from fanout.protocol import (
+    INVALID,
+    PONG,
+    ErrorReply,
+    Grants,
+    Ping,
+    Subscribe,
+    Unsubscribe,
+    answer,
+    error_frame,
+    expires_at,
+    grants_of,
+    internal_error,
+    read_message,
+)
+from fanout.settings import DefaultSettings, load
 from handlers._observability import logger, metrics, tracer
 
-# Clients only ever send small control messages; anything bigger is refused unread.
-MAX_MESSAGE_BYTES = 4096
-PONG = json.dumps({"type": "pong"}, separators=(",", ":"))
+
+class MessageRequestContext(APIGatewayWebSocketMessageEventRequestContext):
+    authorizer: dict[str, Any] | None = None
 
 
-class ClientMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    action: str
+class MessageEvent(APIGatewayWebSocketMessageEventModel):
+    request_context: MessageRequestContext = Field(alias="requestContext")
 
 
-class ProtocolError(Exception):
-    """What is wrong with a client message, in words the client can read."""
+@dataclass(frozen=True)
+class Deps:
+    subscriptions: SubscriptionsTable
+    ttl_seconds: int
+    max_subscriptions: int
 
 
-def _error(problem: str) -> dict[str, Any]:
-    return {"statusCode": 200, "body": json.dumps({"type": "error", "error": problem}, separators=(",", ":"))}
+@lru_cache(maxsize=1)
+def deps() -> Deps:
+    """Built once per container, at the first subscribe or unsubscribe (a ping needs no table)."""
+    settings = load(DefaultSettings)
+    client = boto3.client("dynamodb", region_name=settings.region)
+    return Deps(
+        SubscriptionsTable(
+            client, settings.subscriptions_table, connections_table=settings.connections_table
+        ),
+        settings.connection_ttl_seconds,
+        settings.max_subscriptions,
+    )
 
 
-def reply(body: str | None, *, is_base64: bool) -> str:
-    """The answer to one client message; raises ProtocolError naming the problem."""
-    if is_base64:
-        raise ProtocolError("binary messages are not supported; send a JSON text message")
-    if body is None or not body.strip():
-        raise ProtocolError('empty message; send {"action":"ping"}')
-    size = len(body.encode("utf-8", errors="surrogatepass"))
-    if size > MAX_MESSAGE_BYTES:
-        raise ProtocolError(f"message too large: {size} bytes; the limit is {MAX_MESSAGE_BYTES} bytes")
-    try:
-        data = json.loads(body)
-    except (ValueError, RecursionError):
-        raise ProtocolError("message is not valid JSON") from None
-    if not isinstance(data, dict):
-        raise ProtocolError('message must be a JSON object with an "action"')
-    try:
-        message = ClientMessage.model_validate(data)
-    except ValidationError:
-        raise ProtocolError('message needs a string "action"') from None
-    if message.action == "ping":
-        return PONG
-    shown = message.action if len(message.action) <= 40 else message.action[:40] + "..."
-    raise ProtocolError(f'unknown action {shown!r}; supported: "ping"')
+def _frame(body: str) -> dict[str, Any]:
+    return {"statusCode": 200, "body": body}
+
+
+def _run(command: Subscribe | Unsubscribe, request: MessageEvent, grants: Grants | None) -> str:
+    """Subscribe or unsubscribe this connection (the I/O between the two pure halves)."""
+    ctx = request.request_context
+    d = deps()
+    if isinstance(command, Subscribe):
+        assert grants is not None  # read_message refuses a subscribe without rights
+        outcome = d.subscriptions.subscribe(
+            ctx.connection_id,
+            grants.user_id,
+            command.channel,
+            expires_at=expires_at(ctx.connected_at, d.ttl_seconds),
+            limit=d.max_subscriptions,
+        )
+    else:
+        outcome = d.subscriptions.unsubscribe(ctx.connection_id, command.channel)
+    logger.info(
+        "subscriptions changed", connectionId=ctx.connection_id, channel=command.channel, outcome=outcome
+    )
+    return answer(command, outcome, limit=d.max_subscriptions)
 
 
 @logger.inject_lambda_context
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    connection_id: str | None = None
     try:
-        request = parse(event=event, model=APIGatewayWebSocketMessageEventModel)
-        connection_id = request.request_context.connection_id
-        body = request.body if isinstance(request.body, str) else None
-        answer = reply(body, is_base64=request.is_base64_encoded)
+        request = parse(event=event, model=MessageEvent)
     except ValidationError:
         logger.warning("unreadable $default event")
-        return _error("unreadable request")
-    except ProtocolError as exc:
-        logger.info("client message refused", connectionId=connection_id, problem=str(exc))
-        metrics.add_metric(name="ClientMessagesRefused", unit=MetricUnit.Count, value=1)
-        return _error(str(exc))
+        return _frame(error_frame(None, INVALID, "unreadable request"))
     except Exception:  # never crash on a client message: answer, and log for the operator
-        logger.exception("unexpected error answering a client message")
-        return _error("internal error")
-    metrics.add_metric(name="Pings", unit=MetricUnit.Count, value=1)
-    return {"statusCode": 200, "body": answer}
+        logger.exception("unexpected error reading a $default event")
+        return _frame(internal_error(None))
+    ctx = request.request_context
+    action: str | None = None
+    try:
+        grants = grants_of(ctx.authorizer)
+        body = request.body if isinstance(request.body, str) else None
+        command = read_message(body, is_base64=request.is_base64_encoded, grants=grants)
+        if isinstance(command, ErrorReply):
+            logger.info(
+                "client message refused",
+                connectionId=ctx.connection_id,
+                action=command.action,
+                code=command.code,
+                problem=command.message,
+            )
+            metrics.add_metric(name="ClientMessagesRefused", unit=MetricUnit.Count, value=1)
+            return _frame(command.frame)
+        if isinstance(command, Ping):
+            metrics.add_metric(name="Pings", unit=MetricUnit.Count, value=1)
+            return _frame(PONG)
+        action = "subscribe" if isinstance(command, Subscribe) else "unsubscribe"
+        reply = _run(command, request, grants)
+        metrics.add_metric(
+            name="Subscribes" if action == "subscribe" else "Unsubscribes", unit=MetricUnit.Count, value=1
+        )
+        return _frame(reply)
+    except Exception:  # never crash on a client message: answer, and log for the operator
+        logger.exception(
+            "unexpected error answering a client message", connectionId=ctx.connection_id, action=action
+        )
+        metrics.add_metric(name="ClientMessagesFailed", unit=MetricUnit.Count, value=1)
+        return _frame(internal_error(action))

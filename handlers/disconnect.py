@@ -1,6 +1,7 @@
-"""fanout-disconnect: route `$disconnect` → delete the connection row (the stream updates counters).
+"""fanout-disconnect: route `$disconnect` → delete the connection row (the stream updates counters),
+then the subscription rows it listed.
 
-`$disconnect` is best effort in API Gateway; rows it misses expire through the table's TTL.
+`$disconnect` is best effort in API Gateway; rows it misses expire through the tables' TTL.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import ValidationError
 
 from fanout.adapters.connections import ConnectionsTable
+from fanout.adapters.subscriptions import SubscriptionsTable
 from fanout.errors import FanoutError
 from fanout.settings import DisconnectSettings, load
 from handlers._observability import logger, metrics, tracer
@@ -26,6 +28,7 @@ from partitions.lifecycle import close_connection
 @dataclass(frozen=True)
 class Deps:
     connections: ConnectionsTable
+    subscriptions: SubscriptionsTable
 
 
 @lru_cache(maxsize=1)
@@ -39,7 +42,10 @@ def deps() -> Deps:
             settings.connections_table,
             index=settings.connections_index,
             ttl_seconds=settings.connection_ttl_seconds,
-        )
+        ),
+        SubscriptionsTable(
+            client, settings.subscriptions_table, connections_table=settings.connections_table
+        ),
     )
 
 
@@ -56,17 +62,19 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         return {"statusCode": 400}
     ctx = request.request_context
     try:
-        partition_id = close_connection(deps().connections, ctx.connection_id)
+        d = deps()
+        closed = close_connection(d.connections, d.subscriptions, ctx.connection_id)
     except FanoutError as exc:
-        # The row expires through TTL if this delete never happens.
+        # The rows expire through TTL if this delete never happens.
         logger.exception("disconnect failed", connectionId=ctx.connection_id, error=str(exc))
         metrics.add_metric(name="DisconnectFailed", unit=MetricUnit.Count, value=1)
         return {"statusCode": 500}
     logger.info(
         "disconnected",
         connectionId=ctx.connection_id,
-        partitionId=partition_id,
-        found=partition_id is not None,
+        partitionId=closed.partition_id if closed else None,
+        channels=list(closed.channels) if closed else [],
+        found=closed is not None,
         disconnectStatusCode=ctx.disconnect_status_code,
         disconnectReason=ctx.disconnect_reason,
     )

@@ -1,18 +1,21 @@
 """The connection lifecycle as domain operations over the adapters: one function per handler.
 
-Adapters are passed in (fanout.adapters.connections, fanout.adapters.partitions); nothing here reads
-settings or builds clients.
+Adapters are passed in (fanout.adapters.connections, fanout.adapters.partitions,
+fanout.adapters.subscriptions); nothing here reads settings or builds clients.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from fanout.adapters.connections import ConnectionsTable
+from fanout.adapters.connections import ConnectionsTable, channels_of
 from fanout.adapters.partitions import AppliedDeltas, PartitionsTable
+from fanout.adapters.subscriptions import SubscriptionsTable
 from fanout.errors import FanoutError
+from fanout.protocol import Grants, connect_channels
 from partitions.choice import PartitionChooser
 from partitions.counting import StreamChange, aggregate, plan_checkpoint, prefix_before_failure
 from partitions.reconcile import Correction, ReconciliationPlan, plan_reconciliation
@@ -27,31 +30,72 @@ class Connected:
     connection_id: str
     partition_id: int
     expires_at: int
+    channels: tuple[str, ...] = ()
 
 
 def open_connection(
     chooser: PartitionChooser,
     connections: ConnectionsTable,
+    subscriptions: SubscriptionsTable,
     *,
     connection_id: str,
-    user_id: str,
+    grants: Grants,
     source_ip: str,
     now: float,
+    expires_at: int,
+    requested: Sequence[str] = (),
+    max_subscriptions: int,
 ) -> Connected:
-    """Choose a partition (cached view, least loaded of d) and write the connection row.
+    """Decide the channels asked for at $connect (fanout.protocol.connect_channels: raises Refused,
+    and then nothing is written), choose a partition (cached view, least loaded of d) and write the
+    rows: the subscription rows first, then the connection row listing them.
 
-    No counter write: the stream of the connections table feeds the counters.
+    In that order a connection row never lists a channel without its row; if the connection row
+    cannot be written, the subscription rows are deleted again (best effort: they expire with the
+    connection's expiresAt otherwise). No counter write: the stream of the connections table feeds
+    the counters.
     """
+    channels = connect_channels(grants, requested, limit=max_subscriptions)
     partition_id = chooser.choose()
-    item = connections.put(
-        connection_id=connection_id, partition_id=partition_id, user_id=user_id, source_ip=source_ip, now=now
-    )
-    return Connected(connection_id, partition_id, int(item["expiresAt"]["N"]))
+    if channels:
+        subscriptions.put_rows(connection_id, grants.user_id, channels, expires_at)
+    try:
+        item = connections.put(
+            connection_id=connection_id,
+            partition_id=partition_id,
+            user_id=grants.user_id,
+            source_ip=source_ip,
+            now=now,
+            channels=channels,
+            expires_at=expires_at,
+        )
+    except FanoutError:
+        if channels:
+            with contextlib.suppress(FanoutError):
+                subscriptions.remove(connection_id, channels)
+        raise
+    return Connected(connection_id, partition_id, int(item["expiresAt"]["N"]), tuple(channels))
 
 
-def close_connection(connections: ConnectionsTable, connection_id: str) -> int | None:
-    """Delete the row; the partition it was in, or None when it was already gone."""
-    return connections.delete(connection_id)
+@dataclass(frozen=True)
+class Disconnected:
+    partition_id: int | None
+    channels: tuple[str, ...]
+
+
+def close_connection(
+    connections: ConnectionsTable, subscriptions: SubscriptionsTable, connection_id: str
+) -> Disconnected | None:
+    """Delete the connection row, then the subscription rows it listed; None when the row was
+    already gone (its subscription rows, if any are left, expire with it)."""
+    old = connections.delete_row(connection_id)
+    if old is None:
+        return None
+    channels = channels_of(old)
+    if channels:
+        subscriptions.remove(connection_id, channels)
+    partition = old.get("partitionId")
+    return Disconnected(int(partition["N"]) if partition else None, tuple(channels))
 
 
 @dataclass(frozen=True)

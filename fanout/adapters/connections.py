@@ -9,12 +9,14 @@ calls at once on one event loop).
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from fanout.adapters.errors import AWS_ERRORS, CONDITION_FAILED, error_code, translate
+from fanout.adapters.errors import AWS_ERRORS, CONDITION_FAILED, error_code, is_conflict, translate
+from fanout.retry import backoff_delay
 
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
@@ -22,6 +24,10 @@ if TYPE_CHECKING:
 
 # Deletes of pruned connections in flight at once, per post batch.
 DELETE_CONCURRENCY = 16
+# A delete refused because a transaction (a subscribe) holds the row is tried again this many times.
+CONFLICT_ATTEMPTS = 10
+CONFLICT_BASE_SECONDS = 0.02
+CONFLICT_CAP_SECONDS = 1.0
 
 
 def _n(value: int | float) -> dict[str, str]:
@@ -36,17 +42,31 @@ class ConnectionRequests:
     index: str
 
     def put(
-        self, *, connection_id: str, partition_id: int, user_id: str, source_ip: str, now: float, ttl: int
+        self,
+        *,
+        connection_id: str,
+        partition_id: int,
+        user_id: str,
+        source_ip: str,
+        now: float,
+        ttl: int,
+        channels: Iterable[str] | None = None,
+        expires_at: int | None = None,
     ) -> dict[str, Any]:
-        """The row; `expiresAt` = now + the connection TTL (epoch seconds), `connectedAt` in ms."""
-        item = {
+        """The row; `expiresAt` = `expires_at`, by default now + the connection TTL (epoch seconds),
+        `connectedAt` in ms, and `channels` the string set of the connection's subscriptions (absent
+        when there are none: DynamoDB has no empty set)."""
+        item: dict[str, Any] = {
             "connectionId": {"S": connection_id},
             "partitionId": _n(partition_id),
             "connectedAt": _n(int(now * 1000)),
-            "expiresAt": _n(int(now) + ttl),
+            "expiresAt": _n(int(now) + ttl if expires_at is None else expires_at),
             "userId": {"S": user_id},
             "sourceIp": {"S": source_ip},
         }
+        names = list(dict.fromkeys(channels or ()))
+        if names:
+            item["channels"] = {"SS": names}
         return {"TableName": self.table, "Item": item}
 
     def delete(self, connection_id: str) -> dict[str, Any]:
@@ -99,10 +119,11 @@ class ConnectionRequests:
         return kwargs
 
 
-def channels_of(deleted: dict[str, Any]) -> list[str]:
-    """The channels a deleted row was subscribed to (DeleteItem's ALL_OLD answer)."""
-    old = deleted.get("Attributes") or {}
-    return sorted(old.get("channels", {}).get("SS", []))
+def channels_of(row: dict[str, Any] | None) -> list[str]:
+    """The channels a connection row lists (its `channels` string set), sorted; [] without any."""
+    if not row or "channels" not in row:
+        return []
+    return sorted(row["channels"].get("SS", []))
 
 
 def partition_of(deleted: dict[str, Any]) -> int | None:
@@ -131,9 +152,18 @@ class ConnectionsTable:
         return self.requests.index
 
     def put(
-        self, *, connection_id: str, partition_id: int, user_id: str, source_ip: str, now: float
+        self,
+        *,
+        connection_id: str,
+        partition_id: int,
+        user_id: str,
+        source_ip: str,
+        now: float,
+        channels: Iterable[str] | None = None,
+        expires_at: int | None = None,
     ) -> dict[str, Any]:
-        """Write the connection row; returns it (`expiresAt` = now + the connection TTL)."""
+        """Write the connection row; returns it (`expiresAt` = `expires_at`, by default now + the
+        connection TTL; `channels` the string set of its subscriptions, if any)."""
         request = self.requests.put(
             connection_id=connection_id,
             partition_id=partition_id,
@@ -141,6 +171,8 @@ class ConnectionsTable:
             source_ip=source_ip,
             now=now,
             ttl=self.ttl_seconds,
+            channels=channels,
+            expires_at=expires_at,
         )
         try:
             self.client.put_item(**request)
@@ -151,11 +183,27 @@ class ConnectionsTable:
 
     def delete(self, connection_id: str) -> int | None:
         """Delete the row; the partition it was in, or None if there was no row."""
-        try:
-            out = self.client.delete_item(**self.requests.delete(connection_id))
-        except AWS_ERRORS as exc:
-            raise translate(exc, "delete connection") from exc
-        return partition_of(dict(out))
+        old = self.delete_row(connection_id)
+        return partition_of({"Attributes": old}) if old is not None else None
+
+    def delete_row(self, connection_id: str) -> dict[str, Any] | None:
+        """Delete the row; the row as it was (DynamoDB's ALL_OLD), or None if there was none.
+
+        A subscribe's transaction may hold the row for a moment (TransactionConflict): the delete is
+        tried again with backoff, botocore does not.
+        """
+        request = self.requests.delete(connection_id)
+        for attempt in range(1, CONFLICT_ATTEMPTS + 1):
+            try:
+                out = self.client.delete_item(**request)
+            except AWS_ERRORS as exc:
+                if not is_conflict(exc) or attempt == CONFLICT_ATTEMPTS:
+                    raise translate(exc, "delete connection") from exc
+                time.sleep(backoff_delay(attempt, base=CONFLICT_BASE_SECONDS, cap=CONFLICT_CAP_SECONDS))
+                continue
+            old: dict[str, Any] | None = out.get("Attributes")
+            return dict(old) if old else None
+        raise AssertionError("unreachable")
 
     def get(self, connection_id: str) -> dict[str, Any] | None:
         try:
@@ -259,7 +307,7 @@ class AsyncConnectionsTable:
                     connecting.append(connection_id)
                 else:
                     gone.append(connection_id)
-                    channels = channels_of(dict(out))
+                    channels = channels_of(dict(out).get("Attributes"))
                     if channels:
                         subscribed[connection_id] = channels
 
