@@ -21,9 +21,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 
 from fanout.accounting import post_entry, query_entry
 from fanout.adapters.broadcasts import AsyncBroadcastsTable
+from fanout.adapters.channels import AsyncChannelsTable
 from fanout.adapters.connections import AsyncConnectionsTable
 from fanout.adapters.partitions import AsyncPartitionsTable
 from fanout.adapters.sqs import Queues
+from fanout.adapters.subscriptions import AsyncSubscriptionsTable
 from fanout.channels import unit_parts, with_channel, with_channel_counts
 from fanout.completion import completion_ms, is_complete, with_totals
 from fanout.delivery import DeliveryOutcome, RateLimiter, deliver
@@ -171,7 +173,10 @@ def stage_deps(
             on_conflict=lambda: sink.add_metric("TransactionConflicts", MetricUnit.Count, 1),
         ),
         connections=AsyncConnectionsTable(
-            dynamodb, settings.connections_table, index=settings.connections_index
+            dynamodb,
+            settings.connections_table,
+            index=settings.connections_index,
+            users_index=settings.users_index,
         ),
         partitions=AsyncPartitionsTable(dynamodb, settings.partitions_table),
         queues=Queues(sqs),
@@ -179,6 +184,10 @@ def stage_deps(
         metrics=sink,
         limiter=limiter,
         post_shards=ShardCycle(settings.shard_count),
+        subscriptions=AsyncSubscriptionsTable(
+            dynamodb, settings.subscriptions_table, connections_table=settings.connections_table
+        ),
+        occupancy=AsyncChannelsTable(dynamodb, settings.channels_table),
     )
 
 

@@ -1,7 +1,10 @@
 """fanout-operator-api: the operator HTTP API (payload 2.0), IAM-authorized.
 
-POST /broadcasts {"message": <any JSON>} [Idempotency-Key] → 202 {"broadcastId"}
+POST /broadcasts {"message": <any JSON>, "to"?: {...}} [Idempotency-Key] → 202 {"broadcastId"}
 GET  /broadcasts/{broadcastId}                             → 200 {state and counts}
+GET  /channels/{name}                                      → 200 {"channel","connections","users"}
+
+"to" is one of {"channels": [...]}, {"users": [...]}, {"connections": [...]}; without it, everyone.
 
 In AWS the route is IAM-authorized; the only thing this handler trusts is the IAM principal that API
 Gateway puts in requestContext.authorizer.iam. A request without it is refused with 403.
@@ -32,9 +35,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from fanout.adapters.broadcasts import BroadcastsTable
+from fanout.adapters.channels import ChannelsTable
 from fanout.adapters.lambdas import SwarmLauncher
 from fanout.broadcasts import get_broadcast, message_digest, start_broadcast
+from fanout.channels import MAX_CHANNEL_CHARS, channel_problem
 from fanout.errors import BroadcastNotFound, InvalidInput, PayloadTooLarge, RetryableError
+from fanout.models import Audience
 from fanout.settings import OperatorApiSettings, load
 from fanout.store import BroadcastRequests
 from handlers._observability import logger, metrics, tracer
@@ -48,6 +54,13 @@ MAX_BODY_BYTES = 1024 * 1024
 class BroadcastRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     message: JsonValue = Field(description="Any JSON value; delivered as the envelope's `data`")
+    to: Audience | None = Field(default=None, description="channels, users or connections; none: everyone")
+
+
+class ChannelView(BaseModel):
+    channel: str
+    connections: int
+    users: int
 
 
 class BroadcastAccepted(BaseModel):
@@ -66,6 +79,8 @@ class BroadcastView(BaseModel):
     completedAt: int | None
     # why a failed broadcast failed (or, while it is pending, why its last attempt failed)
     error: str | None = None
+    to: dict[str, list[str]] | None = None
+    channels: dict[str, dict[str, int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -77,9 +92,16 @@ class Deps:
     # start(message, key) under Powertools' idempotency: one broadcast per Idempotency-Key
     start_once: Callable[..., dict[str, str]]
 
-    def start(self, message: Any, key: str | None) -> str:
+    channels: ChannelsTable
+
+    def start(self, message: Any, key: str | None, audience: Audience | None = None) -> str:
         return start_broadcast(
-            self.broadcasts, self.swarm, message, max_frame_bytes=self.max_frame_bytes, idempotency_key=key
+            self.broadcasts,
+            self.swarm,
+            message,
+            max_frame_bytes=self.max_frame_bytes,
+            idempotency_key=key,
+            audience=audience,
         )
 
 
@@ -88,7 +110,8 @@ def deps() -> Deps:
     """Built once per container, at the first invocation."""
     settings = load(OperatorApiSettings)
     requests = BroadcastRequests(settings.broadcasts_table, settings.idempotency_table)
-    broadcasts = BroadcastsTable(boto3.client("dynamodb"), requests)
+    client = boto3.client("dynamodb")
+    broadcasts = BroadcastsTable(client, requests)
     swarm = SwarmLauncher(boto3.client("lambda"), settings.swarm_function_name)
     persistence = DynamoDBPersistenceLayer(
         table_name=settings.idempotency_table, boto3_session=boto3.Session()
@@ -100,17 +123,19 @@ def deps() -> Deps:
     )
 
     @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
-    def start_once(request: dict[str, Any], message: Any) -> dict[str, str]:
+    def start_once(request: dict[str, Any], message: Any, audience: Audience | None) -> dict[str, str]:
         broadcast_id = start_broadcast(
             broadcasts,
             swarm,
             message,
             max_frame_bytes=settings.max_frame_bytes,
             idempotency_key=request["key"],
+            audience=audience,
         )
         return {"broadcastId": broadcast_id}
 
-    return Deps(broadcasts, swarm, settings.max_frame_bytes, config, start_once)
+    channels = ChannelsTable(client, settings.channels_table)
+    return Deps(broadcasts, swarm, settings.max_frame_bytes, config, start_once, channels)
 
 
 def _error(status: int, message: str, **extra: Any) -> Response[Any]:
@@ -185,20 +210,36 @@ def post_broadcast(
     d = deps()
     if idempotency_key:
         d.idempotency.register_lambda_context(app.lambda_context)
-        request = {"key": idempotency_key, "digest": message_digest(body.message)}
-        broadcast_id = d.start_once(request=request, message=body.message)["broadcastId"]
+        request = {"key": idempotency_key, "digest": message_digest(body.message, body.to)}
+        broadcast_id = d.start_once(request=request, message=body.message, audience=body.to)["broadcastId"]
     else:
-        broadcast_id = d.start(body.message, None)
+        broadcast_id = d.start(body.message, None, body.to)
     logger.append_keys(broadcastId=broadcast_id)
-    logger.info("broadcast accepted", idempotencyKey=idempotency_key)
+    logger.info(
+        "broadcast accepted",
+        idempotencyKey=idempotency_key,
+        audience=body.to.kind.value if body.to is not None else "everyone",
+    )
     metrics.add_metric(name="BroadcastsStarted", unit=MetricUnit.Count, value=1)
     return Response(202, "application/json", BroadcastAccepted(broadcastId=broadcast_id))
 
 
 @app.get("/broadcasts/<broadcast_id>")
-def read_broadcast(broadcast_id: Annotated[str, Path(max_length=64)]) -> BroadcastView:
+def read_broadcast(broadcast_id: Annotated[str, Path(max_length=64)]) -> Response[dict[str, Any]]:
     record = get_broadcast(deps().broadcasts, broadcast_id)
-    return BroadcastView(**record.public())
+    view = BroadcastView(**record.public())
+    # an everyone-broadcast's view is as it was before audiences: no "to", no "channels"
+    absent = {name for name in ("to", "channels") if getattr(view, name) is None}
+    return Response(200, "application/json", view.model_dump(exclude=absent))
+
+
+@app.get("/channels/<name>")
+def read_channel(name: Annotated[str, Path(max_length=MAX_CHANNEL_CHARS * 3)]) -> ChannelView:
+    problem = channel_problem(name)
+    if problem is not None:
+        raise InvalidInput(problem, field="name")
+    connections, users = deps().channels.occupancy(name)
+    return ChannelView(channel=name, connections=connections, users=users)
 
 
 @logger.inject_lambda_context(correlation_id_path="requestContext.requestId")

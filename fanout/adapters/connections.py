@@ -307,7 +307,7 @@ class AsyncConnectionsTable:
                     connecting.append(connection_id)
                 else:
                     gone.append(connection_id)
-                    channels = channels_of(dict(out).get("Attributes"))
+                    channels = channels_of(out.get("Attributes"))  # type: ignore[arg-type]
                     if channels:
                         subscribed[connection_id] = channels
 

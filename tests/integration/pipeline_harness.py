@@ -14,6 +14,7 @@ from typing import Any
 import boto3
 import pytest
 
+from fanout.channels import member_key
 from fanout.settings import Settings, load
 from infra.cdk.sizing import post_rate_per_worker
 from infra.local.resources import create_queues, create_tables
@@ -50,33 +51,84 @@ class Pipeline:
     delayed_seen: int = 0  # the most requeued post batches seen waiting out their DelaySeconds at once
 
     # -- seeding -------------------------------------------------------------------------------------
-    def seed_connections(self, per_partition: dict[int, list[str]], *, connected_ago: float = 60) -> None:
-        """Connection rows (and partition counts) for connections opened `connected_ago` seconds ago."""
+    def seed_connections(
+        self,
+        per_partition: dict[int, list[str]],
+        *,
+        connected_ago: float = 60,
+        users: dict[str, str] | None = None,
+        channels: dict[str, list[str]] | None = None,
+    ) -> None:
+        """Connection rows (and partition counts) for connections opened `connected_ago` seconds ago;
+        `users` gives a connection its userId, `channels` its subscriptions (rows written as $connect
+        writes them)."""
         now = int(time.time())
         connected_ms = int((time.time() - connected_ago) * 1000)
-        rows = [
+        users = users or {}
+        channels = channels or {}
+
+        def row(c: str, p: int) -> dict[str, Any]:
+            item = {
+                "connectionId": {"S": c},
+                "partitionId": {"N": str(p)},
+                "connectedAt": {"N": str(connected_ms)},
+                "expiresAt": {"N": str(now + 8000)},
+                "userId": {"S": users.get(c, "u-" + c)},
+            }
+            if channels.get(c):
+                item["channels"] = {"SS": channels[c]}
+            return {"PutRequest": {"Item": item}}
+
+        rows = [row(c, p) for p, ids in per_partition.items() for c in ids]
+        subscriptions = [
             {
                 "PutRequest": {
                     "Item": {
+                        "channel": {"S": name},
+                        "member": {"S": member_key(c)},
                         "connectionId": {"S": c},
-                        "partitionId": {"N": str(p)},
-                        "connectedAt": {"N": str(connected_ms)},
+                        "userId": {"S": users.get(c, "u-" + c)},
                         "expiresAt": {"N": str(now + 8000)},
                     }
                 }
             }
-            for p, ids in per_partition.items()
-            for c in ids
+            for c, names in channels.items()
+            for name in names
         ]
-        for start in range(0, len(rows), 25):
-            pending: dict[str, Any] = {self.settings.connections_table: rows[start : start + 25]}
-            while pending:
-                pending = self.dynamodb.batch_write_item(RequestItems=pending).get("UnprocessedItems") or {}
+        for table, items in (
+            (self.settings.connections_table, rows),
+            (self.settings.subscriptions_table, subscriptions),
+        ):
+            for start in range(0, len(items), 25):
+                pending: dict[str, Any] = {table: items[start : start + 25]}
+                while pending:
+                    out = self.dynamodb.batch_write_item(RequestItems=pending)
+                    pending = out.get("UnprocessedItems") or {}
         for p, ids in per_partition.items():
             self.dynamodb.put_item(
                 TableName=self.settings.partitions_table,
                 Item={"partitionId": {"N": str(p)}, "connectionCount": {"N": str(len(ids))}},
             )
+
+    def set_occupancy(self, channel: str, connections: int, users: int) -> None:
+        """The channel's counter row, as the channel counter keeps it from the subscriptions stream."""
+        self.dynamodb.put_item(
+            TableName=self.settings.channels_table,
+            Item={
+                "channel": {"S": channel},
+                "key": {"S": "#"},
+                "connections": {"N": str(connections)},
+                "users": {"N": str(users)},
+            },
+        )
+
+    def subscription_rows(self) -> set[tuple[str, str]]:
+        """(channel, connection id) of every subscription row."""
+        rows: set[tuple[str, str]] = set()
+        table = self.settings.subscriptions_table
+        for page in self.dynamodb.get_paginator("scan").paginate(TableName=table):
+            rows.update((i["channel"]["S"], i["connectionId"]["S"]) for i in page["Items"])
+        return rows
 
     def connection_rows(self) -> set[str]:
         ids: set[str] = set()
@@ -96,9 +148,13 @@ class Pipeline:
         import handlers.operator_api
 
         params = None
+        route = f"{method} {path}"
         if path.startswith("/broadcasts/"):
             params = {"broadcast_id": path.rsplit("/", 1)[1]}
-        route = "GET /broadcasts/{broadcast_id}" if params else f"{method} {path}"
+            route = "GET /broadcasts/{broadcast_id}"
+        elif path.startswith("/channels/"):
+            params = {"name": path.rsplit("/", 1)[1]}
+            route = "GET /channels/{name}"
         event = http_api_event(method, path, path_parameters=params, route_key=route, **kwargs)
         out = handlers.operator_api.handler(event, LambdaContextStub("fanout-operator-api"))
         body = json.loads(out["body"]) if out.get("body") else {}
@@ -174,8 +230,9 @@ class Pipeline:
             for url in urls
         )
 
-    def broadcast(self, message: Any, **kwargs: Any) -> dict[str, Any]:
-        status, body, _ = self.api("POST", "/broadcasts", body={"message": message}, **kwargs)
+    def broadcast(self, message: Any, *, to: dict[str, Any] | None = None, **kwargs: Any) -> dict[str, Any]:
+        request = {"message": message, **({"to": to} if to is not None else {})}
+        status, body, _ = self.api("POST", "/broadcasts", body=request, **kwargs)
         assert status == 202, body
         self.run_swarms()
         self.drain()
@@ -200,6 +257,8 @@ def pipeline(
             "FANOUT_PARTITIONS_TABLE": f"{prefix}-partitions",
             "FANOUT_BROADCASTS_TABLE": f"{prefix}-broadcasts",
             "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
+            "FANOUT_SUBSCRIPTIONS_TABLE": f"{prefix}-subscriptions",
+            "FANOUT_CHANNELS_TABLE": f"{prefix}-channels",
             "FANOUT_SWARM_FUNCTION_NAME": "fanout-swarm",
             "FANOUT_CONNECTIONS_ENDPOINT": connections.endpoint,
             # Paced as deployed: the local budget over this process's one post worker.
