@@ -200,6 +200,8 @@ def pipeline(
             "FANOUT_PARTITIONS_TABLE": f"{prefix}-partitions",
             "FANOUT_BROADCASTS_TABLE": f"{prefix}-broadcasts",
             "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
+            "FANOUT_SUBSCRIPTIONS_TABLE": f"{prefix}-subscriptions",
+            "FANOUT_CHANNELS_TABLE": f"{prefix}-channels",
             "FANOUT_SWARM_FUNCTION_NAME": "fanout-swarm",
             "FANOUT_CONNECTIONS_ENDPOINT": connections.endpoint,
             # Paced as deployed: the local budget over this process's one post worker.
