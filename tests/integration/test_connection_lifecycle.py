@@ -43,11 +43,11 @@ class LambdaContext:
 
 
 def _reset_caches() -> None:
-    from handlers import authorizer, connect, disconnect, partition_counter, reconciler
+    from handlers import authorizer, connect, default, disconnect, partition_counter, reconciler
 
     load.cache_clear()
     authorizer.deps.cache_clear()
-    for module in (connect, disconnect, partition_counter, reconciler):
+    for module in (connect, default, disconnect, partition_counter, reconciler):
         module.deps.cache_clear()
 
 
@@ -70,6 +70,8 @@ def stack(dynamodb_local: str, secrets_manager: str) -> Iterator[Stack]:
         "FANOUT_PARTITIONS_TABLE": f"{prefix}-partitions",
         "FANOUT_BROADCASTS_TABLE": f"{prefix}-broadcasts",
         "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
+        "FANOUT_SUBSCRIPTIONS_TABLE": f"{prefix}-subscriptions",
+        "FANOUT_CHANNELS_TABLE": f"{prefix}-channels",
         "FANOUT_PARTITION_COUNT": str(PARTITIONS),
         # the tests drive the stream by hand, so nothing is in flight when the reconciler runs
         "FANOUT_RECONCILE_QUIET_SECONDS": "0",
@@ -423,14 +425,23 @@ def test_authorizer_allows_with_the_contract_policy(stack: Stack) -> None:
                 {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": event["methodArn"]}
             ],
         },
-        "context": {"userId": "alice"},
+        "context": {"userId": "alice", "channels": "[]", "publish": "[]"},
     }
+
+
+def test_authorizer_context_carries_the_rights_as_json_strings(stack: Stack) -> None:
+    from handlers import authorizer
+
+    token = issue_token(SECRET, "bob", channels=["room:*", "news"], publish=["$user", "room:1"])
+    context = authorizer.handler(authorizer_event("ok-2", token), LambdaContext())["context"]
+    assert context == {"userId": "bob", "channels": '["room:*","news"]', "publish": '["$user","room:1"]'}
+    assert all(isinstance(v, str) for v in context.values())  # API Gateway's rule for context values
 
 
 @pytest.mark.parametrize(
     ("body", "binary", "problem"),
     [
-        ('{"action":"subscribe"}', False, "unknown action 'subscribe'"),
+        ('{"action":"publish"}', False, "unknown action 'publish'"),
         ("not json", False, "not valid JSON"),
         ("[1,2]", False, "JSON object"),
         ('{"action": 7}', False, 'string "action"'),
@@ -449,14 +460,23 @@ def test_default_route_answers_with_a_frame(body: str | None, binary: bool, prob
     assert answer["statusCode"] == 200
     frame = json.loads(answer["body"])
     assert frame["type"] == "error"
-    assert problem in frame["error"]
+    assert problem in frame["message"]
+    assert frame["error"] == frame["message"]  # the deprecated alias old clients read
+    assert frame["code"] == ("too_large" if "too large" in problem else "invalid")
+    assert frame["action"] == ("publish" if "publish" in problem else None)
 
 
 def test_default_route_survives_an_unreadable_event() -> None:
     from handlers import default
 
     answer = default.handler({"requestContext": {"connectionId": "x"}}, LambdaContext())
-    assert json.loads(answer["body"]) == {"type": "error", "error": "unreadable request"}
+    assert json.loads(answer["body"]) == {
+        "type": "error",
+        "action": None,
+        "code": "invalid",
+        "message": "unreadable request",
+        "error": "unreadable request",
+    }
 
 
 @pytest.mark.parametrize("quiet", [True, False], ids=["quiet-period", "no-quiet-period"])

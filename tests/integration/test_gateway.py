@@ -804,11 +804,16 @@ async def test_real_authorizer_and_default_handlers_behind_the_gateway(
         assert refused.value.status == 401
         assert lam.events_of("fanout-connect") == []
 
-        token = issue_token("gateway-test-secret", "alice", 60)
+        token = issue_token("gateway-test-secret", "alice", 60, channels=["room:*"], publish=["$user"])
         ws, _ = await connect(http, gw, token=token)
-        assert lam.events_of("fanout-connect")[0]["requestContext"]["authorizer"]["userId"] == "alice"
+        # the authorizer's context, rights included (JSON strings), reaches $connect and later events
+        rights = {"userId": "alice", "channels": '["room:*"]', "publish": '["$user"]'}
+        context = lam.events_of("fanout-connect")[0]["requestContext"]["authorizer"]
+        assert {k: context[k] for k in rights} == rights
         await ws.send_str('{"action":"ping"}')
         assert json.loads(await ws.receive_str(timeout=WAIT)) == {"type": "pong"}
+        later = lam.events_of("fanout-default")[-1]["requestContext"]["authorizer"]
+        assert {k: later[k] for k in rights} == rights
         await ws.send_str("nonsense")
         assert json.loads(await ws.receive_str(timeout=WAIT))["type"] == "error"
         await ws.close()

@@ -231,6 +231,9 @@ def test_the_runtimes_daemon_sink_receives_a_traced_handlers_subsegments(stack: 
 
     assert json.loads(json.loads(out["Payload"].read())["body"]) == {
         "type": "error",
+        "action": None,
+        "code": "invalid",
+        "message": "unreadable request",
         "error": "unreadable request",
     }
     stats = wait_for(

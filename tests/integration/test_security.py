@@ -140,7 +140,7 @@ def test_connecting_without_a_valid_token_is_refused_and_a_valid_one_connects(pi
     allowed = handlers.authorizer.handler(
         authorizer_event(issue_token(SECRET, "alice")), LambdaContextStub("fanout-authorizer")
     )
-    assert allowed["context"] == {"userId": "alice"}
+    assert allowed["context"] == {"userId": "alice", "channels": "[]", "publish": "[]"}
     out = handlers.connect.handler(connect_event("Alice1=", "alice"), LambdaContextStub("fanout-connect"))
     assert out["statusCode"] == 200
     assert pipe.connection_rows() == {"Alice1="}

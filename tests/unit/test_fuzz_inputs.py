@@ -50,8 +50,15 @@ def _token_secret() -> Iterator[None]:
 
 
 # -- $default ---------------------------------------------------------------------------------------
-def message_event(body: Any, *, is_base64: bool = False, connection_id: str = "Abc123=") -> dict[str, Any]:
-    """An API Gateway WebSocket MESSAGE event for route `$default`."""
+def message_event(
+    body: Any,
+    *,
+    is_base64: bool = False,
+    connection_id: str = "Abc123=",
+    authorizer: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An API Gateway WebSocket MESSAGE event for route `$default` (with the connection's authorizer
+    context, if it has one)."""
     now = int(time.time() * 1000)
     event: dict[str, Any] = {
         "requestContext": {
@@ -72,9 +79,60 @@ def message_event(body: Any, *, is_base64: bool = False, connection_id: str = "A
         },
         "isBase64Encoded": is_base64,
     }
+    if authorizer is not None:
+        event["requestContext"]["authorizer"] = authorizer
     if body is not None:
         event["body"] = body
     return event
+
+
+ERROR_CODES = {
+    "invalid",
+    "too_large",
+    "forbidden",
+    "invalid_channel",
+    "too_many_subscriptions",
+    "not_connected",
+}
+
+
+class FakeSubscriptions:
+    """The subscriptions adapter in memory (the $default fuzzing does no I/O): one connection row's set
+    per connection id, with the limit."""
+
+    def __init__(self, limit: int = 3) -> None:
+        self.limit = limit
+        self.sets: dict[str, set[str]] = {}
+        self.calls: list[tuple[str, str, str]] = []
+
+    def subscribe(
+        self, connection_id: str, user_id: str, channel: str, *, expires_at: int, limit: int
+    ) -> Any:
+        from fanout.protocol import Outcome
+
+        self.calls.append(("subscribe", connection_id, channel))
+        channels = self.sets.setdefault(connection_id, set())
+        if channel not in channels and len(channels) >= limit:
+            return Outcome.TOO_MANY
+        channels.add(channel)
+        return Outcome.SUBSCRIBED
+
+    def unsubscribe(self, connection_id: str, channel: str) -> Any:
+        from fanout.protocol import Outcome
+
+        self.calls.append(("unsubscribe", connection_id, channel))
+        self.sets.get(connection_id, set()).discard(channel)
+        return Outcome.UNSUBSCRIBED
+
+
+@pytest.fixture(autouse=True)
+def subscriptions(monkeypatch: pytest.MonkeyPatch) -> FakeSubscriptions:
+    import handlers.default
+
+    fake = FakeSubscriptions()
+    deps = handlers.default.Deps(fake, 8100, fake.limit)  # type: ignore[arg-type]
+    monkeypatch.setattr(handlers.default, "deps", lambda: deps)
+    return fake
 
 
 def default(event: dict[str, Any]) -> dict[str, Any]:
@@ -87,12 +145,19 @@ def default(event: dict[str, Any]) -> dict[str, Any]:
     return frame
 
 
-def assert_error(frame: dict[str, Any], *words: str) -> None:
+def assert_error(frame: dict[str, Any], *words: str, action: Any = ...) -> None:
+    """A well-formed error frame: type, action, code, message, and the deprecated alias error."""
     assert frame["type"] == "error", frame
-    assert isinstance(frame["error"], str) and frame["error"].strip()
-    assert frame["error"] != "internal error", "an input crashed the handler"
+    assert set(frame) == {"type", "action", "code", "message", "error"}, frame
+    assert frame["code"] != "internal", f"an input crashed the handler: {frame}"
+    assert frame["code"] in ERROR_CODES, frame
+    assert isinstance(frame["message"], str) and frame["message"].strip()
+    assert frame["error"] == frame["message"]
+    assert frame["action"] is None or isinstance(frame["action"], str)
+    if action is not ...:
+        assert frame["action"] == action, frame
     for w in words:
-        assert w in frame["error"], (w, frame["error"])
+        assert w in frame["message"], (w, frame["message"])
 
 
 @pytest.mark.parametrize(
@@ -153,8 +218,7 @@ def test_default_answers_ping_with_pong_with_or_without_extra_fields() -> None:
     ],
 )
 def test_default_answers_an_unreadable_event_with_an_error_frame(event: dict[str, Any]) -> None:
-    frame = default(event)
-    assert frame["type"] == "error" and frame["error"]
+    assert_error(default(event), action=None)
 
 
 json_values = st.recursive(
@@ -205,6 +269,95 @@ def test_any_binary_frame_is_refused_as_binary(data: bytes) -> None:
     assert_error(frame, "binary")
 
 
+channel_names = st.text(alphabet="abcz:._-*", min_size=0, max_size=12) | st.text(max_size=140)
+pattern_lists = st.lists(
+    st.sampled_from(["*", "room:*", "a", "ab*", "news", "z:*"]) | st.text(alphabet="abz:*", max_size=5),
+    max_size=4,
+)
+authorizer_contexts = st.none() | st.fixed_dictionaries(
+    {"userId": st.sampled_from(["user-1", "user-2"]), "principalId": st.just("p")},
+    optional={
+        "channels": pattern_lists.map(json.dumps) | st.text(max_size=10),
+        "publish": pattern_lists.map(json.dumps),
+    },
+)
+
+
+# The fake keeps its sets across examples on purpose: later examples meet full sets (the limit).
+@settings(FUZZ, suppress_health_check=[*FUZZ.suppress_health_check, HealthCheck.function_scoped_fixture])
+@given(
+    action=st.sampled_from(["subscribe", "unsubscribe"]),
+    channel=channel_names | json_values,
+    extra=st.dictionaries(
+        st.sampled_from(["connectionId", "userId", "channels", "to"]), json_values, max_size=3
+    ),
+    authorizer=authorizer_contexts,
+    connection_id=st.sampled_from(["Abc123=", "Other456="]),
+)
+def test_any_subscribe_or_unsubscribe_frame_gets_a_well_formed_answer(
+    action: str,
+    channel: Any,
+    extra: dict[str, Any],
+    authorizer: dict[str, Any] | None,
+    connection_id: str,
+    subscriptions: FakeSubscriptions,
+) -> None:
+    from fanout.channels import allows, channel_problem
+    from fanout.protocol import grants_of
+
+    before = len(subscriptions.calls)
+    message = {**extra, "action": action, "channel": channel}
+    frame = default(message_event(json.dumps(message), connection_id=connection_id, authorizer=authorizer))
+    grants = grants_of(authorizer)
+    valid = channel_problem(channel) is None
+    allowed = valid and grants is not None and allows(grants.channels, channel)
+    ran = subscriptions.calls[before:]
+    if frame["type"] == "error":
+        assert_error(frame, action=action)
+        assert frame["code"] in {"invalid_channel", "forbidden", "too_many_subscriptions"}
+        assert (frame["code"] == "invalid_channel") == (not valid)
+        if action == "subscribe" and valid:
+            assert frame["code"] == ("too_many_subscriptions" if allowed else "forbidden")
+    else:
+        assert frame == {"type": f"{action}d", "channel": channel}
+        assert valid and (allowed or action == "unsubscribe")
+    # the connection is the event's, never one named in the frame; a refusal runs nothing
+    assert all(cid == connection_id for _, cid, _ in ran)
+    assert len(ran) == (1 if valid and (allowed or action == "unsubscribe") else 0)
+
+
+@FUZZ
+@given(body=st.text(max_size=300), authorizer=authorizer_contexts)
+def test_any_frame_of_a_connection_with_rights_gets_a_well_formed_answer(
+    body: str, authorizer: dict[str, Any] | None
+) -> None:
+    frame = default(message_event(body, authorizer=authorizer))
+    if frame["type"] == "error":
+        assert_error(frame)
+    else:
+        assert frame["type"] in {"pong", "subscribed", "unsubscribed"}, frame
+
+
+def test_a_failing_subscription_store_is_an_internal_error_frame(
+    subscriptions: FakeSubscriptions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fanout.errors import RetryableError
+
+    def fail(*args: Any, **kwargs: Any) -> Any:
+        raise RetryableError("DynamoDB is down")
+
+    monkeypatch.setattr(subscriptions, "subscribe", fail)
+    context = {"userId": "u", "channels": '["*"]', "principalId": "u"}
+    frame = default(message_event('{"action":"subscribe","channel":"a"}', authorizer=context))
+    assert frame == {
+        "type": "error",
+        "action": "subscribe",
+        "code": "internal",
+        "message": "internal error",
+        "error": "internal error",
+    }
+
+
 # -- authorizer -------------------------------------------------------------------------------------
 def authorizer_event(token: Any = None, *, with_token: bool = True) -> dict[str, Any]:
     return {
@@ -248,7 +401,7 @@ def valid_claims(**overrides: Any) -> dict[str, Any]:
 def test_a_valid_token_is_allowed_on_the_method_arn_only() -> None:
     out = authorize(authorizer_event(token_with(valid_claims())))
     assert out["principalId"] == "user-1"
-    assert out["context"] == {"userId": "user-1"}
+    assert out["context"] == {"userId": "user-1", "channels": "[]", "publish": "[]"}
     [statement] = out["policyDocument"]["Statement"]
     assert statement == {"Action": "execute-api:Invoke", "Effect": "Allow", "Resource": METHOD_ARN}
 
@@ -396,6 +549,36 @@ def test_any_signed_token_is_allowed_only_when_hs256_with_the_secret_and_valid_c
         assert authorize(authorizer_event(token))["principalId"] == sub
     else:
         assert_refused(authorizer_event(token))
+
+
+@FUZZ
+@given(
+    channels=st.none() | json_values | pattern_lists,
+    publish=st.none() | json_values | pattern_lists | st.just(["$user", "$all"]),
+)
+def test_any_rights_claims_are_allowed_only_as_lists_of_patterns_and_reach_the_context(
+    channels: Any, publish: Any
+) -> None:
+    from fanout.protocol import grants_of
+    from fanout.tokens import PUBLISH_SPECIALS, patterns_problem
+
+    claims = valid_claims()
+    if channels is not None:
+        claims["channels"] = channels
+    if publish is not None:
+        claims["publish"] = publish
+    ok = (channels is None or patterns_problem(channels) is None) and (
+        publish is None or patterns_problem(publish, specials=PUBLISH_SPECIALS) is None
+    )
+    event = authorizer_event(token_with(claims))
+    if not ok:
+        assert_refused(event)
+        return
+    context = authorize(event)["context"]
+    assert all(isinstance(v, str) for v in context.values())  # API Gateway's rule for context values
+    grants = grants_of(context)
+    assert grants is not None
+    assert list(grants.channels) == (channels or []) and list(grants.publish) == (publish or [])
 
 
 @pytest.mark.parametrize("claim", ["exp", "iat"])

@@ -128,3 +128,57 @@ def test_no_secret_configured_refuses() -> None:
     token = issue_token(SECRET, "u", now=NOW)
     with pytest.raises(Unauthorized, match="secret"):
         verify_token("", token, now=NOW)
+
+
+# -- rights: channels and publish ---------------------------------------------------------------------
+def test_rights_round_trip() -> None:
+    token = issue_token(
+        SECRET, "u", now=NOW, channels=["room:*", "news"], publish=["$user", "$all", "room:1"]
+    )
+    claims = verify_token(SECRET, token, now=NOW)
+    assert claims.channels == ("room:*", "news")
+    assert claims.publish == ("$user", "$all", "room:1")
+
+
+def test_no_claim_no_right() -> None:
+    claims = verify_token(SECRET, issue_token(SECRET, "u", now=NOW), now=NOW)
+    assert claims.channels == () and claims.publish == ()
+    assert "channels" not in jwt.decode(
+        issue_token(SECRET, "u", now=NOW), options={"verify_signature": False}
+    )
+
+
+@pytest.mark.parametrize(
+    ("claim", "value"),
+    [
+        ("channels", "room:*"),
+        ("channels", None),
+        ("channels", {"room": 1}),
+        ("channels", [7]),
+        ("channels", ["room 1"]),
+        ("channels", ["ro*om"]),
+        ("channels", ["x" * 129]),
+        ("channels", ["$user"]),  # a special of publish only
+        ("channels", [""]),
+        ("publish", "$all"),
+        ("publish", ["$everyone"]),
+        ("publish", ["room:*", None]),
+    ],
+)
+def test_a_token_with_bad_rights_is_refused_with_a_reason(claim: str, value: object) -> None:
+    payload = {"sub": "u", "iat": int(NOW), "exp": int(NOW) + 60, claim: value}
+    token = jwt.encode(payload, SECRET, algorithm="HS256")
+    with pytest.raises(Unauthorized, match=f"invalid claims: {claim} \\(") as caught:
+        verify_token(SECRET, token, now=NOW)
+    assert token not in str(caught.value)
+
+
+@pytest.mark.parametrize(("claim", "value"), [("channels", ["bad name"]), ("publish", ["$nobody"])])
+def test_issuing_bad_rights_is_a_value_error(claim: str, value: list[str]) -> None:
+    with pytest.raises(ValueError, match=claim):
+        issue_token(SECRET, "u", now=NOW, **{claim: value})  # type: ignore[arg-type]
+
+
+def test_prefix_patterns() -> None:
+    token = issue_token(SECRET, "u", now=NOW, channels=["*", "room:*"])
+    assert verify_token(SECRET, token, now=NOW).channels == ("*", "room:*")
