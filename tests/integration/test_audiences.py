@@ -120,9 +120,7 @@ def test_a_swarm_run_twice_sends_an_in_swarm_audience_once(pipe: Pipeline) -> No
     ids = [f"f{i:03d}=" for i in range(30)]
     pipe.seed_connections({0: ids}, channels={c: ["room:1"] for c in ids})
     pipe.connections.live.update(ids)
-    status, body, _ = pipe.api(
-        "POST", "/broadcasts", body={"message": 1, "to": {"channels": ["room:1"]}}
-    )
+    status, body, _ = pipe.api("POST", "/broadcasts", body={"message": 1, "to": {"channels": ["room:1"]}})
     assert status == 202
     invocations = list(pipe.lambdas.invocations)
     pipe.run_swarms()
@@ -147,9 +145,7 @@ def test_a_swarm_run_twice_sends_an_in_swarm_audience_once(pipe: Pipeline) -> No
         ("room:1", "to"),
     ],
 )
-def test_a_malformed_audience_is_refused_naming_the_field(
-    pipe: Pipeline, to: object, field: str
-) -> None:
+def test_a_malformed_audience_is_refused_naming_the_field(pipe: Pipeline, to: object, field: str) -> None:
     status, body, _ = pipe.api("POST", "/broadcasts", body={"message": 1, "to": to})
     assert status == 422, body
     assert field in json.dumps(body)

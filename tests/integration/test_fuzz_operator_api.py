@@ -181,8 +181,12 @@ def test_schemathesis_no_5xx_clear_4xx_no_partial_write(
     assert seen, "no case was generated"
 
 
-def test_the_openapi_description_covers_both_routes() -> None:
-    assert sorted(_operations()) == [("GET", "/broadcasts/{broadcast_id}"), ("POST", "/broadcasts")]
+def test_the_openapi_description_covers_every_route() -> None:
+    assert sorted(_operations()) == [
+        ("GET", "/broadcasts/{broadcast_id}"),
+        ("GET", "/channels/{name}"),
+        ("POST", "/broadcasts"),
+    ]
 
 
 # -- broadcast bodies ---------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from typing import Any
 
 import pytest
 
+from fanout.channels import member_key
 from fanout.settings import load
 from fanout.tokens import issue_token
 from tests.events import LambdaContextStub
@@ -133,6 +134,8 @@ def held_dynamodb(dynamodb_local_raw: str) -> Iterator[str]:
 def pipe(
     held_dynamodb: str, local_sqs: str, secrets_manager: str, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[Pipeline]:
+    import handlers.channel_counter
+    import handlers.channel_reconciler
     import handlers.connect
     import handlers.disconnect
     import handlers.reconciler
@@ -150,7 +153,13 @@ def pipe(
     ) as p:
         use_token_secret(monkeypatch, SECRET, secrets_manager)
         monkeypatch.setenv("FANOUT_RECONCILE_QUIET_SECONDS", "0")
-        caches = (handlers.connect.deps, handlers.disconnect.deps, handlers.reconciler.deps)
+        caches = (
+            handlers.connect.deps,
+            handlers.disconnect.deps,
+            handlers.reconciler.deps,
+            handlers.channel_counter.deps,
+            handlers.channel_reconciler.deps,
+        )
         for cache in caches:
             cache.cache_clear()
         yield p
@@ -342,6 +351,65 @@ def run_reconciler() -> None:
     handlers.reconciler.handler({}, LambdaContextStub("fanout-reconciler"))
 
 
+def _subscription_record(sequence: int, image: dict[str, Any]) -> dict[str, Any]:
+    """A subscriptions stream INSERT record, as Lambda's event source mapping delivers it."""
+    keys = {k: image[k] for k in ("channel", "member") if k in image}
+    return {
+        "eventID": str(sequence),
+        "eventName": "INSERT",
+        "eventVersion": "1.1",
+        "eventSource": "aws:dynamodb",
+        "awsRegion": "us-east-1",
+        "eventSourceARN": "arn:aws:dynamodb:us-east-1:123456789012:table/subscriptions/stream/2026-12-01",
+        "dynamodb": {
+            "ApproximateCreationDateTime": time.time(),
+            "Keys": keys,
+            "NewImage": image,
+            "SequenceNumber": str(sequence),
+            "SizeBytes": 100,
+            "StreamViewType": "NEW_AND_OLD_IMAGES",
+        },
+    }
+
+
+def run_channel_paths(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The channel counter (counted, an unreadable record, a failed add) and the channel reconciler
+    (a drifted counter, an expired subscription row)."""
+    import handlers.channel_counter
+    import handlers.channel_reconciler
+
+    def row(channel: str, cid: str, expires_at: int) -> dict[str, Any]:
+        return {
+            "channel": {"S": channel},
+            "member": {"S": member_key(cid)},
+            "connectionId": {"S": cid},
+            "userId": {"S": "u-" + cid},
+            "expiresAt": {"N": str(expires_at)},
+        }
+
+    def count(records: list[dict[str, Any]]) -> None:
+        handlers.channel_counter.handler({"Records": records}, LambdaContextStub("fanout-channel-counter"))
+
+    later = int(time.time()) + 3600
+    live, expired = row("metrics:1", "s1=", later), row("metrics:1", "s2=", int(time.time()) - 60)
+    for item in (live, expired):
+        pipe.dynamodb.put_item(TableName=pipe.settings.subscriptions_table, Item=item)
+    unreadable = {k: v for k, v in row("metrics:1", "s3=", later).items() if k != "userId"}
+    count([_subscription_record(1, live), _subscription_record(2, unreadable)])
+    # the occupancy table cannot be written: the counter's adds fail (and say so)
+    monkeypatch.setenv("FANOUT_CHANNELS_TABLE", f"missing-{uuid.uuid4().hex[:8]}")
+    load.cache_clear()
+    handlers.channel_counter.deps.cache_clear()
+    try:
+        count([_subscription_record(3, row("metrics:2", "s4=", later))])
+    finally:
+        monkeypatch.setenv("FANOUT_CHANNELS_TABLE", pipe.settings.channels_table)
+        load.cache_clear()
+        handlers.channel_counter.deps.cache_clear()
+    # the counter missed the expired row's INSERT: the reconciler finds the drift and the expired row
+    handlers.channel_reconciler.handler({}, LambdaContextStub("fanout-channel-reconciler"))
+
+
 def test_every_dashboard_and_alarm_metric_is_emitted_by_its_code_path(
     template: dict[str, Any],
     pipe: Pipeline,
@@ -360,13 +428,14 @@ def test_every_dashboard_and_alarm_metric_is_emitted_by_its_code_path(
     assert {m.namespace for m in contract} <= namespaces
     assert os.environ["POWERTOOLS_METRICS_NAMESPACE"] in namespaces
 
-    # When every path runs: connections, a broadcast with every outcome, the reconciler
+    # When every path runs: connections, a broadcast with every outcome, the reconcilers, channels
     capsys.readouterr()
     run_connection_paths(pipe, monkeypatch)
     run_broadcast_paths(pipe)
     run_conflict_path(pipe, held_dynamodb)
     run_sweeper_paths(pipe)
     run_reconciler()
+    run_channel_paths(pipe, monkeypatch)
     seen = emitted(capsys.readouterr().out)
 
     # Then each of them was emitted, with the same namespace and dimensions
