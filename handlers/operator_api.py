@@ -12,6 +12,7 @@ Gateway puts in requestContext.authorizer.iam. A request without it is refused w
 
 from __future__ import annotations
 
+import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -235,6 +236,9 @@ def read_broadcast(broadcast_id: Annotated[str, Path(max_length=64)]) -> Respons
 
 @app.get("/channels/<name>")
 def read_channel(name: Annotated[str, Path(max_length=MAX_CHANNEL_CHARS * 3)]) -> ChannelView:
+    # A client may percent-encode the name (":" as %3A); "%" is no channel character, so decoding
+    # cannot turn one valid name into another.
+    name = urllib.parse.unquote(name)
     problem = channel_problem(name)
     if problem is not None:
         raise InvalidInput(problem, field="name")

@@ -122,7 +122,7 @@ class OperatorClient:
 
     def channel(self, name: str) -> dict[str, Any]:
         """A channel's occupancy: {"channel", "connections", "users"}."""
-        return dict(self._request("GET", f"/channels/{urllib.parse.quote(name, safe='')}"))
+        return dict(self._request("GET", f"/channels/{urllib.parse.quote(name, safe=':')}"))
 
     def status(self, broadcast_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/broadcasts/{broadcast_id}"))

@@ -167,6 +167,7 @@ def test_channel_occupancy_is_read_from_the_counter_row(pipe: Pipeline) -> None:
         200,
         {"channel": "room:9", "connections": 12, "users": 5},
     )
+    assert pipe.api("GET", "/channels/room%3A9")[1]["connections"] == 12  # percent-encoded, decoded once
     assert pipe.api("GET", "/channels/empty")[1] == {"channel": "empty", "connections": 0, "users": 0}
     status, body, _ = pipe.api("GET", "/channels/bad%20name")
     assert status in (400, 422) and "name" in json.dumps(body)
