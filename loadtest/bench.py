@@ -15,7 +15,9 @@ Sections:
 - ``stack``: on the local stack (infra/local/stack.py), one fresh stack per size with ~100 connections
   per partition and simulated connections (loadtest/seed.py): the scale curve (broadcast time and CPU per
   delivered frame), engine vs the naive sender (loadtest/naive.py) at 10k connections with 0 and 20 ms
-  of added latency, and engine vs a bare posting loop (the local ceiling) at 100k (loadtest/bench_stack.py).
+  of added latency, and engine vs a bare posting loop (the local ceiling) at 100k (loadtest/bench_stack.py);
+- ``audiences``: a 10,000-member channel in 100,000 connections vs everyone on 10,000, a user's three
+  devices vs everyone on one connection, and what reading a channel costs (loadtest/bench_audiences.py).
 
 The runners are in loadtest/bench_runners.py and loadtest/bench_stack.py, the results' records in
 loadtest/bench_models.py, the document in loadtest/bench_report.py. Every figure in docs/benchmarks.md
@@ -35,6 +37,7 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
+from loadtest.bench_audiences import run_audiences
 from loadtest.bench_models import SECTIONS, BenchResults, Machine, StackFailure
 from loadtest.bench_report import goals, met, write_markdown
 from loadtest.bench_runners import LoadSampler, log, run_balance, run_plan, run_post
@@ -114,6 +117,23 @@ def run_stack_section(results: BenchResults, args: argparse.Namespace) -> None:
         results.stack = StackFailure(error=f"failed: {exc!r}")
 
 
+def run_audiences_section(results: BenchResults, args: argparse.Namespace) -> None:
+    why = stack_status()
+    if why:
+        log(f"audiences: not run: {why}")
+        results.skipped["audiences"] = why
+        results.audiences = None
+        return
+    try:
+        with LoadSampler() as sampler:
+            results.audiences = run_audiences(args.timeout, log)
+        results.load["audiences"] = sampler.summary()
+        results.skipped.pop("audiences", None)
+    except Exception as exc:
+        log(traceback.format_exc())
+        results.audiences = StackFailure(error=f"failed: {exc!r}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if args.cmd == "bare-loop":
@@ -142,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
             results.skipped.pop(section, None)
     if "stack" in only:
         run_stack_section(results, args)
+    if "audiences" in only:
+        run_audiences_section(results, args)
     results.machine.load_end = loadavg()
     save(results, args.json)
     write_markdown(results, args.doc)

@@ -8,6 +8,7 @@ and written again by `--render` keeps its layout.
 
 from __future__ import annotations
 
+import statistics
 from typing import Any
 
 from pydantic import (
@@ -319,8 +320,25 @@ class StackFailure(BaseModel):
         return self.model_dump(mode="json")
 
 
+class AudiencesRun(Record):
+    """The audiences section (loadtest/bench_audiences.py): seconds from POST to completed, POST to
+    frame latencies, and what reading an audience costs."""
+
+    everyone_seconds: list[Number] = Field(alias="everyoneSeconds", description="on a 10k stack")
+    channel_seconds: list[Number] = Field(alias="channelSeconds", description="10k channel in 100k")
+    everyone_single_p50_ms: Number = Field(alias="everyoneSingleP50Ms")
+    user_p50_ms: Number = Field(alias="userP50Ms", description="a user with 3 connections")
+    sends: int
+    reads: dict[str, Number] = Field(default_factory=dict)
+    command: str | None = None
+
+    @property
+    def channel_ratio(self) -> float:
+        return float(statistics.median(self.channel_seconds) / statistics.median(self.everyone_seconds))
+
+
 # -- the whole run --------------------------------------------------------------------------------------
-SECTIONS = ("post", "plan", "balance", "stack")
+SECTIONS = ("post", "plan", "balance", "stack", "audiences")
 
 
 class BenchResults(Record):
@@ -334,6 +352,7 @@ class BenchResults(Record):
     plan: PlanResult | None = None
     balance: BalanceResult | None = None
     stack: StackRun | StackFailure | None = None
+    audiences: AudiencesRun | StackFailure | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The JSON layout: a section not run is absent, not null."""

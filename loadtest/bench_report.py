@@ -4,12 +4,14 @@ and one section per benchmark with its command, tables and profiles. The prose i
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from loadtest import bench_text as t
 from loadtest.bench_models import (
+    AudiencesRun,
     BenchResults,
     NaiveComparison,
     PostResult,
@@ -43,7 +45,37 @@ class Goal(BaseModel):
 
 
 def goals(results: BenchResults) -> list[Goal]:
-    return [*_post_goals(results.post), *_stack_goals(results.stack_run()), *_balance_and_plan_goals(results)]
+    return [
+        *_post_goals(results.post),
+        *_stack_goals(results.stack_run()),
+        *_balance_and_plan_goals(results),
+        *_audience_goals(results.audiences if isinstance(results.audiences, AudiencesRun) else None),
+    ]
+
+
+GOAL_CHANNEL = "a 10,000-member channel in 100,000 connections vs everyone on 10,000"
+TARGET_CHANNEL = "<= 1.25x (medians)"
+GOAL_USER = "a user's 3 connections vs everyone on 1 connection, POST to frame p50"
+TARGET_USER = "<= 1.00x"
+
+
+def _audience_goals(run: AudiencesRun | None) -> list[Goal]:
+    if run is None:
+        return [
+            Goal(goal=GOAL_CHANNEL, target=TARGET_CHANNEL, measured=t.NOT_MEASURED, met=None),
+            Goal(goal=GOAL_USER, target=TARGET_USER, measured=t.NOT_MEASURED, met=None),
+        ]
+    ratio = run.channel_ratio
+    channel = (
+        f"{statistics.median(run.channel_seconds):.2f} s vs {statistics.median(run.everyone_seconds):.2f} s"
+        f" ({ratio:.2f}x)"
+    )
+    user_ratio = run.user_p50_ms / run.everyone_single_p50_ms
+    user = f"{run.user_p50_ms:.0f} ms vs {run.everyone_single_p50_ms:.0f} ms ({user_ratio:.2f}x)"
+    return [
+        Goal(goal=GOAL_CHANNEL, target=TARGET_CHANNEL, measured=channel, met=ratio <= 1.25),
+        Goal(goal=GOAL_USER, target=TARGET_USER, measured=user, met=user_ratio <= 1.0),
+    ]
 
 
 def _post_goals(post: PostResult | None) -> list[Goal]:

@@ -1,0 +1,224 @@
+"""The `audiences` section of `make bench`: what a targeted broadcast costs next to an everyone one.
+
+Measured side by side in one run, on fresh local stacks:
+
+- a broadcast to a 10,000-member channel in a stack of 100,000 simulated connections, against an
+  everyone-broadcast on a stack of 10,000 (each stack ~100 connections per partition, as the stack
+  section sizes them; medians of 3 warm broadcasts each);
+- a user-targeted send to a user with 3 real WebSocket connections, against an everyone-broadcast to
+  a stack holding a single connection: POST to frame, p50 over 100 warm sends each;
+- the storage alternative: reading the channel's 10,000 ids by Query of its subscription rows, against
+  reading all 100,000 connections by partition (what a filter on the connection rows would read).
+
+Run alone: ``.venv/bin/python -m loadtest.bench --only audiences``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from loadtest.bench_models import AudiencesRun
+
+CHANNEL = "bench:big"
+CHANNEL_MEMBERS = 10_000
+STACK_SIZES = (10_000, 100_000)
+BROADCASTS = 3
+SENDS = 100
+WARMUP_SENDS = 5
+
+
+def _ddb(state: dict[str, Any]) -> Any:
+    from loadtest.seed import dynamodb_client
+
+    return dynamodb_client(state["dynamodbUrl"], state.get("region", "us-east-1"), 8)
+
+
+def subscribe_all(state: dict[str, Any], channel: str, ids: Sequence[str]) -> float:
+    """Write the subscription rows $connect would write for `ids` (BatchWriteItem, 8 in flight)."""
+    from fanout.channels import member_key
+    from loadtest.seed import write_all
+
+    client = _ddb(state)
+    expires = int(time.time()) + 3 * 3600
+    items = [
+        {
+            "channel": {"S": channel},
+            "member": {"S": member_key(cid)},
+            "connectionId": {"S": cid},
+            "userId": {"S": f"bench-{cid}"},
+            "expiresAt": {"N": str(expires)},
+        }
+        for cid in ids
+    ]
+    t0 = time.monotonic()
+    write_all(client, "fanout-subscriptions", items, workers=8)
+    return time.monotonic() - t0
+
+
+def wait_occupancy(state: dict[str, Any], channel: str, members: int, timeout: float) -> None:
+    """Until the stream-fed occupancy counts every member (the swarm sizes the channel's tasks by it)."""
+    from fanout.tools.operator_client import OperatorClient
+
+    api = OperatorClient(state["httpApiUrl"], bearer_token=state["operatorToken"])
+    deadline = time.monotonic() + timeout
+    while api.channel(channel)["connections"] < members:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the occupancy of {channel} did not reach {members}")
+        time.sleep(0.5)
+
+
+def timed_broadcast(state: dict[str, Any], to: dict[str, list[str]] | None, timeout: float) -> float:
+    """Seconds from POST to completed."""
+    from fanout.tools.operator_client import OperatorClient
+
+    api = OperatorClient(state["httpApiUrl"], bearer_token=state["operatorToken"])
+    t0 = time.perf_counter()
+    bid = api.start({"bench": "audiences"}, to=to)
+    view = api.wait(bid, timeout=timeout, interval=0.05)
+    if view["status"] != "completed":
+        raise RuntimeError(f"broadcast {bid} ended {view['status']}: {view.get('error')}")
+    return time.perf_counter() - t0
+
+
+def read_costs(state: dict[str, Any], partitions: int) -> dict[str, float]:
+    """The channel's ids by Query of its rows vs every connection by partition: seconds, items."""
+    from fanout.channels import member_range
+
+    client = _ddb(state)
+
+    def pages(kwargs: dict[str, Any]) -> int:
+        n = 0
+        while True:
+            out = client.query(**kwargs)
+            n += len(out.get("Items", []))
+            if "LastEvaluatedKey" not in out:
+                return n
+            kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+
+    lo, hi = member_range(0, 999)
+    t0 = time.perf_counter()
+    members = pages(
+        {
+            "TableName": "fanout-subscriptions",
+            "KeyConditionExpression": "channel = :c AND #m BETWEEN :lo AND :hi",
+            "ExpressionAttributeNames": {"#m": "member"},
+            "ExpressionAttributeValues": {":c": {"S": CHANNEL}, ":lo": {"S": lo}, ":hi": {"S": hi}},
+            "ProjectionExpression": "#m",
+        }
+    )
+    channel_seconds = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    everyone = 0
+    for pid in range(partitions):
+        everyone += pages(
+            {
+                "TableName": "fanout-connections",
+                "IndexName": "byPartition",
+                "KeyConditionExpression": "partitionId = :p",
+                "ExpressionAttributeValues": {":p": {"N": str(pid)}},
+                "ProjectionExpression": "connectionId",
+            }
+        )
+    return {
+        "channelSeconds": round(channel_seconds, 3),
+        "channelItems": members,
+        "everyoneSeconds": round(time.perf_counter() - t1, 3),
+        "everyoneItems": everyone,
+    }
+
+
+def _stack(size: int, log: Callable[[str], None]) -> Any:
+    from infra.local.stack import LocalStack, StackOptions
+    from loadtest.bench_stack import ROOT, stack_post_batch_size
+
+    options = StackOptions(
+        partitions=max(1, math.ceil(size / 100)),
+        shards=4,
+        post_batch_size=stack_post_batch_size(size),
+        state_dir=ROOT / ".fanout" / "bench-audiences",
+    )
+    return LocalStack(options, log=log)
+
+
+def throughput(out: dict[str, Any], timeout: float, log: Callable[[str], None]) -> None:
+    from loadtest.bench_stack import _all_connection_ids
+    from loadtest.seed import seed
+
+    small, big = STACK_SIZES
+    with _stack(small, log) as stack:
+        seed(stack.state, small, workers=8, rng_seed=small, wait=True, timeout=timeout, log=log)
+        timed_broadcast(stack.state, None, timeout)  # cold containers out of the figure
+        out["everyoneSeconds"] = [
+            round(timed_broadcast(stack.state, None, timeout), 3) for _ in range(BROADCASTS)
+        ]
+        log(f"everyone on {small}: {out['everyoneSeconds']} s")
+    with _stack(big, log) as stack:
+        seed(stack.state, big, workers=8, rng_seed=big, wait=True, timeout=timeout, log=log)
+        members = sorted(_all_connection_ids(stack.state))[:CHANNEL_MEMBERS]
+        took = subscribe_all(stack.state, CHANNEL, members)
+        log(f"subscribed {len(members)} of {big} to {CHANNEL} in {took:.1f} s")
+        wait_occupancy(stack.state, CHANNEL, len(members), timeout)
+        to = {"channels": [CHANNEL]}
+        timed_broadcast(stack.state, to, timeout)
+        out["channelSeconds"] = [
+            round(timed_broadcast(stack.state, to, timeout), 3) for _ in range(BROADCASTS)
+        ]
+        log(f"channel of {len(members)} in {big}: {out['channelSeconds']} s")
+        out["reads"] = read_costs(stack.state, stack.options.partitions)
+        log(f"reads: {out['reads']}")
+
+
+async def _send_latencies(
+    state: dict[str, Any], users: dict[str, int], to: dict[str, list[str]] | None, sends: int
+) -> list[float]:
+    """Open the users' connections (real WebSockets), then `sends` sends: POST to the last frame, ms."""
+    from fanout.tokens import issue_token
+    from fanout.tools.operator_client import OperatorClient
+    from infra.local.clients import ClientSwarm
+    from infra.local.demo import registered_connections, wait_registered
+
+    api = OperatorClient(state["httpApiUrl"], bearer_token=state["operatorToken"])
+    owners = [user for user, n in users.items() for _ in range(n)]
+    base = await asyncio.to_thread(registered_connections, state)
+    async with ClientSwarm(state["websocketUrl"], state["connectToken"]) as swarm:
+        clients = await swarm.open(
+            len(owners), token_for=lambda i: issue_token(state["tokenSecret"], owners[i], 3600)
+        )
+        await wait_registered(state, base + len(clients))
+        latencies: list[float] = []
+        for n in range(WARMUP_SENDS + sends):
+            t0 = time.time() * 1000
+            bid = await asyncio.to_thread(api.start, {"n": n}, None, to=to)
+            deadline = time.monotonic() + 30
+            while not all(any(r.broadcast_id == bid for r in c.receipts) for c in clients):
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"send {bid} did not reach every connection")
+                await asyncio.sleep(0.002)
+            last = max(r.received_at_ms for c in clients for r in c.receipts if r.broadcast_id == bid)
+            if n >= WARMUP_SENDS:
+                latencies.append(last - t0)
+    return latencies
+
+
+def latency(out: dict[str, Any], log: Callable[[str], None]) -> None:
+    with _stack(10, log) as stack:
+        single = asyncio.run(_send_latencies(stack.state, {"bench-single": 1}, None, SENDS))
+    with _stack(10, log) as stack:
+        user = asyncio.run(_send_latencies(stack.state, {"bench-user": 3}, {"users": ["bench-user"]}, SENDS))
+    out["everyoneSingleP50Ms"] = round(statistics.median(single), 1)
+    out["userP50Ms"] = round(statistics.median(user), 1)
+    out["sends"] = SENDS
+    log(f"POST to frame p50: everyone to 1 connection {out['everyoneSingleP50Ms']} ms, "
+        f"user with 3 connections {out['userP50Ms']} ms")  # fmt: skip
+
+
+def run_audiences(timeout: float, log: Callable[[str], None]) -> AudiencesRun:
+    out: dict[str, Any] = {"command": ".venv/bin/python -m loadtest.bench --only audiences"}
+    latency(out, log)
+    throughput(out, timeout, log)
+    return AudiencesRun.model_validate(out)
