@@ -59,6 +59,22 @@ GOAL_USER = "a user's 3 connections vs everyone on 1 connection, POST to frame p
 TARGET_USER = "<= 1.00x"
 
 
+def _limit_audience(run: AudiencesRun, goal: str) -> str:
+    if goal == GOAL_USER:
+        return (
+            f"a user send waits for the slowest of its 3 frames ({run.user_p50_ms:.0f} ms p50) and reads "
+            f"the users index once in the swarm; one frame to one connection took "
+            f"{run.everyone_single_p50_ms:.0f} ms"
+        )
+    r = run.reads
+    return (
+        f"reading the channel's members by Query took {r.get('channelSeconds', '?')} s "
+        f"({r.get('channelItems', '?')} items) where every partition of the stack takes "
+        f"{r.get('everyoneSeconds', '?')} s ({r.get('everyoneItems', '?')} items); the rest of the "
+        f"{statistics.median(run.channel_seconds):.2f} s is posting and queue hops, as for everyone"
+    )
+
+
 def _audience_goals(run: AudiencesRun | None) -> list[Goal]:
     if run is None:
         return [
@@ -192,6 +208,9 @@ def limit(results: BenchResults, goal: str) -> str:
         return _limit_ceiling(stack, points.get(100_000))
     if goal.startswith(t.GOAL_FLAT) and len(points) >= 2:
         return t.LIMIT_FLAT.format(growth=growth(points[min(points)], points[max(points)]))
+    audiences = results.audiences if isinstance(results.audiences, AudiencesRun) else None
+    if audiences is not None and goal in (GOAL_CHANNEL, GOAL_USER):
+        return _limit_audience(audiences, goal)
     for sc in results.plan.scenarios if results.plan else []:
         pr = sc.prediction
         if goal.startswith(t.GOAL_PLAN.format(connections=pr.connections, quota=pr.quota)):

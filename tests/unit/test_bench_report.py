@@ -225,3 +225,40 @@ def test_a_merged_stack_run_keeps_the_earlier_sizes_it_did_not_measure_again() -
 def test_a_stack_run_after_a_failed_one_replaces_it() -> None:
     new = StackRun.model_validate(results()["stack"])
     assert merge_stack(StackFailure(error="failed: TimeoutError()"), new) is new
+
+
+def audiences(channel: list[float], user_ms: float) -> dict[str, Any]:
+    return {
+        "everyoneSeconds": [2.0, 2.2, 2.1],
+        "channelSeconds": channel,
+        "everyoneSingleP50Ms": 50.0,
+        "userP50Ms": user_ms,
+        "sends": 100,
+        "reads": {
+            "channelSeconds": 0.3,
+            "channelItems": 10000,
+            "everyoneSeconds": 2.9,
+            "everyoneItems": 100000,
+        },
+    }
+
+
+def test_the_audience_goals_compare_medians_and_say_what_limits_them(tmp_path: Path) -> None:
+    data = BenchResults.model_validate(results() | {"audiences": audiences([2.5, 2.6, 3.0], 45.0)})
+    rows = {g.goal: g for g in goals(data)}
+    channel = rows["a 10,000-member channel in 100,000 connections vs everyone on 10,000"]
+    user = rows["a user's 3 connections vs everyone on 1 connection, POST to frame p50"]
+    assert (channel.met, channel.measured) == (True, "2.60 s vs 2.10 s (1.24x)")
+    assert (user.met, user.measured) == (True, "45 ms vs 50 ms (0.90x)")
+
+    slow = BenchResults.model_validate(results() | {"audiences": audiences([2.7, 2.7, 2.7], 60.0)})
+    rows = {g.goal: g for g in goals(slow)}
+    assert [g.met for g in rows.values() if g.goal.startswith(("a 10,000", "a user"))] == [False, False]
+    write_markdown(slow, tmp_path / "b.md")
+    text = (tmp_path / "b.md").read_text()
+    assert "took 0.3 s (10000 items) where every partition of the stack takes 2.9 s" in text
+
+
+def test_the_audience_goals_without_the_section_are_not_run() -> None:
+    rows = {g.goal: g.met for g in goals(BenchResults.model_validate(results()))}
+    assert rows["a 10,000-member channel in 100,000 connections vs everyone on 10,000"] is None
