@@ -58,7 +58,7 @@ class Totals:
     # every entry key applied so far (the query entries name the partitions already counted)
     applied: frozenset[str] = frozenset()
     # a channel broadcast's counts per channel: {channel: {targeted, delivered, gone, failed}}
-    channels: Mapping[str, Mapping[str, int]] = field(default_factory=dict)
+    channels: Mapping[int, Mapping[str, int]] = field(default_factory=dict)  # by audience index
 
     @property
     def accounted(self) -> int:
@@ -99,7 +99,7 @@ def sum_shards(items: Iterable[Mapping[str, Any]]) -> Totals:
     """Add up the shards' counters (plain values, as deserialized from DynamoDB)."""
     sums = dict.fromkeys(COUNT_FIELDS, 0)
     applied: set[str] = set()
-    channels: dict[str, dict[str, int]] = {}
+    channels: dict[int, dict[str, int]] = {}
     for item in items:
         for name in COUNT_FIELDS:
             sums[name] += int(item.get(name, 0) or 0)

@@ -32,7 +32,7 @@ def _channel_counts(record: BroadcastRecord, totals: Totals) -> dict[str, dict[s
     if audience is None or audience.channels is None:
         return None
     zero = dict.fromkeys(CHANNEL_COUNT_FIELDS, 0)
-    return {name: dict(totals.channels.get(name, zero)) for name in audience.channels}
+    return {name: dict(totals.channels.get(i, zero)) for i, name in enumerate(audience.channels)}
 
 
 def completion_ms(record: BroadcastRecord) -> int | None:

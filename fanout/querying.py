@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from fanout.channels import with_channel_counts
+from fanout.channels import channel_index, with_channel_counts
 from fanout.models import PartitionTask, PostBatch
 from fanout.planning import plan_batches
 
@@ -38,10 +38,11 @@ class ShardCycle:
         return shard
 
 
-def query_counts(connection_ids: Sequence[str], channel: str | None = None) -> dict[str, int]:
+def query_counts(connection_ids: Sequence[str], task: PartitionTask) -> dict[str, int]:
     """What one partition task adds to the broadcast's counters, once (the query entry); a channel's
     unit adds to the channel's `targeted` too."""
-    return with_channel_counts({"targeted": len(connection_ids), "partitionsDone": 1}, channel)
+    counts = {"targeted": len(connection_ids), "partitionsDone": 1}
+    return with_channel_counts(counts, channel_index(task.partition_id, task.channel))
 
 
 def post_batches(task: PartitionTask, connection_ids: Sequence[str], batch_size: int) -> list[PostBatch]:

@@ -26,7 +26,7 @@ from fanout.adapters.connections import AsyncConnectionsTable
 from fanout.adapters.partitions import AsyncPartitionsTable
 from fanout.adapters.sqs import Queues
 from fanout.adapters.subscriptions import AsyncSubscriptionsTable
-from fanout.channels import unit_parts, with_channel, with_channel_counts
+from fanout.channels import channel_index, unit_parts, with_channel, with_channel_counts
 from fanout.completion import completion_ms, is_complete, with_totals
 from fanout.delivery import DeliveryOutcome, RateLimiter, deliver
 from fanout.errors import MessageRefused
@@ -385,7 +385,7 @@ async def run_unit(
         if not await broadcasts.save_plan(bid, pid, ids):  # another run of this task stored its plan first
             ids = await broadcasts.load_plan(bid, pid) or []
             replayed = True
-    counted = await broadcasts.count(bid, query_entry(pid), query_counts(ids, task.channel), shards)
+    counted = await broadcasts.count(bid, query_entry(pid), query_counts(ids, task), shards)
 
     batches = post_batches(task, ids, settings.post_batch_size)
     urls = settings.post_queue_urls
@@ -447,7 +447,7 @@ async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
             url, [settlement.dead_letter.model_dump_json(by_alias=True, exclude_defaults=True)]
         )
 
-    counts = with_channel_counts(settlement.counts, batch.channel)
+    counts = with_channel_counts(settlement.counts, channel_index(batch.partition_id, batch.channel))
     counted = await broadcasts.count(bid, entry, counts, shards) if counts else True
     result = post_result(
         batch,

@@ -31,7 +31,7 @@ from fanout.channels import (
     with_channel_counts,
 )
 from fanout.frames import build_frame
-from fanout.models import Audience, AudienceKind
+from fanout.models import Audience, AudienceKind, PartitionTask
 from fanout.querying import query_counts
 from fanout.swarming import audience_plan, runs_in_swarm, unit_channel
 
@@ -123,17 +123,23 @@ def test_a_channel_frame_names_its_channel_before_the_data() -> None:
 
 
 def test_channel_counts_are_repeated_under_the_channel_and_summed_apart() -> None:
-    assert split_counter(counter_name("room:1", "delivered")) == ("room:1", "delivered")
+    assert split_counter(counter_name(7, "delivered")) == (7, "delivered")
     assert split_counter("delivered") is None
-    query = query_counts(["a", "b"], "room:1")
-    assert query == {"targeted": 2, "partitionsDone": 1, "c/room:1/targeted": 2}
-    post = with_channel_counts({"delivered": 1, "gone": 1}, "lobby")
-    totals = sum_shards([query, post, with_channel_counts({"delivered": 1}, "room:1")])
+    assert split_counter("c/x/delivered") is None
+    task = PartitionTask(
+        broadcast_id="b", partition_id=unit_id(3, 0, 999), partitions=2, counter_shards=4, channel="room:1"
+    )
+    query = query_counts(["a", "b"], task)
+    assert query == {"targeted": 2, "partitionsDone": 1, "c/3/targeted": 2}
+    post = with_channel_counts({"delivered": 1, "gone": 1}, 0)
+    totals = sum_shards([query, post, with_channel_counts({"delivered": 1}, 3)])
     assert (totals.targeted, totals.delivered, totals.gone) == (2, 2, 1)
     assert totals.channels == {
-        "room:1": {"targeted": 2, "delivered": 1, "gone": 0, "failed": 0},
-        "lobby": {"targeted": 0, "delivered": 1, "gone": 1, "failed": 0},
+        3: {"targeted": 2, "delivered": 1, "gone": 0, "failed": 0},
+        0: {"targeted": 0, "delivered": 1, "gone": 1, "failed": 0},
     }
+    everyone = PartitionTask(broadcast_id="b", partition_id=5, partitions=9, counter_shards=4)
+    assert query_counts(["a"], everyone) == {"targeted": 1, "partitionsDone": 1}
 
 
 def test_an_audience_takes_exactly_one_list_and_counts_repeats_once() -> None:

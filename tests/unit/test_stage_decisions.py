@@ -149,7 +149,7 @@ def test_post_batches_carry_every_id_once_with_the_tasks_shape_and_stable_ids(
     assert all(len(b.connection_ids) <= size for b in batches)
     assert all((b.partitions, b.counter_shards, b.frame, b.attempt) == (9, 4, "f", 1) for b in batches)
     assert [b.batch_id for b in batches] == [b.batch_id for b in post_batches(task(), ids, size)]
-    assert query_counts(ids) == {"targeted": len(ids), "partitionsDone": 1}
+    assert query_counts(ids, task()) == {"targeted": len(ids), "partitionsDone": 1}
 
 
 @given(st.integers(1, 12), st.integers(0, 11), st.integers(1, 60))
