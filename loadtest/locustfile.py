@@ -16,10 +16,15 @@ What each user records, as Locust request events (type / name):
 - `WS` / `ping`: round trip of `{"action":"ping"}` → `{"type":"pong"}` (the heartbeat, every
   `--ping-interval` s, below API Gateway's 10-minute idle timeout).
 - `WS` / `disconnected`: a failure each time the server closed a connection the user did not close.
-- `deliver` / `<broadcastId>`: delivery latency, receive time - envelope `sentAt`, one per user.
-- `duplicate` / `<broadcastId>`: a failure per extra frame of a broadcast already received.
-- `gap` / `<broadcastId>`: a failure per user that was connected before the broadcast was sent and
-  never received it, judged `--grace` s after the broadcast completed, and again when the user stops.
+- `deliver` / `<broadcastId>`: delivery latency, receive time - envelope `sentAt`, one per
+  (connection, channel): a connection in two targeted channels receives, and counts, two frames.
+- `duplicate` / `<broadcastId>`: a failure per extra frame of a (broadcast, channel) already received.
+- `expected` / `<broadcastId>`: one per frame a judged connection should receive: per targeted channel
+  it subscribed to, one if its user was targeted, one for a broadcast to everyone (`--audience`).
+- `gap` / `<broadcastId>`: a failure per expected frame of a connection that was connected before the
+  broadcast was sent and never received it, judged `--grace` s after the broadcast completed, and
+  again when the user stops.
+- `unexpected` / `<broadcastId>`: a failure per (broadcast, channel) received that was not expected.
 - `operator` / `start broadcast`, `status`, `complete broadcast`: the operator API's answer time, each
   status poll, and the broadcast's completion time (engine's `completedAt - createdAt`).
 
