@@ -16,10 +16,15 @@ What each user records, as Locust request events (type / name):
 - `WS` / `ping`: round trip of `{"action":"ping"}` → `{"type":"pong"}` (the heartbeat, every
   `--ping-interval` s, below API Gateway's 10-minute idle timeout).
 - `WS` / `disconnected`: a failure each time the server closed a connection the user did not close.
-- `deliver` / `<broadcastId>`: delivery latency, receive time - envelope `sentAt`, one per user.
-- `duplicate` / `<broadcastId>`: a failure per extra frame of a broadcast already received.
-- `gap` / `<broadcastId>`: a failure per user that was connected before the broadcast was sent and
-  never received it, judged `--grace` s after the broadcast completed, and again when the user stops.
+- `deliver` / `<broadcastId>`: delivery latency, receive time - envelope `sentAt`, one per
+  (connection, channel): a connection in two targeted channels receives, and counts, two frames.
+- `duplicate` / `<broadcastId>`: a failure per extra frame of a (broadcast, channel) already received.
+- `expected` / `<broadcastId>`: one per frame a judged connection should receive: per targeted channel
+  it subscribed to, one if its user was targeted, one for a broadcast to everyone (`--audience`).
+- `gap` / `<broadcastId>`: a failure per expected frame of a connection that was connected before the
+  broadcast was sent and never received it, judged `--grace` s after the broadcast completed, and
+  again when the user stops.
+- `unexpected` / `<broadcastId>`: a failure per (broadcast, channel) received that was not expected.
 - `operator` / `start broadcast`, `status`, `complete broadcast`: the operator API's answer time, each
   status poll, and the broadcast's completion time (engine's `completedAt - createdAt`).
 
@@ -58,16 +63,25 @@ if str(ROOT) not in sys.path:
 
 from fanout.tools.operator_client import OperatorClient  # noqa: E402
 from loadtest.shapes import (  # noqa: E402
+    AUDIENCES,
+    CHANNEL_PREFIX,
     CONNECT_NAME,
     CONNECT_TYPE,
     MSG_COMPLETED,
     MSG_GO,
     MSG_STARTED,
+    MSG_USER,
+    NO_CHANNEL,
     BroadcastLedger,
     ShapePlan,
+    audience_of,
+    channel_names,
     expected_broadcasts,
+    expected_frames,
+    judge_frames,
     ledger_of,
     now_ms,
+    pick_to,
     shape_settings,
 )
 
@@ -82,6 +96,10 @@ class DuplicateFrame(Exception):
 
 class Gap(Exception):
     """A broadcast this connection should have received never arrived."""
+
+
+class UnexpectedFrame(Exception):
+    """A broadcast reached this connection (on a channel, or without one) that it was not targeted by."""
 
 
 class Disconnected(Exception):
@@ -149,6 +167,27 @@ def _options(parser: Any) -> None:
     )
     g.add_argument("--connect-timeout", env_var="FANOUT_CONNECT_TIMEOUT", type=float, default=120.0)
     g.add_argument("--broadcast-timeout", env_var="FANOUT_BROADCAST_TIMEOUT", type=float, default=300.0)
+    g.add_argument(
+        "--channels",
+        env_var="FANOUT_CHANNELS",
+        type=int,
+        default=0,
+        help="channels lt:0..lt:C-1 the WebSocket users subscribe to (0: none)",
+    )
+    g.add_argument(
+        "--channels-per-user",
+        env_var="FANOUT_CHANNELS_PER_USER",
+        type=int,
+        default=2,
+        help="distinct channels each WebSocket user subscribes to at connect",
+    )
+    g.add_argument(
+        "--audience",
+        env_var="FANOUT_AUDIENCE",
+        default="everyone",
+        choices=list(AUDIENCES),
+        help="what the broadcasts target; mixed cycles everyone, channels, users",
+    )
 
 
 class Target:
@@ -163,7 +202,14 @@ class Target:
                 break
         self.ws_url: str = o.fanout_ws_url or state.get("websocketUrl", "")
         self.connect_token: str = o.fanout_connect_token or state.get("connectToken", "")
-        self.token_secret: str = o.fanout_token_secret
+        self.channels = int(getattr(o, "channels", 0) or 0)
+        self.audience = str(getattr(o, "audience", "everyone") or "everyone")
+        self.per_user_tokens = self.channels > 0 or self.audience != "everyone"
+        # Channels and users broadcasts need a token per user (its own `sub`, a `channels` claim): the
+        # local stack's secret serves when no other target was given.
+        self.token_secret: str = o.fanout_token_secret or (
+            state.get("tokenSecret", "") if self.per_user_tokens and not o.fanout_ws_url else ""
+        )
         self.api_url: str = o.fanout_api_url or state.get("httpApiUrl", "")
         self.operator_token: str = o.fanout_operator_token or (
             state.get("operatorToken", "") if not o.fanout_api_url else ""
@@ -175,17 +221,28 @@ class Target:
                 "no target: set FANOUT_WS_URL and FANOUT_API_URL, "
                 "or start the local stack (.fanout/local.json)"
             )
+        if self.per_user_tokens and not self.token_secret:
+            raise SystemExit(
+                "--channels / --audience need FANOUT_TOKEN_SECRET (--fanout-token-secret): each user's "
+                "token must carry its own subject and a channels claim, which a shared token cannot"
+            )
+        if self.audience in ("channels", "mixed") and self.channels <= 0:
+            raise SystemExit(f"--audience {self.audience} needs --channels > 0")
 
-    def token(self, user_id: str) -> str:
+    def token(self, user_id: str, *, with_channels: bool = False) -> str:
         if self.token_secret:
             from fanout.tokens import issue_token
 
-            return issue_token(self.token_secret, user_id, ttl_seconds=24 * 3600)
+            claim = [f"{CHANNEL_PREFIX}*"] if with_channels else None
+            return issue_token(self.token_secret, user_id, ttl_seconds=24 * 3600, channels=claim)
         return self.connect_token
 
-    def url_for(self, user_id: str) -> str:
+    def url_for(self, user_id: str, channels: list[str] | None = None) -> str:
         sep = "&" if "?" in self.ws_url else "?"
-        return f"{self.ws_url}{sep}{urlencode({'token': self.token(user_id)})}"
+        query = {"token": self.token(user_id, with_channels=bool(channels))}
+        if channels:
+            query["channels"] = ",".join(channels)
+        return f"{self.ws_url}{sep}{urlencode(query)}"
 
     def operator(self) -> OperatorClient:
         if self.operator_token:
@@ -207,13 +264,23 @@ def _on_init(environment: Environment, **_: Any) -> None:
     runner = environment.runner
     if runner is None:
         return
+    o = environment.parsed_options
+    if o is not None and (
+        int(getattr(o, "channels", 0) or 0) > 0 or getattr(o, "audience", "everyone") != "everyone"
+    ):
+        target_of(environment)  # fail fast on options the users could not honour
     if isinstance(runner, MasterRunner) and environment.parsed_options:
         # Locust reads this module constant whenever a worker reports; it has no option of its own.
         # Raise it where the workers share their cores with the system under test: a worker whose
         # heartbeat is late is marked missing and its users are spawned again on the others.
         locust.runners.HEARTBEAT_LIVENESS = int(environment.parsed_options.heartbeat_liveness)
     ledger = ledger_of(environment)
-    apply = {MSG_GO: ledger.on_go, MSG_STARTED: ledger.on_started, MSG_COMPLETED: ledger.on_completed}
+    apply = {
+        MSG_GO: ledger.on_go,
+        MSG_STARTED: ledger.on_started,
+        MSG_COMPLETED: ledger.on_completed,
+        MSG_USER: ledger.on_user,
+    }
 
     def listener_for(kind: str) -> Any:
         def listener(environment: Environment, msg: Any, **_: Any) -> None:
@@ -231,6 +298,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
 def _on_test_start(environment: Environment, **_: Any) -> None:
     ledger = ledger_of(environment)
     ledger.broadcasts.clear()
+    ledger.users.clear()
     ledger.go = None
 
 
@@ -243,9 +311,11 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
     for b in sorted(ledger.broadcasts.values(), key=lambda b: b.index):
         took = (b.completedAt - b.createdAt) / 1000 if b.completedAt and b.createdAt else None
         log.info(
-            "broadcast %d %s: %s, targeted %s, delivered %s, gone %s, failed %s, %s s",
+            "broadcast %d %s (%s%s): %s, targeted %s, delivered %s, gone %s, failed %s, %s s",
             b.index,
             b.broadcastId,
+            b.audience,
+            f" {b.to}" if b.to else "",
             b.status,
             b.targeted,
             b.delivered,
@@ -314,12 +384,22 @@ class WebSocketUser(User):
         self.receiver: gevent.Greenlet | None = None
         self.closing = False
         self.session_started_ms: float | None = None
-        self.received: Counter[str] = Counter()
+        self.channels: list[str] = []
+        count = int(getattr(o, "channels", 0) or 0) if o else 0
+        if count > 0:
+            k = max(1, min(int(getattr(o, "channels_per_user", 2)), count))
+            self.channels = sorted(random.sample(channel_names(count), k))
+        # frames per (broadcastId, channel or NO_CHANNEL): one frame per targeted channel is a delivery
+        self.received: Counter[tuple[str, str]] = Counter()
         self.judged: set[str] = set()
         self.ping_sent: float | None = None
         self.next_ping = time.monotonic() + random.uniform(0.2, 1.0) * self.ping_interval
         self.next_connect = 0.0
         self.failures_in_a_row = 0
+        if o is not None and getattr(o, "audience", "everyone") in ("users", "mixed"):
+            runner = self.environment.runner
+            assert runner is not None
+            runner.send_message(MSG_USER, {"userId": self.user_id})  # users broadcasts target known users
         self.connect()
 
     # connection ------------------------------------------------------------------------------------
@@ -337,7 +417,7 @@ class WebSocketUser(User):
         t0 = time.perf_counter()
         try:
             ws = websocket.create_connection(
-                self.target.url_for(self.user_id),
+                self.target.url_for(self.user_id, self.channels),
                 timeout=self.ws_timeout,
                 socket=self._socket(),
                 skip_utf8_validation=True,
@@ -383,13 +463,15 @@ class WebSocketUser(User):
         kind = frame.get("type")
         if kind == "broadcast":
             bid = str(frame.get("broadcastId"))
+            channel = str(frame.get("channel") or NO_CHANNEL)
             latency = max(0.0, received_at - float(frame.get("sentAt") or received_at))
-            self.received[bid] += 1
-            if self.received[bid] == 1:
+            self.received[(bid, channel)] += 1
+            n = self.received[(bid, channel)]
+            if n == 1:
                 _fire(self, "deliver", bid, latency, length=len(raw))
             else:
-                n = self.received[bid]
-                _fire(self, "duplicate", bid, latency, exception=DuplicateFrame(f"frame {n} of {bid}"))
+                where = f" on {channel}" if channel else ""
+                _fire(self, "duplicate", bid, latency, exception=DuplicateFrame(f"frame {n} of {bid}{where}"))
         elif kind == "pong":
             if self.ping_sent is not None:
                 _fire(self, CONNECT_TYPE, "ping", (time.perf_counter() - self.ping_sent) * 1000)
@@ -422,7 +504,10 @@ class WebSocketUser(User):
         self.next_ping = time.monotonic() + self.ping_interval
 
     def judge(self) -> None:
-        """A gap failure for each due broadcast this connection should have received and did not."""
+        """For each due broadcast: an `expected` event per frame this connection should have received
+        (one per targeted channel it subscribed to, one if its user or everyone was targeted), a gap
+        failure per expected frame that never arrived, an `unexpected` failure per frame key received
+        that it was not targeted by."""
         due = expected_broadcasts(
             self.ledger,
             session_started_ms=self.session_started_ms,
@@ -435,8 +520,24 @@ class WebSocketUser(User):
             if bid in self.judged:
                 continue
             self.judged.add(bid)
-            if self.received[bid] == 0:
-                _fire(self, "gap", bid, 0, exception=Gap(f"{bid} never arrived"))
+            record = self.ledger.broadcasts[bid]
+            expected = expected_frames(record, channels=self.channels, user_id=self.user_id)
+            got = {ch: n for (b, ch), n in self.received.items() if b == bid}
+            verdict = judge_frames(expected, got)
+            for _ in verdict.expected:
+                _fire(self, "expected", bid, 0)
+            for ch in sorted(verdict.missing):
+                where = f" on {ch}" if ch else ""
+                _fire(self, "gap", bid, 0, exception=Gap(f"{bid}{where} never arrived"))
+            for ch in sorted(verdict.unexpected):
+                where = f" on {ch}" if ch else ""
+                _fire(
+                    self,
+                    "unexpected",
+                    bid,
+                    0,
+                    exception=UnexpectedFrame(f"{bid}{where} was not for {self.user_id}"),
+                )
 
     def on_stop(self) -> None:
         self.judge()
@@ -466,6 +567,9 @@ class OperatorUser(User):
         self.ledger = ledger_of(self.environment)
         self.payload = "x" * max(0, int(o.payload_bytes) if o else 64)
         self.timeout = float(o.broadcast_timeout) if o else 300.0
+        self.audience = str(getattr(o, "audience", "everyone")) if o else "everyone"
+        self.channel_count = int(getattr(o, "channels", 0) or 0) if o else 0
+        self.rng = random.Random()
         self.run_id = uuid.uuid4().hex[:8]
         self.sent = 0
         self.next_at = 0.0
@@ -484,11 +588,17 @@ class OperatorUser(User):
         runner = self.environment.runner
         assert runner is not None
         message = {"loadtest": self.run_id, "index": index, "pad": self.payload}
+        kind = audience_of(index, self.audience)
+        try:
+            to = pick_to(kind, self.rng, channels=self.channel_count, users=sorted(self.ledger.users))
+        except ValueError as exc:
+            log.warning("broadcast %d: %s; sending it to everyone", index, exc)
+            kind, to = "everyone", None
         started_ms = now_ms()
         t0 = time.perf_counter()
         try:
             # the key makes the client's retries (timeouts, 5xx, 409 in progress) start one broadcast
-            bid = self.api.start(message, idempotency_key=f"loadtest-{self.run_id}-{index}")
+            bid = self.api.start(message, idempotency_key=f"loadtest-{self.run_id}-{index}", to=to)
         except Exception as exc:
             _fire(self, "operator", "start broadcast", (time.perf_counter() - t0) * 1000, exception=exc)
             runner.send_message(
@@ -498,7 +608,15 @@ class OperatorUser(User):
             return
         latency = (time.perf_counter() - t0) * 1000
         _fire(self, "operator", "start broadcast", latency)
-        announced = {"broadcastId": bid, "index": index, "startedAtMs": started_ms, "startLatencyMs": latency}
+        # the audience travels with the announcement: every connection judges what it should receive
+        announced = {
+            "broadcastId": bid,
+            "index": index,
+            "startedAtMs": started_ms,
+            "startLatencyMs": latency,
+            "audience": kind,
+            "to": to,
+        }
         runner.send_message(MSG_STARTED, announced)
         self.pollers.append(gevent.spawn(self.follow, announced))
 

@@ -2,7 +2,8 @@
 
 Inputs, all under the results directory:
 
-- `<prefix>_stats.csv`: Locust's `--csv` statistics (rows `deliver`/`duplicate`/`gap` per broadcast id,
+- `<prefix>_stats.csv`: Locust's `--csv` statistics (rows `deliver`/`duplicate`/`gap`/`expected`/
+  `unexpected` per broadcast id, each counting (connection, channel) frames,
   `WS connect`, `operator complete broadcast`, ...);
 - `broadcasts.json`: the broadcasts of the run and the engine's final counts, written by the master
   (`--fanout-results`);
@@ -28,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+AUDIENCE_KINDS = ("everyone", "channels", "users")
 
 PERCENTILE_COLUMNS = ["50%", "66%", "75%", "80%", "90%", "95%", "98%", "99%", "99.9%", "99.99%", "100%"]
 
@@ -100,6 +103,8 @@ class BroadcastSummary:
     index: int
     broadcast_id: str
     status: str
+    audience: str
+    to: dict[str, list[str]] | None
     targeted: int | None
     delivered: int | None
     gone: int | None
@@ -116,10 +121,49 @@ class BroadcastSummary:
     p95_ms: float | None
     p99_ms: float | None
     max_ms: float | None
+    # exactness of the real connections per (connection, channel): frames they were targeted by (as
+    # judged by each connection), frames never received among those, first frames they were not targeted by
+    real_expected: int = 0
+    real_unexpected: int = 0
+
+    @property
+    def real_missing(self) -> int:
+        return self.real_gaps
 
     @property
     def complete(self) -> bool:
         return self.status == "completed" and self.targeted is not None and self.delivered == self.targeted
+
+
+@dataclass
+class AudienceExactness:
+    """Real connections' frames of every broadcast of one audience kind, per (connection, channel)."""
+
+    broadcasts: int = 0
+    expected: int = 0
+    received: int = 0
+    duplicates: int = 0
+    missing: int = 0
+    unexpected: int = 0
+
+    @property
+    def exact(self) -> bool:
+        return self.duplicates == 0 and self.missing == 0 and self.unexpected == 0
+
+
+def exactness_by_audience(broadcasts: Iterable[BroadcastSummary]) -> dict[str, AudienceExactness]:
+    """The audience kinds of the run (everyone / channels / users), each with its frames' exactness."""
+    out: dict[str, AudienceExactness] = {}
+    for b in broadcasts:
+        e = out.setdefault(b.audience, AudienceExactness())
+        e.broadcasts += 1
+        e.expected += b.real_expected
+        e.received += b.real_received
+        e.duplicates += b.real_duplicates
+        e.missing += b.real_gaps
+        e.unexpected += b.real_unexpected
+    order = {k: i for i, k in enumerate(AUDIENCE_KINDS)}
+    return dict(sorted(out.items(), key=lambda kv: (order.get(kv[0], len(order)), kv[0])))
 
 
 @dataclass
@@ -138,6 +182,8 @@ class Summary:
     p95_ms: float | None
     p99_ms: float | None
     other_failures: int
+    unexpected: int = 0
+    by_audience: dict[str, AudienceExactness] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -146,6 +192,7 @@ class Summary:
             and (self.real_connections + self.simulated_connections) > 0
             and self.duplicates == 0
             and self.gaps == 0
+            and self.unexpected == 0
             and self.connect_failures == 0
             and all(b.complete for b in self.broadcasts)
         )
@@ -153,6 +200,8 @@ class Summary:
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["ok"] = self.ok
+        for kind, e in self.by_audience.items():
+            out["by_audience"][kind]["exact"] = e.exact
         return out
 
 
@@ -185,6 +234,7 @@ def summarize(
         if b.get("status") == "unstarted":
             continue
         deliver, dup, gap = row("deliver", bid), row("duplicate", bid), row("gap", bid)
+        expected, unexpected = row("expected", bid), row("unexpected", bid)
         hist = (latency or {}).get(bid)
         if hist:
             p50, p95, p99 = (histogram_percentile(hist, q) for q in (50, 95, 99))
@@ -199,6 +249,8 @@ def summarize(
                 index=int(b.get("index", 0)),
                 broadcast_id=bid,
                 status=str(b.get("status", "unknown")),
+                audience=str(b.get("audience") or "everyone"),
+                to=b.get("to"),
                 targeted=b.get("targeted"),
                 delivered=b.get("delivered"),
                 gone=b.get("gone"),
@@ -219,6 +271,8 @@ def summarize(
                 p95_ms=p95,
                 p99_ms=p99,
                 max_ms=top,
+                real_expected=expected.requests if expected else 0,
+                real_unexpected=unexpected.requests if unexpected else 0,
             )
         )
 
@@ -240,7 +294,7 @@ def summarize(
             else (None, None, None)
         )
 
-    judged = {"deliver", "duplicate", "gap"}
+    judged = {"deliver", "duplicate", "gap", "expected", "unexpected"}
     other_failures = sum(
         r.failures
         for r in by_key.values()
@@ -261,11 +315,21 @@ def summarize(
         p95_ms=p95,
         p99_ms=p99,
         other_failures=other_failures,
+        unexpected=sum(b.real_unexpected for b in out),
+        by_audience=exactness_by_audience(out),
     )
 
 
 def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
+
+
+def _audience(b: BroadcastSummary) -> str:
+    to = b.to or {}
+    names = to.get("channels") or to.get("users") or []
+    return b.audience + (
+        f" ({len(names)}: {','.join(names[:3])}{',...' if len(names) > 3 else ''})" if names else ""
+    )
 
 
 def render_text(s: Summary) -> str:
@@ -274,13 +338,14 @@ def render_text(s: Summary) -> str:
         f"{s.disconnects} dropped), {s.simulated_connections} simulated",
         f"broadcasts: {len(s.broadcasts)}; delivered (engine) {s.delivered}; "
         f"received: {s.real_received} real, {s.simulated_received} simulated",
-        f"duplicates: {s.duplicates}; gaps: {s.gaps}; other failures: {s.other_failures}",
+        f"duplicates: {s.duplicates}; gaps: {s.gaps}; unexpected: {s.unexpected}; "
+        f"other failures: {s.other_failures}",
         f"delivery latency (real connections): p50 {_ms(s.p50_ms)} ms, p95 {_ms(s.p95_ms)} ms, "
         f"p99 {_ms(s.p99_ms)} ms",
         "",
         f"{'#':>2} {'broadcast':<36} {'status':<10} {'targeted':>9} {'delivered':>9} {'gone':>5} "
         f"{'failed':>6} {'time s':>7} {'real':>6} {'sim':>7} {'dup':>4} {'gaps':>5} "
-        f"{'p50':>6} {'p95':>6} {'p99':>6}",
+        f"{'p50':>6} {'p95':>6} {'p99':>6} {'expect':>6} {'unexp':>5} audience",
     ]
     for b in s.broadcasts:
         sim = "-" if b.simulated_received is None else str(b.simulated_received)
@@ -290,8 +355,21 @@ def render_text(s: Summary) -> str:
         lines.append(
             f"{b.index:>2} {b.broadcast_id:<36} {b.status:<10} {b.targeted!s:>9} {b.delivered!s:>9} "
             f"{b.gone!s:>5} {b.failed!s:>6} {secs:>7} {b.real_received:>6} {sim:>7} {dups:>4} {gaps:>5} "
-            f"{_ms(b.p50_ms):>6} {_ms(b.p95_ms):>6} {_ms(b.p99_ms):>6}"
+            f"{_ms(b.p50_ms):>6} {_ms(b.p95_ms):>6} {_ms(b.p99_ms):>6} {b.real_expected:>6} "
+            f"{b.real_unexpected:>5} {_audience(b)}"
         )
+    if s.by_audience:
+        lines += [
+            "",
+            "exactness per (connection, channel), real connections:",
+            f"{'audience':<10} {'broadcasts':>10} {'expected':>9} {'received':>9} {'dup':>5} {'missing':>8} "
+            f"{'unexpected':>10}",
+        ]
+        for kind, e in s.by_audience.items():
+            lines.append(
+                f"{kind:<10} {e.broadcasts:>10} {e.expected:>9} {e.received:>9} {e.duplicates:>5} "
+                f"{e.missing:>8} {e.unexpected:>10}  {'exact' if e.exact else 'NOT EXACT'}"
+            )
     lines += ["", "result: " + ("OK" if s.ok else "PROBLEMS (see above)")]
     return "\n".join(lines) + "\n"
 

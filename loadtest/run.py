@@ -12,9 +12,10 @@ Every process it starts is stopped, also on Ctrl-C. Defaults take about a minute
     .venv/bin/python -m loadtest.run --users 200 --broadcasts 1
     .venv/bin/python -m loadtest.run --users 5000 --processes 2 --broadcasts 3
     .venv/bin/python -m loadtest.run --users 1000 --simulated 200000 --broadcasts 1 --processes 1
+    .venv/bin/python -m loadtest.run --users 200 --channels 4 --audience mixed --broadcasts 3
 
-Exit status: 0 when every broadcast completed with delivered = targeted and no user saw a duplicate
-or a gap, else 1.
+Exit status: 0 when every broadcast completed with delivered = targeted and no user saw a duplicate,
+a gap or an unexpected frame, else 1.
 """
 
 from __future__ import annotations
@@ -100,6 +101,15 @@ def locust_command(args: argparse.Namespace, state_path: Path, results: Path) ->
         cmd += ["--processes", str(args.processes)]
     if args.source_ips:
         cmd += ["--source-ips", args.source_ips]
+    if args.channels > 0 or args.audience != "everyone":
+        cmd += [
+            "--channels",
+            str(args.channels),
+            "--channels-per-user",
+            str(args.channels_per_user),
+            "--audience",
+            args.audience,
+        ]
     return cmd
 
 
@@ -157,6 +167,16 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--grace", type=float, default=5.0, help="seconds after completion before gaps count")
     p.add_argument("--ping-interval", type=float, default=300.0)
     p.add_argument("--source-ips", default="", help="comma-separated local addresses for the sockets")
+    p.add_argument(
+        "--channels", type=int, default=_env_int("CHANNELS", 0), help="channels lt:0..lt:C-1 (0: none)"
+    )
+    p.add_argument("--channels-per-user", type=int, default=_env_int("CHANNELS_PER_USER", 2))
+    p.add_argument(
+        "--audience",
+        choices=["everyone", "channels", "users", "mixed"],
+        default=os.environ.get("AUDIENCE") or "everyone",
+        help="what the broadcasts target (mixed: everyone, channels, users in turn)",
+    )
     p.add_argument("--results", type=Path, default=ROOT / "loadtest" / "results")
     p.add_argument("--prefix", default="run")
     p.add_argument("--state", type=Path, default=ROOT / ".fanout" / "local.json")

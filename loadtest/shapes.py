@@ -22,8 +22,9 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from random import Random
 from typing import Any
 
 log = logging.getLogger("fanout.loadtest")
@@ -31,6 +32,12 @@ log = logging.getLogger("fanout.loadtest")
 MSG_GO = "fanout_go"
 MSG_STARTED = "fanout_started"
 MSG_COMPLETED = "fanout_completed"
+MSG_USER = "fanout_user"
+
+AUDIENCES = ("everyone", "channels", "users", "mixed")
+CHANNEL_PREFIX = "lt:"
+# The key of a frame that names no channel (a broadcast to everyone or to users)
+NO_CHANNEL = ""
 
 CONNECT_TYPE = "WS"
 CONNECT_NAME = "connect"
@@ -60,6 +67,8 @@ class BroadcastRecord:
     gone: int | None = None
     failed: int | None = None
     partitions: int | None = None
+    audience: str = "everyone"
+    to: dict[str, list[str]] | None = None
     seenAtMs: float = field(default_factory=now_ms)
 
     @property
@@ -81,6 +90,10 @@ class BroadcastLedger:
 
     broadcasts: dict[str, BroadcastRecord] = field(default_factory=dict)
     go: dict[str, Any] | None = None
+    users: set[str] = field(default_factory=set)  # user ids of the WebSocket users, for users broadcasts
+
+    def on_user(self, data: dict[str, Any]) -> None:
+        self.users.add(str(data["userId"]))
 
     def on_go(self, data: dict[str, Any]) -> None:
         if self.go is None:
@@ -95,6 +108,8 @@ class BroadcastLedger:
                 index=int(data.get("index", len(self.broadcasts) + 1)),
                 startedAtMs=float(data.get("startedAtMs", now_ms())),
                 startLatencyMs=data.get("startLatencyMs"),
+                audience=str(data.get("audience") or "everyone"),
+                to=data.get("to"),
             )
             self.broadcasts[bid] = record
         return record
@@ -155,6 +170,70 @@ def expected_broadcasts(
         if due:
             out.append(b.broadcastId)
     return out
+
+
+def channel_names(count: int) -> list[str]:
+    return [f"{CHANNEL_PREFIX}{i}" for i in range(max(0, count))]
+
+
+def audience_of(index: int, audience: str) -> str:
+    """What broadcast `index` (1-based) targets: `mixed` cycles everyone → channels → users."""
+    if audience == "mixed":
+        return ("everyone", "channels", "users")[(index - 1) % 3]
+    return audience
+
+
+def pick_to(
+    kind: str,
+    rng: Random,
+    *,
+    channels: int,
+    users: Sequence[str],
+    max_channels: int = 3,
+    max_users: int = 100,
+) -> dict[str, list[str]] | None:
+    """The `to` of a broadcast of `kind`: a random subset of the channels (1..`max_channels`), or of the
+    known users (a quarter of them, 1..`max_users`); None for everyone."""
+    if kind == "channels":
+        names = channel_names(channels)
+        if not names:
+            raise ValueError("a channels broadcast needs --channels > 0")
+        return {"channels": sorted(rng.sample(names, rng.randint(1, min(max_channels, len(names)))))}
+    if kind == "users":
+        known = sorted(users)
+        if not known:
+            raise ValueError("no WebSocket user is known to target")
+        return {"users": sorted(rng.sample(known, max(1, min(max_users, len(known) // 4))))}
+    return None
+
+
+def expected_frames(record: BroadcastRecord, *, channels: Collection[str], user_id: str) -> set[str]:
+    """The frames one connection must receive of `record`, by channel (`NO_CHANNEL` when the frame names
+    none): one per targeted channel it subscribed to, one if its user is targeted, one for everyone."""
+    to = record.to or {}
+    if "channels" in to:
+        return {c for c in to["channels"] if c in channels}
+    if "users" in to:
+        return {NO_CHANNEL} if user_id in to["users"] else set()
+    if "connections" in to:
+        return set()  # the load test never targets connections; judged as nothing expected
+    return {NO_CHANNEL}
+
+
+@dataclass(frozen=True)
+class Judgement:
+    """One connection's exactness for one broadcast, per channel key."""
+
+    expected: set[str]
+    missing: set[str]
+    unexpected: set[str]
+
+
+def judge_frames(expected: set[str], received: Mapping[str, int]) -> Judgement:
+    """Missing = expected keys never received; unexpected = keys received but not expected.
+    (A second frame of one key is a duplicate, counted when it arrives.)"""
+    got = {k for k, n in received.items() if n > 0}
+    return Judgement(expected=set(expected), missing=expected - got, unexpected=got - expected)
 
 
 def ledger_of(environment: Any) -> BroadcastLedger:

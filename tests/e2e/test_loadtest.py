@@ -57,3 +57,39 @@ def test_50_users_each_receive_the_broadcast_exactly_once(
     assert (results / "latency.png").stat().st_size > 0
     assert "result: OK" in (results / "summary.txt").read_text()
     assert (results / "run.html").exists()
+
+
+def test_channel_and_user_audiences_reach_exactly_the_connections_they_target(
+    local_stack: dict[str, Any], tmp_path: Path
+) -> None:
+    # Given the running stack and 40 users, each in 2 of 4 channels
+    state = tmp_path / "local.json"
+    state.write_text(json.dumps(local_stack))
+    results = tmp_path / "results"
+
+    # When three broadcasts go to everyone, to some channels, then to some users
+    code = run.main(
+        [
+            "--state", str(state), "--results", str(results), "--users", "40", "--broadcasts", "3",
+            "--interval", "2", "--settle", "1", "--grace", "2", "--ping-interval", "4",
+            "--channels", "4", "--channels-per-user", "2", "--audience", "mixed",
+        ]
+    )  # fmt: skip
+
+    # Then every broadcast completed, every (connection, channel) frame expected arrived once,
+    # and none arrived where it was not expected
+    stats = rows(results / "run_stats.csv")
+    broadcasts = json.loads((results / "broadcasts.json").read_text())
+    assert [b["audience"] for b in broadcasts] == ["everyone", "channels", "users"]
+    assert all(b["status"] == "completed" and b["delivered"] == b["targeted"] for b in broadcasts)
+    assert broadcasts[1]["to"]["channels"] and broadcasts[2]["to"]["users"]
+    for b in broadcasts:
+        bid = b["broadcastId"]
+        assert int(stats[("expected", bid)]["Request Count"]) == int(stats[("deliver", bid)]["Request Count"])
+        assert not {("duplicate", bid), ("gap", bid), ("unexpected", bid)} & stats.keys()
+    assert int(stats[("expected", broadcasts[0]["broadcastId"])]["Request Count"]) == 40
+    summary = json.loads((results / "summary.json").read_text())
+    assert (summary["duplicates"], summary["gaps"], summary["unexpected"]) == (0, 0, 0)
+    assert set(summary["by_audience"]) == {"everyone", "channels", "users"}
+    assert all(e["exact"] and e["expected"] > 0 for e in summary["by_audience"].values())
+    assert code == 0

@@ -160,3 +160,79 @@ def test_a_run_where_nothing_happened_is_not_ok(tmp_path: Path) -> None:
     summary = summarize(read_stats(path), [])
     assert not summary.ok
     assert "PROBLEMS" in render_text(summary)
+
+
+MIXED = [
+    dict(BROADCASTS[0], broadcastId="e-1", index=1, audience="everyone", to=None),
+    dict(BROADCASTS[0], broadcastId="c-2", index=2, audience="channels", to={"channels": ["lt:0", "lt:3"]}),
+    dict(BROADCASTS[0], broadcastId="u-3", index=3, audience="users", to={"users": ["loadtest-a"]}),
+    dict(BROADCASTS[0], broadcastId="c-4", index=4, audience="channels", to={"channels": ["lt:1"]}),
+]
+
+
+def test_exactness_is_counted_per_connection_and_channel_for_each_audience(tmp_path: Path) -> None:
+    # Given 50 users; a channels broadcast expected on 40 (connection, channel) pairs of which 39 arrived,
+    # one twice, and one frame where no connection expected it; a users broadcast to 3 connections
+    path = tmp_path / "run_stats.csv"
+    write_csv(
+        path,
+        [
+            _row("WS", "connect", 50, 0, 30, 60, 90),
+            _row("expected", "e-1", 50, 0, 0, 0, 0),
+            _row("deliver", "e-1", 50, 0, 100, 150, 160),
+            _row("expected", "c-2", 40, 0, 0, 0, 0),
+            _row("deliver", "c-2", 40, 0, 100, 150, 160),
+            _row("duplicate", "c-2", 1, 1, 100, 100, 100),
+            _row("gap", "c-2", 1, 1, 0, 0, 0),
+            _row("unexpected", "c-2", 1, 1, 0, 0, 0),
+            _row("expected", "u-3", 3, 0, 0, 0, 0),
+            _row("deliver", "u-3", 3, 0, 100, 150, 160),
+            _row("expected", "c-4", 20, 0, 0, 0, 0),
+            _row("deliver", "c-4", 20, 0, 100, 150, 160),
+        ],
+    )
+
+    summary = summarize(read_stats(path), MIXED)
+
+    # Then each broadcast keeps its audience and counts; the kinds add their broadcasts up
+    assert [(b.audience, b.real_expected, b.real_missing, b.real_unexpected) for b in summary.broadcasts] == [
+        ("everyone", 50, 0, 0),
+        ("channels", 40, 1, 1),
+        ("users", 3, 0, 0),
+        ("channels", 20, 0, 0),
+    ]
+    by = summary.by_audience
+    assert list(by) == ["everyone", "channels", "users"]
+    assert (by["channels"].broadcasts, by["channels"].expected, by["channels"].received) == (2, 60, 60)
+    assert (by["channels"].duplicates, by["channels"].missing, by["channels"].unexpected) == (1, 1, 1)
+    assert by["everyone"].exact and by["users"].exact and not by["channels"].exact
+    # and an unexpected frame alone fails the run; the judged rows are not "other failures"
+    assert (summary.duplicates, summary.gaps, summary.unexpected, summary.other_failures) == (1, 1, 1, 0)
+    assert not summary.ok
+    text = render_text(summary)
+    assert "unexpected: 1" in text and "NOT EXACT" in text and "channels (2: lt:0,lt:3)" in text
+    assert summary.to_json()["by_audience"]["users"] == {
+        "broadcasts": 1, "expected": 3, "received": 3, "duplicates": 0, "missing": 0, "unexpected": 0,
+        "exact": True,
+    }  # fmt: skip
+
+
+def test_an_exact_mixed_run_is_ok_and_old_results_read_as_everyone(tmp_path: Path) -> None:
+    path = tmp_path / "run_stats.csv"
+    write_csv(
+        path,
+        [
+            _row("WS", "connect", 10, 0, 30, 60, 90),
+            _row("expected", "c-2", 4, 0, 0, 0, 0),
+            _row("deliver", "c-2", 4, 0, 100, 150, 160),
+            _row("deliver", "b-1", 10, 0, 100, 150, 160),
+        ],
+    )
+
+    # b-1 comes from a broadcasts.json written before audiences existed
+    summary = summarize(read_stats(path), [BROADCASTS[0], dict(MIXED[1], index=2)])
+
+    assert summary.ok and summary.by_audience["channels"].exact
+    assert [b.audience for b in summary.broadcasts] == ["everyone", "channels"]
+    everyone = summary.by_audience["everyone"]
+    assert (everyone.expected, everyone.received, everyone.exact) == (0, 10, True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from argparse import Namespace
+from random import Random
 from typing import Any
 
 import pytest
@@ -182,3 +183,65 @@ def test_the_plan_gives_up_waiting_for_a_stuck_broadcast(wall: list[float]) -> N
     ledger.on_started({"broadcastId": "stuck", "index": 1, "startedAtMs": 0.0})
     assert plan.tick(100.0, s, **kw) == (2, 5.0)
     assert plan.tick(0.5 + 10.0 + 120.0 + 1, s, **kw) == (0, 40.0)
+
+
+def test_mixed_audiences_cycle_everyone_channels_users() -> None:
+    assert [shapes.audience_of(i, "mixed") for i in range(1, 7)] == [
+        "everyone", "channels", "users", "everyone", "channels", "users",
+    ]  # fmt: skip
+    assert shapes.audience_of(5, "users") == "users"
+
+
+def test_pick_to_targets_existing_channels_and_known_users() -> None:
+    rng = Random(7)
+    for _ in range(50):
+        to = shapes.pick_to("channels", rng, channels=5, users=[])
+        assert to is not None and 1 <= len(to["channels"]) <= 3
+        assert set(to["channels"]) <= set(shapes.channel_names(5)) and len(set(to["channels"])) == len(
+            to["channels"]
+        )
+    users = [f"u{i}" for i in range(40)]
+    to = shapes.pick_to("users", rng, channels=0, users=users)
+    assert to is not None and len(to["users"]) == 10 and set(to["users"]) <= set(users)
+    assert shapes.pick_to("users", rng, channels=0, users=["only"]) == {"users": ["only"]}
+    assert shapes.pick_to("everyone", rng, channels=5, users=users) is None
+    with pytest.raises(ValueError):
+        shapes.pick_to("channels", rng, channels=0, users=users)
+    with pytest.raises(ValueError):
+        shapes.pick_to("users", rng, channels=5, users=[])
+
+
+def test_a_connection_expects_one_frame_per_targeted_channel_it_joined_its_user_or_everyone() -> None:
+    ledger = BroadcastLedger()
+    everyone = ledger.on_started({"broadcastId": "e", "index": 1, "audience": "everyone"})
+    rooms = ledger.on_started(
+        {"broadcastId": "c", "index": 2, "audience": "channels", "to": {"channels": ["lt:0", "lt:1", "lt:2"]}}
+    )
+    users = ledger.on_started({"broadcastId": "u", "index": 3, "audience": "users", "to": {"users": ["me"]}})
+    mine = ["lt:1", "lt:2", "lt:4"]
+
+    def expect(record: shapes.BroadcastRecord, user: str = "me") -> set[str]:
+        return shapes.expected_frames(record, channels=mine, user_id=user)
+
+    assert expect(everyone) == {shapes.NO_CHANNEL}
+    assert expect(rooms) == {"lt:1", "lt:2"}
+    assert expect(users) == {shapes.NO_CHANNEL} and expect(users, "other") == set()
+    assert rooms.audience == "channels" and ledger.to_json()[1]["to"] == {
+        "channels": ["lt:0", "lt:1", "lt:2"]
+    }
+
+
+def test_judging_frames_finds_missing_and_unexpected_keys() -> None:
+    verdict = shapes.judge_frames({"lt:1", "lt:2"}, {"lt:1": 2, "lt:3": 1, "lt:2": 0})
+    assert verdict.missing == {"lt:2"} and verdict.unexpected == {"lt:3"}
+    assert shapes.judge_frames(set(), {}) == shapes.Judgement(expected=set(), missing=set(), unexpected=set())
+    clean = shapes.judge_frames({shapes.NO_CHANNEL}, {shapes.NO_CHANNEL: 1})
+    assert not clean.missing and not clean.unexpected
+
+
+def test_the_ledger_learns_the_users_from_their_messages() -> None:
+    ledger = BroadcastLedger()
+    ledger.on_user({"userId": "a"})
+    ledger.on_user({"userId": "a"})
+    ledger.on_user({"userId": "b"})
+    assert ledger.users == {"a", "b"}
