@@ -267,6 +267,9 @@ class SweeperSettings(BroadcastsPart, SweepPart, SwarmInvokerPart):
 
 class SwarmSettings(PipelinePart):
     partition_queue_urls: Urls
+    # a small audience (a user's devices, a short list, a small channel) is read by the swarm, which
+    # queues its post batches itself
+    post_queue_urls: Urls
 
 
 class QuerySettings(PipelinePart):

@@ -517,6 +517,7 @@ def topology(config: TopologyConfig | None = None) -> Topology:
            settings={"swarm_function_name": swarm_name}),
         fn("swarm", "swarm", 1024, 300, "one task per non-empty partition",
            settings={"partition_queue_urls": Ref(RefKind.QUEUE_URLS, "partition"),
+                     "post_queue_urls": Ref(RefKind.QUEUE_URLS, "post"),
                      "swarm_send_concurrency": str(c.swarm_send_concurrency)},
            # Lambda retries a failed asynchronous invocation twice, then drops the event unless it has
            # somewhere to go; the sweeper re-drives the broadcast, and this queue keeps the evidence.

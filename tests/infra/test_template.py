@@ -283,6 +283,8 @@ def test_function_environment_wiring(fanout: dict[str, Any]) -> None:
     ]
     post_urls = [queue_ids[f"fanout-post-{i}"] for i in range(SHARDS)]
     assert _join_refs(fns["fanout-query"]["FANOUT_POST_QUEUE_URLS"]) == post_urls
+    # the swarm queues the post batches of the small audiences it reads itself
+    assert _join_refs(fns["fanout-swarm"]["FANOUT_POST_QUEUE_URLS"]) == post_urls
     assert _join_refs(fns["fanout-post"]["FANOUT_POST_QUEUE_URLS"]) == post_urls
     assert _join_refs(fns["fanout-post"]["FANOUT_POST_DEAD_LETTER_QUEUE_URLS"]) == [
         queue_ids[f"fanout-post-{i}-dlq"] for i in range(SHARDS)
@@ -471,8 +473,12 @@ def test_connection_and_pipeline_functions_reach_the_channel_tables(fanout: dict
             "dynamodb:GetItem", "dynamodb:BatchGetItem"
         }, fn  # fmt: skip
     post = _tables_of(fanout, "fanout-post")
-    assert {a for a, t in post.items() if "subscriptions" in t} == {"dynamodb:DeleteItem"}
+    # the subscriptions of a pruned connection go in one BatchWriteItem of deletes
+    assert {a for a, t in post.items() if "subscriptions" in t} == {"dynamodb:BatchWriteItem"}
     assert all("channels" not in t for t in post.values())
+    # the swarm reads a small audience itself: it writes its plan and count and queues its post batches
+    swarm = _tables_of(fanout, "fanout-swarm")
+    assert {"dynamodb:PutItem", "dynamodb:UpdateItem"} <= {a for a, t in swarm.items() if "idempotency" in t}
 
 
 # -- IAM -----------------------------------------------------------------------------------------

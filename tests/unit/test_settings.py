@@ -60,7 +60,7 @@ REQUIRED: dict[type[FunctionSettings], set[str]] = {
     ReconcilerSettings: {CONNECTIONS, PARTITIONS},
     OperatorApiSettings: {BROADCASTS, IDEMPOTENCY, SWARM_FUNCTION, CHANNELS},
     SweeperSettings: {BROADCASTS, IDEMPOTENCY, SWARM_FUNCTION},
-    SwarmSettings: TABLES | {PARTITION_QUEUES},
+    SwarmSettings: TABLES | {PARTITION_QUEUES, POST_QUEUES},
     QuerySettings: TABLES | {POST_QUEUES},
     PostSettings: TABLES | {POST_QUEUES, ENDPOINT},
 }
@@ -166,11 +166,9 @@ def test_field_bounds_are_still_checked_and_named(monkeypatch: pytest.MonkeyPatc
 
 
 def test_a_queue_url_a_function_does_not_use_is_not_required(monkeypatch: pytest.MonkeyPatch) -> None:
-    set_env(monkeypatch, REQUIRED[SwarmSettings])
-    assert SwarmSettings().post_queue_urls == []
-    monkeypatch.delenv(PARTITION_QUEUES)
     set_env(monkeypatch, REQUIRED[QuerySettings])
     assert QuerySettings().partition_queue_urls == []
+    assert QuerySettings().post_dead_letter_queue_urls == []
 
 
 def test_load_builds_each_model_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -258,6 +258,9 @@ class Functions(Construct):
         self._allow("swarm", ["dynamodb:Scan", "dynamodb:GetItem"], [parts])
         self._allow("swarm", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("swarm", ["sqs:SendMessage", "sqs:GetQueueAttributes"], partition_queues)
+        # a small audience is read by the swarm itself: its plan, its count, its post batches
+        self._allow("swarm", ledger, [idem])
+        self._allow("swarm", ["sqs:SendMessage", "sqs:GetQueueAttributes"], post_queues)
         # audiences: a channel's members (sized by its counter row), a user's connections
         for stage in ("swarm", "query"):
             self._allow(stage, ["dynamodb:Query"], [subs, t.users_index_arn])
@@ -266,7 +269,8 @@ class Functions(Construct):
         self._allow("query", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("query", ledger, [idem])
         self._allow("query", ["sqs:SendMessage", "sqs:GetQueueAttributes"], post_queues)
-        self._allow("post", ["dynamodb:DeleteItem"], [conn, subs])  # a 410 prunes its subscriptions too
+        self._allow("post", ["dynamodb:DeleteItem"], [conn])
+        self._allow("post", ["dynamodb:BatchWriteItem"], [subs])  # a 410 prunes its subscriptions too
         self._allow("post", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("post", ledger, [idem])
         self._allow("post", ["sqs:SendMessage", "sqs:GetQueueAttributes"], post_queues + post_dlqs)
