@@ -38,12 +38,12 @@ def _ddb(state: dict[str, Any]) -> Any:
     return dynamodb_client(state["dynamodbUrl"], state.get("region", "us-east-1"), 8)
 
 
-def subscribe_all(state: dict[str, Any], channel: str, ids: Sequence[str]) -> float:
+def subscribe_all(state: dict[str, Any], channel: str, ids: Sequence[str], client: Any = None) -> float:
     """Write the subscription rows $connect would write for `ids` (BatchWriteItem, 8 in flight)."""
     from fanout.channels import member_key
     from loadtest.seed import write_all
 
-    client = _ddb(state)
+    client = client or _ddb(state)
     expires = int(time.time()) + 3 * 3600
     items = [
         {
@@ -85,11 +85,9 @@ def timed_broadcast(state: dict[str, Any], to: dict[str, list[str]] | None, time
     return time.perf_counter() - t0
 
 
-def read_costs(state: dict[str, Any], partitions: int) -> dict[str, float]:
+def read_costs(client: Any, partitions: int) -> dict[str, float]:
     """The channel's ids by Query of its rows vs every connection by partition: seconds, items."""
     from fanout.channels import member_range
-
-    client = _ddb(state)
 
     def pages(kwargs: dict[str, Any]) -> int:
         n = 0
@@ -132,6 +130,58 @@ def read_costs(state: dict[str, Any], partitions: int) -> dict[str, float]:
     }
 
 
+def storage_costs(connections: int, members: int, log: Callable[[str], None]) -> dict[str, float]:
+    """On a DynamoDB Local of its own (no stack, no streams): `connections` rows over ~100 per
+    partition, `members` of them subscribed to one channel; what reading the channel's ids costs by
+    each design: a Query of its subscription rows (this engine), a Query of every partition (what
+    filtering connection rows while reading partitions reads), a Scan filtered on a `channels` set."""
+    import boto3
+
+    from fanout.settings import Settings
+    from infra.local.dynamodb import DynamoDBLocal
+    from infra.local.resources import create_tables
+    from loadtest.seed import connection_item, write_all
+
+    partitions = max(1, math.ceil(connections / 100))
+    with DynamoDBLocal() as ddb:
+        client = boto3.client(
+            "dynamodb",
+            endpoint_url=ddb.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="local",
+            aws_secret_access_key="local",
+        )
+        create_tables(client, Settings(partition_count=partitions), seed_partitions=False)
+        ids = [f"c{i:07d}=" for i in range(connections)]
+        now = time.time()
+        rows = [connection_item(c, i % partitions, now=now, ttl_seconds=3600) for i, c in enumerate(ids)]
+        for row in rows[:members]:
+            row["channels"] = {"SS": [CHANNEL]}
+        write_all(client, "fanout-connections", rows, workers=8)
+        state = {"dynamodbUrl": ddb.endpoint}
+        subscribe_all(state, CHANNEL, ids[:members], client=client)
+        log(f"storage: {connections} connection rows, {members} subscriptions written")
+        costs = read_costs(client, partitions)
+        t0 = time.perf_counter()
+        scanned = 0
+        kwargs: dict[str, Any] = {
+            "TableName": "fanout-connections",
+            "FilterExpression": "contains(channels, :c)",
+            "ExpressionAttributeValues": {":c": {"S": CHANNEL}},
+            "ProjectionExpression": "connectionId",
+        }
+        while True:
+            out = client.scan(**kwargs)
+            scanned += int(out.get("ScannedCount", 0))
+            if "LastEvaluatedKey" not in out:
+                break
+            kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]
+        costs["scanSeconds"] = round(time.perf_counter() - t0, 3)
+        costs["scanItems"] = scanned
+        log(f"storage: {costs}")
+        return costs
+
+
 def _stack(size: int, log: Callable[[str], None]) -> Any:
     from infra.local.stack import LocalStack, StackOptions
     from loadtest.bench_stack import ROOT, stack_post_batch_size
@@ -169,7 +219,7 @@ def throughput(out: dict[str, Any], timeout: float, log: Callable[[str], None]) 
             round(timed_broadcast(stack.state, to, timeout), 3) for _ in range(BROADCASTS)
         ]
         log(f"channel of {len(members)} in {big}: {out['channelSeconds']} s")
-        out["reads"] = read_costs(stack.state, stack.options.partitions)
+        out["reads"] = read_costs(_ddb(stack.state), stack.options.partitions)
         log(f"reads: {out['reads']}")
 
 
@@ -219,6 +269,13 @@ def latency(out: dict[str, Any], log: Callable[[str], None]) -> None:
 
 def run_audiences(timeout: float, log: Callable[[str], None]) -> AudiencesRun:
     out: dict[str, Any] = {"command": ".venv/bin/python -m loadtest.bench --only audiences"}
+    out["storage"] = storage_costs(STACK_SIZES[1], CHANNEL_MEMBERS, log)
     latency(out, log)
     throughput(out, timeout, log)
     return AudiencesRun.model_validate(out)
+
+
+if __name__ == "__main__":  # the storage comparison alone, no stack: python -m loadtest.bench_audiences
+    import json
+
+    print(json.dumps(storage_costs(STACK_SIZES[1], CHANNEL_MEMBERS, print)))

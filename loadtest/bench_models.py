@@ -330,6 +330,7 @@ class AudiencesRun(Record):
     user_p50_ms: Number = Field(alias="userP50Ms", description="a user with 3 connections")
     sends: int
     reads: dict[str, Number] = Field(default_factory=dict)
+    storage: dict[str, Number] = Field(default_factory=dict)
     command: str | None = None
 
     @property

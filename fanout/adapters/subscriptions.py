@@ -41,8 +41,11 @@ BATCH_ATTEMPTS = 8
 BATCH_BASE_SECONDS = 0.05
 BATCH_CAP_SECONDS = 1.0
 # A transaction cancelled by another on the same connection row (two subscribes at once, a subscribe
-# racing $disconnect): botocore does not retry it; DynamoDB expects the caller to, with backoff.
-CONFLICT_ATTEMPTS = 10
+# racing $disconnect): botocore does not retry it; DynamoDB expects the caller to, with backoff. Each
+# round lets one of the contenders through, so the attempts outnumber the subscribes one connection
+# can have in flight at once, and the sleeps (jittered, ~0.5 s at most on average) stay within the
+# $default function's 10 s.
+CONFLICT_ATTEMPTS = 16
 CONFLICT_BASE_SECONDS = 0.02
 CONFLICT_CAP_SECONDS = 1.0
 # BatchWriteItem calls in flight at once in the async remove.
