@@ -40,21 +40,11 @@ def _ddb(state: dict[str, Any]) -> Any:
 
 def subscribe_all(state: dict[str, Any], channel: str, ids: Sequence[str], client: Any = None) -> float:
     """Write the subscription rows $connect would write for `ids` (BatchWriteItem, 8 in flight)."""
-    from fanout.channels import member_key
-    from loadtest.seed import write_all
+    from loadtest.seed import subscription_item, write_all
 
     client = client or _ddb(state)
-    expires = int(time.time()) + 3 * 3600
-    items = [
-        {
-            "channel": {"S": channel},
-            "member": {"S": member_key(cid)},
-            "connectionId": {"S": cid},
-            "userId": {"S": f"bench-{cid}"},
-            "expiresAt": {"N": str(expires)},
-        }
-        for cid in ids
-    ]
+    now = time.time()
+    items = [subscription_item(channel, cid, now=now, ttl_seconds=3 * 3600) for cid in ids]
     t0 = time.monotonic()
     write_all(client, "fanout-subscriptions", items, workers=8)
     return time.monotonic() - t0
@@ -196,7 +186,6 @@ def _stack(size: int, log: Callable[[str], None]) -> Any:
 
 
 def throughput(out: dict[str, Any], timeout: float, log: Callable[[str], None]) -> None:
-    from loadtest.bench_stack import _all_connection_ids
     from loadtest.seed import seed
 
     small, big = STACK_SIZES
@@ -208,17 +197,18 @@ def throughput(out: dict[str, Any], timeout: float, log: Callable[[str], None]) 
         ]
         log(f"everyone on {small}: {out['everyoneSeconds']} s")
     with _stack(big, log) as stack:
-        seed(stack.state, big, workers=8, rng_seed=big, wait=True, timeout=timeout, log=log)
-        members = sorted(_all_connection_ids(stack.state))[:CHANNEL_MEMBERS]
-        took = subscribe_all(stack.state, CHANNEL, members)
-        log(f"subscribed {len(members)} of {big} to {CHANNEL} in {took:.1f} s")
-        wait_occupancy(stack.state, CHANNEL, len(members), timeout)
+        summary = seed(
+            stack.state, big, workers=8, rng_seed=big, wait=True, timeout=timeout, log=log,
+            channel=CHANNEL, members=CHANNEL_MEMBERS,
+        )  # fmt: skip
+        log(f"subscribed {summary['subscribed']} of {big} to {CHANNEL} in {summary['subscribeSeconds']} s")
+        wait_occupancy(stack.state, CHANNEL, CHANNEL_MEMBERS, timeout)
         to = {"channels": [CHANNEL]}
         timed_broadcast(stack.state, to, timeout)
         out["channelSeconds"] = [
             round(timed_broadcast(stack.state, to, timeout), 3) for _ in range(BROADCASTS)
         ]
-        log(f"channel of {len(members)} in {big}: {out['channelSeconds']} s")
+        log(f"channel of {CHANNEL_MEMBERS} in {big}: {out['channelSeconds']} s")
         out["reads"] = read_costs(_ddb(stack.state), stack.options.partitions)
         log(f"reads: {out['reads']}")
 

@@ -14,6 +14,7 @@ from loadtest.seed import (
     chunks,
     connection_item,
     new_connection_ids,
+    partition_major,
     write_all,
     write_batch,
 )
@@ -123,3 +124,26 @@ def test_write_all_writes_every_item_once_in_parallel() -> None:
 
 def test_chunks() -> None:
     assert [list(c) for c in chunks([1, 2, 3, 4, 5], 2)] == [[1, 2], [3, 4], [5]]
+
+
+def test_rows_are_written_partition_by_partition_keeping_every_id_once() -> None:
+    ids = [f"c{i}" for i in range(9)]
+    assigned = [2, 0, 1, 2, 0, 1, 2, 0, 1]
+    pairs = partition_major(ids, assigned)
+    assert [pid for _, pid in pairs] == [0, 0, 0, 1, 1, 1, 2, 2, 2]
+    assert [cid for cid, pid in pairs if pid == 2] == ["c0", "c3", "c6"]  # first order kept
+    assert sorted(pairs) == sorted(zip(ids, assigned, strict=True))
+
+
+def test_a_seeded_subscription_is_found_in_its_bucket_range_and_expires_with_its_connection() -> None:
+    from fanout.channels import bucket_of, connection_of, member_range
+    from loadtest.seed import SIMULATED_USER, subscription_item
+
+    row = subscription_item("room:1", "abcdefghijklmno=", now=1_000.5, ttl_seconds=3600)
+    connection = connection_item("abcdefghijklmno=", 3, now=1_000.5, ttl_seconds=3600)
+    assert row["channel"] == {"S": "room:1"}
+    assert connection_of(row["member"]["S"]) == "abcdefghijklmno="
+    lo, hi = member_range(bucket_of("abcdefghijklmno="), bucket_of("abcdefghijklmno="))
+    assert lo <= row["member"]["S"] <= hi
+    assert row["expiresAt"] == connection["expiresAt"]
+    assert row["userId"] == connection["userId"] == {"S": SIMULATED_USER}
