@@ -137,6 +137,7 @@ class Footprint:
     long_poll_seconds: float = 20.0
     secret_refresh_seconds: float = 300.0  # the authorizer's secret cache (handlers.authorizer)
     reconcile_threads: int = 8
+    reconcile_per_run: int = 100  # the reconciler's reconcile_partitions_per_run default (Settings)
     stream_parallelization: int = 2  # the CDK app's streamParallelization
     stream_batch_size: int = 500  # the CDK app's streamBatchSize
     partition_view_seconds: float = 3.0  # connect's partition view refresh (Settings)
@@ -447,13 +448,13 @@ def _engine_standing(i: CostInputs) -> list[Line]:
         gb = (m.swarm + d.query_workers * m.query + d.post_workers * m.post) / 1024
         gb_s = gb * w.provisioned_hours_per_day * 3600
         bill.add(LAMBDA, "provisioned concurrency", gb_s, "GB-s", "lambda_provisioned_gb_second")
-    # every minute: the reconciler (scan + one COUNT query per partition) and the sweeper (one query)
+    # every minute: the reconciler (scan + one COUNT query per partition of its slice) and the
+    # sweeper (one query)
     runs = 24 * 60
+    recounted = min(d.partitions, f.reconcile_per_run)
     scan = read_units(d.partitions * f.partition_item_bytes, consistent=False)
-    counts = d.partitions * read_units(per_partition * f.gsi_item_bytes, consistent=False)
-    reconcile_s = (
-        c.invoke_overhead_ms + c.ddb_ms * (1 + math.ceil(d.partitions / f.reconcile_threads))
-    ) / 1000
+    counts = recounted * read_units(per_partition * f.gsi_item_bytes, consistent=False)
+    reconcile_s = (c.invoke_overhead_ms + c.ddb_ms * (1 + math.ceil(recounted / f.reconcile_threads))) / 1000
     bill.invoke("reconciler", runs, reconcile_s, m.reconciler)
     bill.ddb("reconciler: partitions scan + GSI counts", reads=runs * (scan + counts))
     bill.invoke("sweeper", runs, (c.invoke_overhead_ms + c.ddb_ms) / 1000, m.sweeper)

@@ -136,6 +136,13 @@ class ReconcilePart(FunctionSettings):
         description="the reconciler leaves a partition alone if the stream changed it this recently "
         "(above the stream's processing lag, or recounts race the records in flight)",
     )
+    reconcile_partitions_per_run: int = Field(
+        default=100,
+        ge=1,
+        le=100_000,
+        description="partitions one reconciler run recounts, in turn: with more partitions than this, "
+        "each is recounted every ceil(partitions/this) runs (a recount reads every row)",
+    )
 
 
 class BroadcastApiPart(FunctionSettings):

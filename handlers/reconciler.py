@@ -31,6 +31,7 @@ class Deps:
     partitions: PartitionsTable
     partition_count: int
     quiet_ms: int
+    per_run: int
 
 
 @lru_cache(maxsize=1)
@@ -49,6 +50,7 @@ def deps() -> Deps:
         PartitionsTable(client, settings.partitions_table),
         settings.partition_count,
         int(settings.reconcile_quiet_seconds * 1000),
+        settings.reconcile_partitions_per_run,
     )
 
 
@@ -57,12 +59,16 @@ def deps() -> Deps:
 @metrics.log_metrics
 def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     d = deps()
+    now_ms = int(time.time() * 1000)
     result = reconcile(
         d.connections,
         d.partitions,
         partition_count=d.partition_count,
-        now_ms=int(time.time() * 1000),
+        now_ms=now_ms,
         quiet_ms=d.quiet_ms,
+        per_run=d.per_run,
+        # The schedule runs it once a minute: the minute picks the slice, so no state is kept.
+        run_index=now_ms // 60_000,
     )
     plan = result.plan
     drift = sum(abs(c.drift) for c in result.corrected)
@@ -74,6 +80,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         mean=round(plan.mean, 3),
         skew=round(plan.skew, 4),
         queries=result.queries,
+        recounted=result.recounted,
         corrected=[
             {"partitionId": c.partition_id, "stored": c.stored, "counted": c.counted}
             for c in result.corrected[:MAX_LOGGED_CORRECTIONS]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from fanout.adapters.connections import ConnectionsTable, channels_of
@@ -18,7 +18,7 @@ from fanout.errors import FanoutError
 from fanout.protocol import Grants, connect_channels
 from partitions.choice import PartitionChooser
 from partitions.counting import StreamChange, aggregate, plan_checkpoint, prefix_before_failure
-from partitions.reconcile import Correction, ReconciliationPlan, plan_reconciliation
+from partitions.reconcile import Correction, ReconciliationPlan, plan_reconciliation, recount_slice
 
 
 class DeltaSink(Protocol):
@@ -146,6 +146,7 @@ class Reconciliation:
     corrected: list[Correction]
     skipped: list[Correction]  # changed by the stream lately, or moved under us: left for the next run
     queries: int
+    recounted: int = 0  # partitions recounted by this run
 
 
 def reconcile(
@@ -155,8 +156,12 @@ def reconcile(
     partition_count: int,
     now_ms: int,
     quiet_ms: int = 0,
+    per_run: int | None = None,
+    run_index: int = 0,
 ) -> Reconciliation:
-    """Recount every partition through the GSI and correct the counters that drifted.
+    """Recount partitions through the GSI and correct the counters that drifted: every partition,
+    or with `per_run` the `run_index`-th slice of that many (partitions.reconcile.recount_slice);
+    the figures (total, largest, skew) then take the stored counters for the partitions not recounted.
 
     A row and its stream record are not written at once: a recount can include rows whose INSERT
     (or miss rows whose REMOVE) the stream has not applied yet, and setting the counter to it would
@@ -168,8 +173,13 @@ def reconcile(
     rows = partitions.stored_counters()
     stored = {pid: row.count for pid, row in rows.items()}
     ids = set(range(partition_count)) | set(stored)
-    counted, queries = connections.count_partitions(ids)
+    recounted = recount_slice(ids, per_run, run_index) if per_run else sorted(ids)
+    counted, queries = connections.count_partitions(recounted)
     plan = plan_reconciliation(counted, stored, partition_count=partition_count)
+    if len(recounted) < len(ids):
+        known = {pid: 0 for pid in ids} | {pid: n for pid, n in stored.items() if n is not None}
+        figures = plan_reconciliation(known | counted, stored, partition_count=partition_count)
+        plan = replace(figures, corrections=plan.corrections)
     corrected: list[Correction] = []
     skipped: list[Correction] = []
     for correction in plan.corrections:
@@ -181,4 +191,4 @@ def reconcile(
             skipped.append(correction)
         else:
             corrected.append(correction)
-    return Reconciliation(plan, corrected, skipped, queries)
+    return Reconciliation(plan, corrected, skipped, queries, len(recounted))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -55,3 +55,21 @@ def plan_reconciliation(
     largest = max(live.values(), default=0)
     mean = total / len(live) if live else 0.0
     return ReconciliationPlan(corrections, total, largest, mean, skew(live))
+
+
+def recount_slice(partition_ids: Iterable[int], per_run: int, run_index: int) -> list[int]:
+    """The partitions run `run_index` recounts: the ids in order, cut in slices of `per_run`, the
+    slices taken in turn, so ceil(ids/per_run) consecutive runs recount each partition once.
+
+    A recount reads every row of the table; drift is rare (a stream record the counter gave up
+    on), so spreading the recount over a few runs bounds its cost per run (and DynamoDB's) by
+    `per_run` partitions, for a correction that may wait that many runs.
+    """
+    if per_run < 1:
+        raise ValueError("per_run must be at least 1")
+    ordered = sorted(set(partition_ids))
+    if len(ordered) <= per_run:
+        return ordered
+    slices = -(-len(ordered) // per_run)
+    start = (run_index % slices) * per_run
+    return ordered[start : start + per_run]

@@ -394,6 +394,42 @@ def test_reconciler_corrects_injected_drift(stack: Stack) -> None:
     assert reconciler.handler({}, LambdaContext())["corrected"] == 0
 
 
+def test_a_sliced_recount_corrects_its_slice_and_every_partition_in_turn(stack: Stack) -> None:
+    from handlers import reconciler
+    from partitions.lifecycle import reconcile
+
+    d = reconciler.deps()
+    truth = table_counts(stack)
+    # Given drift on a partition of the first slice of 3 and one of the last (8 partitions: 3 runs)
+    for pid in (1, 7):
+        stack.dynamodb.update_item(
+            TableName=stack.partitions_table,
+            Key={"partitionId": {"N": str(pid)}},
+            UpdateExpression="ADD connectionCount :v",
+            ExpressionAttributeValues={":v": {"N": "5"}},
+        )
+    now = int(time.time() * 1000)
+
+    # When the first run recounts its slice of 3
+    first = reconcile(
+        d.connections, d.partitions, partition_count=PARTITIONS, now_ms=now, per_run=3, run_index=0
+    )
+
+    # Then only partitions 0-2 were read and corrected; the figures still cover all 8 (stored for the rest)
+    assert (first.recounted, first.queries) == (3, 3)
+    assert [c.partition_id for c in first.corrected] == [1]
+    assert stored_counts(stack)[7] == truth[7] + 5
+    assert first.plan.total == sum(truth.values()) + 5
+
+    # And the next two runs reach the rest: every counter is the truth again
+    later = [
+        reconcile(d.connections, d.partitions, partition_count=PARTITIONS, now_ms=now, per_run=3, run_index=i)
+        for i in (1, 2)
+    ]
+    assert [[c.partition_id for c in r.corrected] for r in later] == [[], [7]]
+    assert stored_counts(stack) == truth
+
+
 def test_conditional_correction_never_overwrites_a_concurrent_add(stack: Stack) -> None:
     from fanout.adapters.partitions import PartitionsTable
 

@@ -334,3 +334,15 @@ def test_expired_members() -> None:
 def test_plan_checkpoint_without_failures() -> None:
     changes = [c for c in changes_of(record("INSERT")) if c is not None]
     assert plan_checkpoint(changes, []).index is None
+
+
+def test_recount_slices_cover_every_partition_once_in_turn() -> None:
+    from partitions.reconcile import recount_slice
+
+    ids = [5, *range(10), 12]  # a stored row beyond the count, and a duplicate
+    runs = [recount_slice(ids, 4, i) for i in range(3)]
+    assert runs == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 12]]
+    assert recount_slice(ids, 4, 3) == runs[0]  # the fourth run starts over
+    assert recount_slice(ids, 100, 7) == sorted(set(ids))  # few partitions: all, every run
+    with pytest.raises(ValueError):
+        recount_slice(ids, 0, 0)

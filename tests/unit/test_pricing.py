@@ -130,7 +130,7 @@ def test_worked_example_by_hand() -> None:
 def test_cdk_defaults_are_what_the_model_assumes() -> None:
     from fanout.adapters.sqs import SQS_BATCH
     from fanout.pricing import SQS_BATCH as MODEL_SQS_BATCH
-    from fanout.settings import Settings
+    from fanout.settings import ReconcilePart, Settings
     from fanout.topology import topology
     from handlers.authorizer import SECRET_MAX_AGE_SECONDS
     from infra.cdk.config import FanoutConfig
@@ -146,6 +146,7 @@ def test_cdk_defaults_are_what_the_model_assumes() -> None:
     assert f.min_counter_shards == settings_.counter_shards
     assert f.inline_payload_limit == settings_.inline_payload_limit
     assert f.partition_view_seconds == settings_.partition_view_ttl_seconds
+    assert f.reconcile_per_run == ReconcilePart.model_fields["reconcile_partitions_per_run"].default
     assert f.secret_refresh_seconds == SECRET_MAX_AGE_SECONDS
     assert MODEL_SQS_BATCH == SQS_BATCH
 
