@@ -157,10 +157,11 @@ class ChatPage {
     this.$("disconnect").disabled = this.ws === null;
   }
 
-  notice(level, text, code) {
+  notice(level, text, code, action) {
     const li = this.doc.createElement("li");
     li.dataset.level = level;
     if (code) li.dataset.code = code;
+    if (action) li.dataset.action = action;
     li.textContent = `${new Date().toLocaleTimeString()} ${text}`;
     this.$("notices").prepend(li);
   }
@@ -452,7 +453,7 @@ class ChatPage {
       this.state.rooms.delete(frame.channel);
       this.renderRooms();
     }
-    this.notice("error", text, frame.code);
+    this.notice("error", text, frame.code, frame.action);
   }
 
   row(message) {
