@@ -74,8 +74,14 @@ class ChatUser:
         self.page.fill("#text", text)
         self.page.click("#send")
 
+    def connections(self) -> int:
+        return int(self.status.get_attribute("data-connection") or 0)
+
     def reconnect(self) -> None:
+        """Drop the connection (or none) and wait until the next one is open."""
+        after = self.connections() + 1
         self.page.click("#reconnect")
+        expect(self.status).to_have_attribute("data-connection", str(after), timeout=WAIT_MS)
         self.wait_open()
 
     def disconnect(self) -> None:

@@ -120,6 +120,8 @@ class ChatPage {
     this.retryTimer = null;
     this.heartbeat = null;
     this.recovering = new Set();
+    // connections opened so far: the status shows it, so that a reconnect can be seen to have happened
+    this.opens = 0;
     this.$ = (id) => doc.getElementById(id);
   }
 
@@ -213,6 +215,8 @@ class ChatPage {
     let opened = false;
     ws.onopen = () => {
       opened = true;
+      this.opens += 1;
+      this.$("status").dataset.connection = String(this.opens);
       this.backoffMs = 1000;
       for (const channel of channels) this.state.room(channel).joined = true;
       this.renderRooms();
