@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import Browser, expect
 
 from fanout.tools.operator_client import OperatorClient
-from tests.e2e.chat_page import WAIT_MS, ChatUser
+from tests.chat_page import WAIT_MS, ChatUser
 
 pytestmark = pytest.mark.e2e
 

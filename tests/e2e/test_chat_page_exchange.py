@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, expect
 
-from tests.e2e.chat_page import WAIT_MS, ChatUser, Shown
+from tests.chat_page import WAIT_MS, ChatUser, Shown
 
 pytestmark = [
     pytest.mark.e2e,

@@ -20,7 +20,7 @@ import pytest
 from playwright.sync_api import Browser, Page, WebSocketRoute, expect
 
 from infra.local.chat_server import ChatConfig, ChatServer
-from tests.e2e.chat_page import WAIT_MS, ChatUser
+from tests.chat_page import WAIT_MS, ChatUser
 
 WEBSOCKET_URL = "ws://127.0.0.1:9/local"
 ROOM = "room:a"
