@@ -310,3 +310,19 @@ def test_a_connection_the_engine_drops_comes_back_by_itself_and_recovers(
     user.wait_open()
     assert len(engine.sockets) == 2
     assert engine.socket.query["recover"] == [f"{ROOM}:1:E1"]
+
+
+def test_a_direct_message_to_a_user_is_sent_as_sendmessage_and_acknowledged(
+    alice: tuple[ChatUser, ScriptedEngine],
+) -> None:
+    user, engine = alice
+    user.page.fill("#to", "bob")
+    user.page.fill("#text", "just you")
+    user.page.click("#send")
+    sent = engine.frame(lambda f: f.get("action") == "sendmessage")
+    assert sent == {"action": "sendmessage", "to": "bob", "message": {"text": "just you"}, "id": sent["id"]}
+    user.wait_rows(1, "", pending="true", to="bob")
+    engine.send(type="ack", id=sent["id"], broadcastId="b-d")
+    user.wait_rows(1, "", pending="false", to="bob", mine="true")
+    assert engine.frame(lambda f: f.get("action") == "sendmessage") == sent
+    assert [f for f in engine.socket.frames if f.get("action") == "publish"] == []

@@ -140,7 +140,9 @@ class ChatPage {
     });
     this.$("send-form").addEventListener("submit", (e) => {
       e.preventDefault();
-      this.publish(this.$("target").value, this.$("text").value);
+      const to = this.$("to").value.trim();
+      if (to) this.direct(to, this.$("text").value);
+      else this.publish(this.$("target").value, this.$("text").value);
     });
     const params = new URLSearchParams(location.search);
     if (params.get("user")) this.$("user").value = params.get("user");
@@ -311,6 +313,23 @@ class ChatPage {
     li.dataset.key = `pending:${id}`;
     li.dataset.pending = "true";
     li.dataset.id = id;
+    this.$("messages").append(li);
+  }
+
+  // A direct message to every connection of one user: acknowledged, with no offset (no history).
+  direct(to, text) {
+    if (!to || !text) return;
+    const id = messageId();
+    if (!this.send({ action: "sendmessage", to, message: { text }, id })) return;
+    this.state.pending.set(id, { channel: null, to, text });
+    this.$("text").value = "";
+    const li = this.row({ channel: null, from: this.user, data: { text }, offset: null, epoch: null });
+    li.querySelector(".meta").textContent = `to ${to}`;
+    li.dataset.to = to;
+    li.dataset.key = `pending:${id}`;
+    li.dataset.pending = "true";
+    li.dataset.id = id;
+    li.dataset.mine = "true";
     this.$("messages").append(li);
   }
 
