@@ -188,6 +188,7 @@ class ChatPage {
       this.close();
     }
     clearTimeout(this.retryTimer);
+    clearInterval(this.heartbeat);
     if (user !== this.user) {
       // another user: what this page saw belongs to the one before
       const rooms = this.currentRooms();
