@@ -14,9 +14,9 @@ SOAK_CONNECTIONS ?= 10000
 SOAK_SECONDS ?= 600
 export JSII_SILENCE_WARNING_END_OF_LIFE_NODE_VERSION := 20
 
-.PHONY: setup java test lint demo up synth bench loadtest soak clean
+.PHONY: setup java chromium test lint demo up synth bench loadtest soak clean
 
-setup: $(VENV)/.installed node_modules/.installed java
+setup: $(VENV)/.installed node_modules/.installed java chromium
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -32,6 +32,11 @@ java:
 	@command -v java >/dev/null 2>&1 || { \
 	  echo "Java is missing: installing OpenJDK 17 (DynamoDB Local needs it)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openjdk-17-jre-headless; }
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "Chromium is missing: installing Debian's chromium (the chat page's browser tests drive it)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 test: setup
 	$(PY) -m pytest -q

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -74,3 +75,22 @@ def xray_trace(xray_sink: XRaySink, monkeypatch: pytest.MonkeyPatch) -> Trace:
 
         xray_recorder.emitter.set_daemon_address(xray_sink.address)
     return Trace(xray_sink, header)
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """Debian's chromium, headless, driven by Playwright (which cannot download browsers of its own
+    here); `make setup` installs it where it is missing. ``CHROMIUM`` names another executable."""
+    import shutil
+
+    from playwright.sync_api import sync_playwright
+
+    executable = os.environ.get("CHROMIUM") or shutil.which("chromium")
+    if executable is None:
+        pytest.fail("chromium is not installed: `make setup` installs Debian's chromium")
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=executable, args=["--no-sandbox"])
+        try:
+            yield browser
+        finally:
+            browser.close()

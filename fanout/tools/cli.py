@@ -126,7 +126,8 @@ def cmd_local_up(args: argparse.Namespace) -> int:
         signal.signal(sig, lambda *_: stop.set())
     try:
         state = stack.start()
-        print(json.dumps({k: state[k] for k in ("websocketUrl", "httpApiUrl", "connectionsUrl")}, indent=2))
+        shown = ("websocketUrl", "httpApiUrl", "connectionsUrl", "chatUrl")
+        print(json.dumps({k: state[k] for k in shown}, indent=2))
         print("running; Ctrl-C stops every process", file=sys.stderr)
         while not stop.wait(1.0):
             dead = [name for name, proc in stack.children if proc.poll() is not None]

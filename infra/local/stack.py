@@ -1,4 +1,5 @@
-"""The whole system on one machine: DynamoDB Local, the SQS server, the Lambda runtime and the gateway.
+"""The whole system on one machine: DynamoDB Local, the SQS server, the Lambda runtime, the gateway
+and the chat page.
 
 `LocalStack(options).start()` provisions a fresh stack (new in-memory tables, new queues) and writes
 `.fanout/local.json`; `stop()` stops every child process group (no orphan Java or Python processes).
@@ -264,10 +265,32 @@ class LocalStack:
         )
         procs.wait_for_port(HOST, http_port, timeout=30)
 
+        websocket_url = f"ws://{HOST}:{ws_port}/{STAGE}"
+        chat_port = procs.free_port()
+        self.log("starting the chat page")
+        self._spawn(
+            "chat",
+            [
+                sys.executable,
+                "-m",
+                "infra.local.chat_server",
+                "--host",
+                HOST,
+                "--port",
+                str(chat_port),
+                "--websocket-url",
+                websocket_url,
+            ],
+            chat_port,
+            # the signing key by environment, as the page server reads it (never on a command line)
+            env={**os.environ, "FANOUT_CHAT_TOKEN_SECRET": token_secret},
+        )
+
         from fanout.tokens import issue_token
 
         self.state = {
-            "websocketUrl": f"ws://{HOST}:{ws_port}/{STAGE}",
+            "websocketUrl": websocket_url,
+            "chatUrl": f"http://{HOST}:{chat_port}/",
             "httpApiUrl": f"http://{HOST}:{http_port}",
             "connectionsUrl": connections_url,
             "operatorToken": operator_token,
