@@ -1,10 +1,11 @@
 """The `audiences` section of `make bench`: what a targeted broadcast costs next to an everyone one.
 
-Measured side by side in one run, on fresh local stacks:
+Measured side by side in one run, on fresh local stacks, the two stacks of each pair up at once and
+their broadcasts taken in turn, so both sides see the same load on the machine:
 
 - a broadcast to a 10,000-member channel in a stack of 100,000 simulated connections, against an
   everyone-broadcast on a stack of 10,000 (each stack ~100 connections per partition, as the stack
-  section sizes them; medians of 3 warm broadcasts each);
+  section sizes them; medians of 5 warm broadcasts each);
 - a user-targeted send to a user with 3 real WebSocket connections, against an everyone-broadcast to
   a stack holding a single connection: POST to frame, p50 over 100 warm sends each;
 - the storage alternative: reading the channel's 10,000 ids by Query of its subscription rows, against
@@ -16,10 +17,11 @@ Run alone: ``.venv/bin/python -m loadtest.bench --only audiences``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from loadtest.bench_models import AudiencesRun
@@ -27,7 +29,7 @@ from loadtest.bench_models import AudiencesRun
 CHANNEL = "bench:big"
 CHANNEL_MEMBERS = 10_000
 STACK_SIZES = (10_000, 100_000)
-BROADCASTS = 3
+BROADCASTS = 5
 SENDS = 100
 WARMUP_SENDS = 5
 
@@ -172,7 +174,7 @@ def storage_costs(connections: int, members: int, log: Callable[[str], None]) ->
         return costs
 
 
-def _stack(size: int, log: Callable[[str], None]) -> Any:
+def _stack(size: int, log: Callable[[str], None], name: str = "") -> Any:
     from infra.local.stack import LocalStack, StackOptions
     from loadtest.bench_stack import ROOT, stack_post_batch_size
 
@@ -180,43 +182,47 @@ def _stack(size: int, log: Callable[[str], None]) -> Any:
         partitions=max(1, math.ceil(size / 100)),
         shards=4,
         post_batch_size=stack_post_batch_size(size),
-        state_dir=ROOT / ".fanout" / "bench-audiences",
+        state_dir=ROOT / ".fanout" / f"bench-audiences-{name or size}",
     )
     return LocalStack(options, log=log)
 
 
 def throughput(out: dict[str, Any], timeout: float, log: Callable[[str], None]) -> None:
+    """Both stacks up at once and their broadcasts taken in turn (everyone on the small stack, then
+    the channel on the big one, BROADCASTS times): this machine's load varies by more than the
+    ratio measured, and alternating puts each pair under the same load."""
     from loadtest.seed import seed
 
     small, big = STACK_SIZES
-    with _stack(small, log) as stack:
-        seed(stack.state, small, workers=8, rng_seed=small, wait=True, timeout=timeout, log=log)
-        timed_broadcast(stack.state, None, timeout)  # cold containers out of the figure
-        out["everyoneSeconds"] = [
-            round(timed_broadcast(stack.state, None, timeout), 3) for _ in range(BROADCASTS)
-        ]
-        log(f"everyone on {small}: {out['everyoneSeconds']} s")
-    with _stack(big, log) as stack:
+    with _stack(small, log) as few, _stack(big, log) as many:
+        seed(few.state, small, workers=8, rng_seed=small, wait=True, timeout=timeout, log=log)
         summary = seed(
-            stack.state, big, workers=8, rng_seed=big, wait=True, timeout=timeout, log=log,
+            many.state, big, workers=8, rng_seed=big, wait=True, timeout=timeout, log=log,
             channel=CHANNEL, members=CHANNEL_MEMBERS,
         )  # fmt: skip
+        out["seed"] = {k: summary.get(k) for k in ("writeSeconds", "countersSeconds", "subscribeSeconds")}
         log(f"subscribed {summary['subscribed']} of {big} to {CHANNEL} in {summary['subscribeSeconds']} s")
-        wait_occupancy(stack.state, CHANNEL, CHANNEL_MEMBERS, timeout)
+        wait_occupancy(many.state, CHANNEL, CHANNEL_MEMBERS, timeout)
         to = {"channels": [CHANNEL]}
-        timed_broadcast(stack.state, to, timeout)
-        out["channelSeconds"] = [
-            round(timed_broadcast(stack.state, to, timeout), 3) for _ in range(BROADCASTS)
-        ]
-        log(f"channel of {CHANNEL_MEMBERS} in {big}: {out['channelSeconds']} s")
-        out["reads"] = read_costs(_ddb(stack.state), stack.options.partitions)
+        timed_broadcast(few.state, None, timeout)  # cold containers out of the figures
+        timed_broadcast(many.state, to, timeout)
+        everyone: list[float] = []
+        channel: list[float] = []
+        for _ in range(BROADCASTS):
+            everyone.append(round(timed_broadcast(few.state, None, timeout), 3))
+            channel.append(round(timed_broadcast(many.state, to, timeout), 3))
+        out["everyoneSeconds"], out["channelSeconds"] = everyone, channel
+        log(f"everyone on {small}: {everyone} s; channel of {CHANNEL_MEMBERS} in {big}: {channel} s")
+        out["reads"] = read_costs(_ddb(many.state), many.options.partitions)
         log(f"reads: {out['reads']}")
 
 
-async def _send_latencies(
-    state: dict[str, Any], users: dict[str, int], to: dict[str, list[str]] | None, sends: int
-) -> list[float]:
-    """Open the users' connections (real WebSockets), then `sends` sends: POST to the last frame, ms."""
+@contextlib.asynccontextmanager
+async def _sender(
+    state: dict[str, Any], users: dict[str, int], to: dict[str, list[str]] | None
+) -> AsyncIterator[Callable[[int], Awaitable[float]]]:
+    """Open the users' connections (real WebSockets); yields `send(n)`: one send, POST to the last
+    frame, ms."""
     from fanout.tokens import issue_token
     from fanout.tools.operator_client import OperatorClient
     from infra.local.clients import ClientSwarm
@@ -230,8 +236,8 @@ async def _send_latencies(
             len(owners), token_for=lambda i: issue_token(state["tokenSecret"], owners[i], 3600)
         )
         await wait_registered(state, base + len(clients))
-        latencies: list[float] = []
-        for n in range(WARMUP_SENDS + sends):
+
+        async def send(n: int) -> float:
             t0 = time.time() * 1000
             bid = await asyncio.to_thread(api.start, {"n": n}, None, to=to)
             deadline = time.monotonic() + 30
@@ -239,17 +245,33 @@ async def _send_latencies(
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"send {bid} did not reach every connection")
                 await asyncio.sleep(0.002)
-            last = max(r.received_at_ms for c in clients for r in c.receipts if r.broadcast_id == bid)
+            return max(r.received_at_ms for c in clients for r in c.receipts if r.broadcast_id == bid) - t0
+
+        yield send
+
+
+async def _send_latencies(
+    single_state: dict[str, Any], user_state: dict[str, Any], sends: int
+) -> tuple[list[float], list[float]]:
+    """Sends taken in turn, one to everyone (a single connection) on one stack, one to a user with 3
+    connections on the other, so both see the same load on this machine."""
+    single: list[float] = []
+    user: list[float] = []
+    async with (
+        _sender(single_state, {"bench-single": 1}, None) as to_single,
+        _sender(user_state, {"bench-user": 3}, {"users": ["bench-user"]}) as to_user,
+    ):
+        for n in range(WARMUP_SENDS + sends):
+            a, b = await to_single(n), await to_user(n)
             if n >= WARMUP_SENDS:
-                latencies.append(last - t0)
-    return latencies
+                single.append(a)
+                user.append(b)
+    return single, user
 
 
 def latency(out: dict[str, Any], log: Callable[[str], None]) -> None:
-    with _stack(10, log) as stack:
-        single = asyncio.run(_send_latencies(stack.state, {"bench-single": 1}, None, SENDS))
-    with _stack(10, log) as stack:
-        user = asyncio.run(_send_latencies(stack.state, {"bench-user": 3}, {"users": ["bench-user"]}, SENDS))
+    with _stack(10, log, name="single") as one, _stack(10, log, name="user") as other:
+        single, user = asyncio.run(_send_latencies(one.state, other.state, SENDS))
     out["everyoneSingleP50Ms"] = round(statistics.median(single), 1)
     out["userP50Ms"] = round(statistics.median(user), 1)
     out["sends"] = SENDS
