@@ -222,8 +222,9 @@ def read_message(
     if body is None or not body.strip():
         return ErrorReply(None, INVALID, 'empty message; send {"action":"ping"}')
     size = len(body.encode("utf-8", errors="surrogatepass"))
+    # Above the larger limit nothing is parsed; in between, only a message to others may be.
     limit = MAX_MESSAGE_BYTES
-    if MAX_MESSAGE_BYTES < size <= MAX_CHAT_MESSAGE_BYTES and _is_chat(body):
+    if size > MAX_CHAT_MESSAGE_BYTES or (size > MAX_MESSAGE_BYTES and _is_chat(body)):
         limit = MAX_CHAT_MESSAGE_BYTES
     if size > limit:
         return ErrorReply(None, TOO_LARGE, f"message too large: {size} bytes; the limit is {limit} bytes")
