@@ -304,7 +304,7 @@ def _tables() -> tuple[Table, ...]:
         ),
         # Token buckets of client messages (fanout.ratelimit): one row per connection and per user,
         # gone once its bucket is full again.
-        Table("ratelimits", "rate_limits_table", Key("key", "S"), ttl_attribute="expiresAt"),
+        Table("rate_limits", "rate_limits_table", Key("key", "S"), ttl_attribute="expiresAt"),
         # Powertools idempotency records and the stages' delivery ledger; both expire via `expiration`.
         Table("idempotency", "idempotency_table", Key("id", "S"), ttl_attribute="expiration"),
     )
