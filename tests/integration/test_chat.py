@@ -271,4 +271,4 @@ def test_a_refused_take_carries_the_row_as_aws_returns_it(pipe: Pipeline) -> Non
             **requests.take(key, old_tat=1.0, new_tat=2_000.0, now=4_500.0, limit=limit)
         )
     assert refused.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
-    assert refused.value.response["Item"]["tat"] == {"N": "5000"}
+    assert float(refused.value.response["Item"]["tat"]["N"]) == 5_000.0
