@@ -272,3 +272,25 @@ def test_a_refused_take_carries_the_row_as_aws_returns_it(pipe: Pipeline) -> Non
         )
     assert refused.value.response["Error"]["Code"] == "ConditionalCheckFailedException"
     assert float(refused.value.response["Item"]["tat"]["N"]) == 5_000.0
+
+
+@pytest.fixture
+def split(dynamodb_local: str, local_sqs: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pipeline]:
+    # two members per channel task: the six-member room is read by three query tasks, not the swarm
+    with pipeline(
+        dynamodb_local, local_sqs, monkeypatch, partition_count=4, shard_count=2, channel_task_members=2
+    ) as p:
+        yield p
+
+
+def test_echo_off_holds_when_the_room_is_read_by_the_query_stage(split: Pipeline) -> None:
+    seed_room(split)
+    alice = Sender(split, "r0=", "alice", ["room:*"])
+    frame = {"action": "publish", "channel": "room:1", "message": "quiet", "id": "q1", "echo": False}
+    ack = alice.send(frame)
+    split.run_swarms()
+    split.drain()
+    assert set(received(split)) == set(ROOM) - {"r0="}
+    record = view(split, ack["broadcastId"])
+    assert record["partitions"] == 3  # three bucket ranges, each a query task carrying the exclusion
+    assert (record["status"], record["targeted"], record["delivered"]) == ("completed", 5, 5)
