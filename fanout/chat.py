@@ -48,6 +48,7 @@ RATE_LIMITED = "rate_limited"
 TOO_LARGE = "too_large"
 INVALID = "invalid"
 IN_PROGRESS = "in_progress"
+UNAVAILABLE = "unavailable"
 INTERNAL = "internal"
 
 

@@ -52,6 +52,7 @@ from fanout.chat import FORBIDDEN as CHAT_FORBIDDEN
 from fanout.chat import (
     IN_PROGRESS,
     RATE_LIMITED,
+    UNAVAILABLE,
     ChatCommand,
     ChatRefusal,
     Publish,
@@ -211,7 +212,7 @@ def _send(
             "client message not started", connectionId=ctx.connection_id, action=action, problem=str(exc)
         )
         return chat_error_frame(
-            action, mid, "unavailable", "the message could not be sent; retry"
+            action, mid, UNAVAILABLE, "the message could not be sent; retry"
         ), "ClientMessagesFailed"
     broadcast_id = sent["broadcastId"]
     logger.info(

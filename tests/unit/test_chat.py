@@ -214,7 +214,8 @@ class Broadcasts:
         self.created: list[dict[str, Any]] = []
 
     def create(self, broadcast_id: str, created_at: int, frame: str, key: str | None,
-               audience: Audience | None = None, *, exclude_connection: str | None = None) -> None:  # fmt: skip
+               audience: Audience | None = None, *,
+               exclude_connection: str | None = None) -> None:  # fmt: skip
         self.created.append({"frame": json.loads(frame), "audience": audience, "exclude": exclude_connection})
 
     def load(self, broadcast_id: str) -> Any: ...
@@ -267,3 +268,51 @@ def test_a_message_too_large_for_its_envelope_starts_nothing() -> None:
     with pytest.raises(PayloadTooLarge):
         send(Publish("room:1", "x" * 500, "m"), Buckets(), broadcasts, swarm, limit=300)
     assert broadcasts.created == [] and swarm.launched == []
+
+
+# -- the handler's answers -----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("raised", "code"),
+    [
+        (RateLimited(120), "rate_limited"),
+        (PayloadTooLarge(200_000, 131_072), "too_large"),
+        ("validation", "invalid"),
+        ("in_progress", "in_progress"),
+        ("retryable", "unavailable"),
+    ],
+)
+def test_the_handler_answers_each_failure_of_a_send_with_its_code(
+    monkeypatch: pytest.MonkeyPatch, raised: Any, code: str
+) -> None:
+    from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
+    from aws_lambda_powertools.utilities.idempotency.exceptions import (
+        IdempotencyAlreadyInProgressError,
+        IdempotencyValidationError,
+    )
+
+    import handlers.default
+    from fanout.errors import RetryableError
+    from fanout.protocol import authorizer_context
+    from tests.events import LambdaContextStub
+
+    errors = {
+        "validation": IdempotencyValidationError(),
+        "in_progress": IdempotencyAlreadyInProgressError(),
+        "retryable": RetryableError("swarm down"),
+    }
+
+    def send_once(**_: Any) -> Any:
+        raise errors.get(raised, raised)
+
+    deps = handlers.default.Deps(None, 8100, 3, IdempotencyConfig(), send_once)  # type: ignore[arg-type]
+    monkeypatch.setattr(handlers.default, "deps", lambda: deps)
+    context = {**authorizer_context("alice", [], ["room:*"]), "principalId": "alice"}
+    body = json.dumps({"action": "publish", "channel": "room:1", "message": 1, "id": "m-9"})
+    out = handlers.default.handler(
+        message_event(body, authorizer=context), LambdaContextStub("fanout-default")
+    )
+    frame = json.loads(out["body"])
+    assert (frame["type"], frame["code"], frame["action"], frame["id"]) == ("error", code, "publish", "m-9")
+    assert ("retryAfterMs" in frame) == (code == "rate_limited")
+    if code == "rate_limited":
+        assert frame["retryAfterMs"] == 120
