@@ -308,9 +308,18 @@ def test_the_handler_answers_each_failure_of_a_send_with_its_code(
     monkeypatch.setattr(handlers.default, "deps", lambda: deps)
     context = {**authorizer_context("alice", [], ["room:*"]), "principalId": "alice"}
     body = json.dumps({"action": "publish", "channel": "room:1", "message": 1, "id": "m-9"})
-    out = handlers.default.handler(
-        message_event(body, authorizer=context), LambdaContextStub("fanout-default")
-    )
+    event = {
+        "requestContext": {
+            "routeKey": "$default", "messageId": "m1", "eventType": "MESSAGE", "extendedRequestId": "x",
+            "requestTime": "04/Dec/2026:10:00:00 +0000", "messageDirection": "IN", "stage": "local",
+            "connectedAt": 1_800_000_000_000, "requestTimeEpoch": 1_800_000_001_000,
+            "identity": {"sourceIp": "203.0.113.7"}, "requestId": "r1", "domainName": "d", "apiId": "a",
+            "connectionId": "C1=", "authorizer": context,
+        },
+        "body": body,
+        "isBase64Encoded": False,
+    }  # fmt: skip
+    out = handlers.default.handler(event, LambdaContextStub("fanout-default"))
     frame = json.loads(out["body"])
     assert (frame["type"], frame["code"], frame["action"], frame["id"]) == ("error", code, "publish", "m-9")
     assert ("retryAfterMs" in frame) == (code == "rate_limited")
