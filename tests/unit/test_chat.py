@@ -19,7 +19,7 @@ from fanout.chat import (
     command_digest,
     idempotency_key,
 )
-from fanout.errors import PayloadTooLarge
+from fanout.errors import InvalidInput, PayloadTooLarge
 from fanout.frames import build_frame
 from fanout.messaging import RateLimited, send_client_message
 from fanout.models import Audience
@@ -325,3 +325,15 @@ def test_the_handler_answers_each_failure_of_a_send_with_its_code(
     assert ("retryAfterMs" in frame) == (code == "rate_limited")
     if code == "rate_limited":
         assert frame["retryAfterMs"] == 120
+
+
+@given(sender=st.text(min_size=1, max_size=30) | st.just('x","data":1,"y'), message=st.text(max_size=30))
+def test_a_sender_of_any_name_cannot_move_where_the_channel_is_spliced_in(sender: str, message: str) -> None:
+    from fanout.channels import with_channel
+
+    try:
+        frame = build_frame("b", 5, message, limit=10_000, sender=sender)
+    except InvalidInput:
+        return  # a lone surrogate: refused, as in a message
+    named = json.loads(with_channel(frame, "room:1"))
+    assert (named["from"], named["channel"], named["data"]) == (sender, "room:1", message)
