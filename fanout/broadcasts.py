@@ -32,6 +32,8 @@ class Broadcasts(Protocol):
         frame: str,
         idempotency_key: str | None,
         audience: Audience | None = None,
+        *,
+        exclude_connection: str | None = None,
     ) -> None: ...
     def load(self, broadcast_id: str) -> StoredBroadcast: ...
     def totals(self, broadcast_id: str, shards: int) -> Totals: ...
@@ -59,6 +61,8 @@ def start_broadcast(
     max_frame_bytes: int,
     idempotency_key: str | None = None,
     audience: Audience | None = None,
+    sender: str | None = None,
+    exclude_connection: str | None = None,
     clock_ms: Callable[[], int] = now_ms,
 ) -> str:
     """Store the broadcast (its frame serialized once) and hand it to the swarm; returns its id.
@@ -66,18 +70,25 @@ def start_broadcast(
     `audience` None means every connection. Raises PayloadTooLarge before anything is written when
     the frame would exceed `max_frame_bytes` (for a channel broadcast: the frame naming its longest
     channel).
+    A client's message names its `sender` (the envelope's ``"from"``) and may leave out the sending
+    connection (`exclude_connection`: never targeted, so never counted).
     If the swarm cannot be invoked, the broadcast is marked failed with the reason and RetryableError
     is raised (the caller may try again: a new broadcast).
     """
     broadcast_id = str(uuid.uuid4())
     created_at = clock_ms()
-    frame = build_frame(broadcast_id, created_at, message, limit=max_frame_bytes)
+    frame = build_frame(broadcast_id, created_at, message, limit=max_frame_bytes, sender=sender)
     if audience is not None and audience.channels:
         longest = max(audience.channels, key=len)
         size = len(with_channel(frame, longest).encode("utf-8"))
         if size > max_frame_bytes:
             raise PayloadTooLarge(size, max_frame_bytes)
-    broadcasts.create(broadcast_id, created_at, frame, idempotency_key, audience)
+    if exclude_connection is None:
+        broadcasts.create(broadcast_id, created_at, frame, idempotency_key, audience)
+    else:
+        broadcasts.create(
+            broadcast_id, created_at, frame, idempotency_key, audience, exclude_connection=exclude_connection
+        )
     try:
         swarm.launch(broadcast_id)
     except FanoutError as exc:

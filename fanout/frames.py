@@ -8,11 +8,20 @@ from typing import Any
 from fanout.errors import InvalidInput, PayloadTooLarge
 
 
-def build_frame(broadcast_id: str, sent_at_ms: int, message: Any, *, limit: int) -> str:
-    """The JSON envelope every connection receives; PayloadTooLarge above `limit` bytes (UTF-8)."""
+def build_frame(
+    broadcast_id: str, sent_at_ms: int, message: Any, *, limit: int, sender: str | None = None
+) -> str:
+    """The JSON envelope every connection receives; PayloadTooLarge above `limit` bytes (UTF-8).
+
+    A client's message names its sender (``"from"``: the user of the sending connection's token),
+    just before ``"data"``; an operator's broadcast names none."""
+    envelope: dict[str, Any] = {"type": "broadcast", "broadcastId": broadcast_id, "sentAt": sent_at_ms}
+    if sender is not None:
+        envelope["from"] = sender
+    envelope["data"] = message
     try:
         frame = json.dumps(
-            {"type": "broadcast", "broadcastId": broadcast_id, "sentAt": sent_at_ms, "data": message},
+            envelope,
             separators=(",", ":"),
             ensure_ascii=False,
             allow_nan=False,

@@ -109,6 +109,8 @@ class PartitionTask(_Message):
     frame: str | None = None
     # Set on the task of a channel's bucket range (its partitionId is the unit: fanout.channels).
     channel: ChannelName | None = None
+    # A client's message sent with echo off: the sender's connection, left out of the unit's ids.
+    exclude_connection: str | None = Field(default=None, alias="excludeConnection")
 
 
 class PostBatch(_Message):
@@ -155,6 +157,8 @@ class BroadcastRecord(BaseModel):
     audience: Audience | None = Field(default=None, alias="to")
     # per channel of a channel broadcast: targeted, delivered, gone, failed
     channels: dict[str, dict[str, int]] | None = None
+    # a client's message sent with echo off: its sender's connection, never targeted
+    exclude_connection: str | None = Field(default=None, alias="excludeConnection")
 
     @property
     def accounted(self) -> int:

@@ -23,12 +23,14 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from fanout.channels import allows, channel_problem, parse_channel_list
+from fanout.chat import CHAT_ACTIONS, MAX_CHAT_MESSAGE_BYTES, ChatCommand, ChatRefusal, read_chat
 from fanout.errors import Refused
 from fanout.tokens import PUBLISH_SPECIALS, patterns_problem
 
-# Clients only ever send small control messages; anything bigger is refused unread.
+# Control messages (ping, subscribe, unsubscribe) are small; anything bigger is refused. Messages to
+# others (fanout.chat) may be bigger, up to MAX_CHAT_MESSAGE_BYTES; above that nothing is read.
 MAX_MESSAGE_BYTES = 4096
-ACTIONS = ("ping", "subscribe", "unsubscribe")
+ACTIONS = ("ping", "subscribe", "unsubscribe", *CHAT_ACTIONS)
 # How much of a client's own string an error message repeats.
 SHOWN_CHARS = 40
 
@@ -202,17 +204,30 @@ def error_frame(action: str | None, code: str, message: str) -> str:
     return _compact({"type": "error", "action": action, "code": code, "message": message, "error": message})
 
 
-def read_message(body: str | None, *, is_base64: bool, grants: Grants | None) -> Command | ErrorReply:
+def _is_chat(body: str) -> bool:
+    """Whether a message above the control limit is a publish or sendmessage (only those may be)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        return False
+    return isinstance(data, dict) and data.get("action") in CHAT_ACTIONS
+
+
+def read_message(
+    body: str | None, *, is_base64: bool, grants: Grants | None
+) -> Command | ChatCommand | ErrorReply | ChatRefusal:
     """One client message as a command, or the refusal to answer (never raises)."""
     if is_base64:
         return ErrorReply(None, INVALID, "binary messages are not supported; send a JSON text message")
     if body is None or not body.strip():
         return ErrorReply(None, INVALID, 'empty message; send {"action":"ping"}')
     size = len(body.encode("utf-8", errors="surrogatepass"))
-    if size > MAX_MESSAGE_BYTES:
-        return ErrorReply(
-            None, TOO_LARGE, f"message too large: {size} bytes; the limit is {MAX_MESSAGE_BYTES} bytes"
-        )
+    # Above the larger limit nothing is parsed; in between, only a message to others may be.
+    limit = MAX_MESSAGE_BYTES
+    if size > MAX_CHAT_MESSAGE_BYTES or (size > MAX_MESSAGE_BYTES and _is_chat(body)):
+        limit = MAX_CHAT_MESSAGE_BYTES
+    if size > limit:
+        return ErrorReply(None, TOO_LARGE, f"message too large: {size} bytes; the limit is {limit} bytes")
     try:
         data = json.loads(body)
     except (ValueError, RecursionError):
@@ -222,6 +237,8 @@ def read_message(body: str | None, *, is_base64: bool, grants: Grants | None) ->
     action = data.get("action")
     if not isinstance(action, str):
         return ErrorReply(None, INVALID, f'message needs a string "action"; supported: {SUPPORTED}')
+    if action in CHAT_ACTIONS:
+        return read_chat(action, data, grants)
     if action == "ping":
         return Ping()
     if action not in ("subscribe", "unsubscribe"):

@@ -124,6 +124,20 @@ class BroadcastsPart(FunctionSettings):
     idempotency_table: Name
 
 
+class ChatPart(FunctionSettings):
+    """Client messages to others (fanout.chat): token buckets per connection and per user, shared by
+    every container through the rate limits table."""
+
+    rate_limits_table: Name = Field(description="token buckets of client messages (fanout.ratelimit)")
+    connection_message_rate: float = Field(default=10.0, gt=0, le=10_000, description="messages/s")
+    connection_message_burst: int = Field(default=20, ge=1, le=100_000, description="messages at once")
+    user_message_rate: float = Field(default=10.0, gt=0, le=10_000, description="messages/s per user")
+    user_message_burst: int = Field(default=20, ge=1, le=100_000, description="per user, at once")
+    message_idempotency_seconds: int = Field(
+        default=600, ge=60, le=86_400, description="how long a client message id returns its first ack"
+    )
+
+
 class PlacementPart(FunctionSettings):
     partition_choices: int = Field(default=2, ge=1, le=64, description="d candidates (docs/partitions.md)")
     partition_view_ttl_seconds: float = Field(default=3.0, gt=0, le=300)
@@ -244,7 +258,9 @@ class DisconnectSettings(ConnectionsPart, SubscriptionsPart):
     pass
 
 
-class DefaultSettings(ConnectionsPart, SubscriptionsPart):
+class DefaultSettings(
+    ConnectionsPart, BroadcastsPart, SubscriptionsPart, BroadcastApiPart, SwarmInvokerPart, ChatPart
+):
     pass
 
 
@@ -320,6 +336,7 @@ RESOURCES = (
     "idempotency_table",
     "subscriptions_table",
     "channels_table",
+    "rate_limits_table",
     "swarm_function_name",
 )
 
@@ -348,6 +365,7 @@ class Settings(
     idempotency_table: str = "fanout-idempotency"
     subscriptions_table: str = "fanout-subscriptions"
     channels_table: str = "fanout-channels"
+    rate_limits_table: str = "fanout-rate-limits"
     swarm_function_name: str = "fanout-swarm"
     token_secret_arn: str = ""
     partition_queue_urls: list[str] = Field(default_factory=list)

@@ -54,6 +54,7 @@ from fanout.swarming import (
     send_batches_of,
     still_to_send,
     swarm_step,
+    targeted_ids,
     unit_channel,
     unit_tasks,
 )
@@ -283,6 +284,7 @@ async def _swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
         frame=frame,
         queue_shards=settings.shard_count,
         channel_of=lambda unit: unit_channel(audience, unit),
+        exclude_connection=stored.record.exclude_connection,
     )
     semaphore = asyncio.Semaphore(settings.swarm_send_concurrency)
     urls = settings.partition_queue_urls
@@ -327,6 +329,7 @@ async def _run_here(
         plan,
         frame=frame,
         channel_of=lambda unit: unit_channel(audience, unit),
+        exclude_connection=stored.record.exclude_connection,
     )
     semaphore = asyncio.Semaphore(LOCAL_UNITS_IN_FLIGHT)
 
@@ -381,7 +384,7 @@ async def run_unit(
     ids = await broadcasts.load_plan(bid, pid)
     replayed = ids is not None
     if ids is None:
-        ids = await load_ids()
+        ids = targeted_ids(await load_ids(), task.exclude_connection)
         if not await broadcasts.save_plan(bid, pid, ids):  # another run of this task stored its plan first
             ids = await broadcasts.load_plan(bid, pid) or []
             replayed = True

@@ -64,6 +64,8 @@ class BroadcastRequests:
         frame: str,
         idempotency_key: str | None,
         audience: Audience | None = None,
+        *,
+        exclude_connection: str | None = None,
     ) -> dict[str, Any]:
         item = {
             "broadcastId": broadcast_id,
@@ -75,6 +77,8 @@ class BroadcastRequests:
             "pending": PENDING,
             # who it goes to (absent: everyone), as the operator gave it, deduplicated
             "audience": audience.model_dump_json(exclude_none=True) if audience is not None else None,
+            # a client's message sent with echo off: its own connection is never targeted
+            "excludeConnection": exclude_connection,
         }
         return {
             "TableName": self.table,
@@ -96,6 +100,7 @@ class BroadcastRequests:
             "sweptAt",
             "sweptProgress",
             "audience",
+            "excludeConnection",
         ]
         if frame:
             names.append("frame")

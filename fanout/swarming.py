@@ -152,10 +152,19 @@ def partition_tasks(
     frame: str | None,
     queue_shards: int,
     channel_of: Callable[[int], str | None] = lambda unit: None,
+    exclude_connection: str | None = None,
 ) -> dict[int, list[str]]:
     """The bodies of the partition tasks, by partition queue shard (a partition always goes to one)."""
     by_shard: dict[int, list[str]] = {}
-    for task in unit_tasks(broadcast_id, partition_ids, plan, frame=frame, channel_of=channel_of):
+    tasks = unit_tasks(
+        broadcast_id,
+        partition_ids,
+        plan,
+        frame=frame,
+        channel_of=channel_of,
+        exclude_connection=exclude_connection,
+    )
+    for task in tasks:
         body = task.model_dump_json(by_alias=True, exclude_none=True)
         by_shard.setdefault(partition_shard(task.partition_id, queue_shards), []).append(body)
     return by_shard
@@ -168,6 +177,7 @@ def unit_tasks(
     *,
     frame: str | None,
     channel_of: Callable[[int], str | None] = lambda unit: None,
+    exclude_connection: str | None = None,
 ) -> list[PartitionTask]:
     """The task of each unit (a partition of everyone, or a unit of a targeted broadcast)."""
     return [
@@ -178,9 +188,18 @@ def unit_tasks(
             counter_shards=plan.shards,
             frame=frame,
             channel=channel_of(unit),
+            exclude_connection=exclude_connection,
         )
         for unit in units
     ]
+
+
+def targeted_ids(ids: Sequence[str], exclude_connection: str | None) -> list[str]:
+    """A unit's connection ids less the one a client's message leaves out (its sender, echo off):
+    filtered before the unit is counted, so the excluded connection is never targeted."""
+    if exclude_connection is None:
+        return list(ids)
+    return [cid for cid in ids if cid != exclude_connection]
 
 
 def send_batches_of(

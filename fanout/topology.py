@@ -302,6 +302,9 @@ def _tables() -> tuple[Table, ...]:
             Key("broadcastId", "S"),
             (Index(BROADCASTS_PENDING_INDEX, Key("pending", "S"), Key("createdAt", "N")),),
         ),
+        # Token buckets of client messages (fanout.ratelimit): one row per connection and per user,
+        # gone once its bucket is full again.
+        Table("rate_limits", "rate_limits_table", Key("key", "S"), ttl_attribute="expiresAt"),
         # Powertools idempotency records and the stages' delivery ledger; both expire via `expiration`.
         Table("idempotency", "idempotency_table", Key("id", "S"), ttl_attribute="expiration"),
     )
@@ -500,7 +503,9 @@ def topology(config: TopologyConfig | None = None) -> Topology:
            settings={"token_secret_arn": Ref(RefKind.TOKEN_SECRET_ARN)}),
         fn("connect", "connect", 512, 10, "$connect: place the connection in a partition"),
         fn("disconnect", "disconnect", 256, 10, "$disconnect: delete the connection row"),
-        fn("default", "default", 256, 10, "$default: ping/pong and errors (two-way)"),
+        # $default also starts a client's broadcasts (publish, sendmessage), like the operator API.
+        fn("default", "default", 256, 10, "$default: ping, subscriptions, publish, sendmessage (two-way)",
+           settings={"swarm_function_name": swarm_name}),
         fn("partition-counter", "partition_counter", 512, 60, "stream: partition counts",
            stream=StreamTrigger("connections", c.stream_batch_size, 1, c.stream_parallelization)),
         # 55 s: the run of one minute ends before the next one starts

@@ -204,8 +204,12 @@ class BroadcastsTable:
         frame: str,
         idempotency_key: str | None,
         audience: Audience | None = None,
+        *,
+        exclude_connection: str | None = None,
     ) -> None:
-        request = self.requests.create(broadcast_id, created_at, frame, idempotency_key, audience)
+        request = self.requests.create(
+            broadcast_id, created_at, frame, idempotency_key, audience, exclude_connection=exclude_connection
+        )
         try:
             self.client.put_item(**request)
         except AWS_ERRORS as exc:

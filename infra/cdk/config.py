@@ -72,6 +72,9 @@ class FanoutConfig(TopologyConfig):
     stream_age_alarm_seconds: int = Field(default=120, ge=1)
     throttled_alarm_per_minute: int = Field(default=1_000, ge=1)
     transaction_conflict_alarm_per_minute: int = Field(default=300, ge=1)
+    # Client messages refused by the rate limits (RateLimitRejections): a few are a client pacing
+    # itself; many, minute after minute, are a flood (or limits set too low for the app).
+    rate_limit_alarm_per_minute: int = Field(default=600, ge=1)
 
     # Optional load-test stack (Locust on ECS Fargate)
     loadtest: bool = False

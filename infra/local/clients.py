@@ -21,6 +21,7 @@ class Receipt:
     sent_at_ms: int
     received_at_ms: float
     channel: str | None = None  # the channel a channel broadcast's frame names
+    sender: str | None = None  # the user a client's message is from (the envelope's "from")
 
 
 @dataclass
@@ -101,12 +102,14 @@ class ClientSwarm:
                     continue
                 if isinstance(frame, dict) and frame.get("type") == "broadcast":
                     channel = frame.get("channel")
+                    sender = frame.get("from")
                     client.receipts.append(
                         Receipt(
                             str(frame["broadcastId"]),
                             int(frame["sentAt"]),
                             now,
                             str(channel) if channel is not None else None,
+                            str(sender) if sender is not None else None,
                         )
                     )
                 else:

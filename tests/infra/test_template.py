@@ -34,7 +34,8 @@ PLAN = post_concurrency_plan(FanoutConfig().post_budget, SHARDS, FanoutConfig().
 # Tables have generated names; each is known by its (partition key, sort key).
 TABLE_KEYS = {("connectionId", None): "connections", ("partitionId", None): "partitions",
               ("broadcastId", None): "broadcasts", ("id", None): "idempotency",
-              ("channel", "member"): "subscriptions", ("channel", "key"): "channels"}  # fmt: skip
+              ("channel", "member"): "subscriptions", ("channel", "key"): "channels",
+              ("key", None): "rate_limits"}  # fmt: skip
 
 
 def by_type(t: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
@@ -185,6 +186,13 @@ def test_tables_keys_gsi_stream_ttl_pitr_encryption(fanout: dict[str, Any]) -> N
     assert conn["StreamSpecification"] == {"StreamViewType": "NEW_AND_OLD_IMAGES"}
     assert conn["TimeToLiveSpecification"] == {"AttributeName": "expiresAt", "Enabled": True}
     assert tables["idempotency"]["Properties"]["TimeToLiveSpecification"]["AttributeName"] == "expiration"
+    # token buckets: one row per connection and per user, gone once full again
+    assert keys["rate_limits"] == [{"AttributeName": "key", "KeyType": "HASH"}]
+    assert tables["rate_limits"]["Properties"]["TimeToLiveSpecification"] == {
+        "AttributeName": "expiresAt",
+        "Enabled": True,
+    }
+    assert "StreamSpecification" not in tables["rate_limits"]["Properties"]
     for name, table in tables.items():
         props = table["Properties"]
         assert props["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"] is True, name
@@ -562,12 +570,47 @@ def test_post_to_connection_only_on_this_apis_connections(fanout: dict[str, Any]
 
 
 def test_operator_api_and_sweeper_may_invoke_the_swarm_function_only(fanout: dict[str, Any]) -> None:
-    invokers = {"fanout-operator-api", "fanout-sweeper"}
+    # $default starts a client's broadcast (publish, sendmessage) as the operator API does
+    invokers = {"fanout-operator-api", "fanout-sweeper", "fanout-default"}
     for name in invokers:
         (target,) = _role_actions(fanout, name)["lambda:InvokeFunction"]
         assert refs(target) == {function_id(fanout, "fanout-swarm")}, name
     for name in set(FUNCTIONS) - invokers:
         assert "lambda:InvokeFunction" not in _role_actions(fanout, name), name
+
+
+def test_default_function_sends_client_messages_with_least_privilege(fanout: dict[str, Any]) -> None:
+    actions = _tables_of(fanout, "fanout-default")
+    assert actions == {
+        "dynamodb:GetItem": {"connections", "idempotency", "rate_limits"},
+        "dynamodb:UpdateItem": {"connections", "broadcasts", "idempotency", "rate_limits"},
+        "dynamodb:PutItem": {"subscriptions", "broadcasts", "idempotency"},
+        "dynamodb:DeleteItem": {"subscriptions", "idempotency"},
+        "dynamodb:BatchWriteItem": {"subscriptions"},
+    }
+    # no other function touches the buckets
+    for name in set(FUNCTIONS) - {"fanout-default"}:
+        assert all("rate_limits" not in t for t in _tables_of(fanout, name).values()), name
+    env = next(
+        r["Properties"]["Environment"]["Variables"]
+        for r in by_type(fanout, "AWS::Lambda::Function").values()
+        if r["Properties"].get("FunctionName") == "fanout-default"
+    )
+    for var in ("FANOUT_RATE_LIMITS_TABLE", "FANOUT_BROADCASTS_TABLE", "FANOUT_IDEMPOTENCY_TABLE"):
+        assert refs(env[var]), var
+    assert refs(env["FANOUT_SWARM_FUNCTION_NAME"]) == {function_id(fanout, "fanout-swarm")}
+
+
+def test_rate_limit_rejections_are_alarmed_and_charted(fanout: dict[str, Any]) -> None:
+    alarms = [a["Properties"] for a in by_type(fanout, "AWS::CloudWatch::Alarm").values()]
+    (alarm,) = [a for a in alarms if a.get("MetricName") == "RateLimitRejections"]
+    assert alarm["Namespace"] == "Fanout" and alarm["Statistic"] == "Sum"
+    assert alarm["Threshold"] == 600 and alarm["ComparisonOperator"] == "GreaterThanThreshold"
+    assert alarm["TreatMissingData"] == "notBreaching"
+    (dashboard,) = by_type(fanout, "AWS::CloudWatch::Dashboard").values()
+    body = json.dumps(dashboard["Properties"]["DashboardBody"])
+    for metric in ("Publishes", "DirectMessages", "RateLimitRejections", "ForbiddenSends"):
+        assert f'\\"Fanout\\",\\"{metric}\\"' in body, metric
 
 
 # -- monitoring ----------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from tests.fakes import FakeConnectionsApi, FakeLambdaApi
 
 def reset_handler_state() -> None:
     """Forget per-container state (settings, clients, loops) between tests, as a new container would."""
+    import handlers.default
     import handlers.operator_api
     import handlers.post
     import handlers.query
@@ -36,6 +37,7 @@ def reset_handler_state() -> None:
             module.deps().close()
         module.deps.cache_clear()
     handlers.operator_api.deps.cache_clear()
+    handlers.default.deps.cache_clear()
     handlers.sweeper.deps.cache_clear()
     load.cache_clear()
 
@@ -259,6 +261,7 @@ def pipeline(
             "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
             "FANOUT_SUBSCRIPTIONS_TABLE": f"{prefix}-subscriptions",
             "FANOUT_CHANNELS_TABLE": f"{prefix}-channels",
+            "FANOUT_RATE_LIMITS_TABLE": f"{prefix}-rate-limits",
             "FANOUT_SWARM_FUNCTION_NAME": "fanout-swarm",
             "FANOUT_CONNECTIONS_ENDPOINT": connections.endpoint,
             # Paced as deployed: the local budget over this process's one post worker.

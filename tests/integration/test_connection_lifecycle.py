@@ -72,6 +72,9 @@ def stack(dynamodb_local: str, secrets_manager: str) -> Iterator[Stack]:
         "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
         "FANOUT_SUBSCRIPTIONS_TABLE": f"{prefix}-subscriptions",
         "FANOUT_CHANNELS_TABLE": f"{prefix}-channels",
+        # $default also sends client messages (publish, sendmessage): its settings name these too
+        "FANOUT_RATE_LIMITS_TABLE": f"{prefix}-rate-limits",
+        "FANOUT_SWARM_FUNCTION_NAME": f"{prefix}-swarm",
         "FANOUT_PARTITION_COUNT": str(PARTITIONS),
         # the tests drive the stream by hand, so nothing is in flight when the reconciler runs
         "FANOUT_RECONCILE_QUIET_SECONDS": "0",
@@ -477,7 +480,7 @@ def test_authorizer_context_carries_the_rights_as_json_strings(stack: Stack) -> 
 @pytest.mark.parametrize(
     ("body", "binary", "problem"),
     [
-        ('{"action":"publish"}', False, "unknown action 'publish'"),
+        ('{"action":"shout"}', False, "unknown action 'shout'"),
         ("not json", False, "not valid JSON"),
         ("[1,2]", False, "JSON object"),
         ('{"action": 7}', False, 'string "action"'),
@@ -499,7 +502,7 @@ def test_default_route_answers_with_a_frame(body: str | None, binary: bool, prob
     assert problem in frame["message"]
     assert frame["error"] == frame["message"]  # the deprecated alias old clients read
     assert frame["code"] == ("too_large" if "too large" in problem else "invalid")
-    assert frame["action"] == ("publish" if "publish" in problem else None)
+    assert frame["action"] == ("shout" if "shout" in problem else None)
 
 
 def test_default_route_survives_an_unreadable_event() -> None:

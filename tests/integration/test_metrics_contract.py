@@ -188,6 +188,48 @@ def _ws_context(connection_id: str, route: str, event_type: str, **extra: Any) -
     }
 
 
+def run_chat_paths(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
+    """$default's messages to others: a publish, a direct message, a forbidden send, a rate-limited one."""
+    import handlers.default
+    from fanout.protocol import authorizer_context
+
+    # a bucket of one token that does not refill within the test: the second message is refused
+    monkeypatch.setenv("FANOUT_CONNECTION_MESSAGE_BURST", "1")
+    monkeypatch.setenv("FANOUT_CONNECTION_MESSAGE_RATE", "0.01")
+    load.cache_clear()
+    handlers.default.deps.cache_clear()
+    context = {**authorizer_context("carol", [], ["room:*", "$user"]), "principalId": "carol"}
+
+    def send(cid: str, frame: dict[str, Any]) -> dict[str, Any]:
+        event = {
+            "requestContext": _ws_context(
+                cid, "$default", "MESSAGE", messageId=uuid.uuid4().hex, authorizer=context
+            ),
+            "body": json.dumps(frame),
+            "isBase64Encoded": False,
+        }
+        return dict(json.loads(handlers.default.handler(event, LambdaContextStub("fanout-default"))["body"]))
+
+    assert (
+        send("chat-a=", {"action": "publish", "channel": "room:1", "message": 1, "id": "p"})["type"] == "ack"
+    )
+    assert send("chat-b=", {"action": "sendmessage", "to": "dan", "message": 1, "id": "d"})["type"] == "ack"
+    assert send("chat-b=", {"action": "sendmessage", "to": "dan", "message": 2, "id": "e"})["code"] == (
+        "rate_limited"
+    )
+    assert send("chat-c=", {"action": "publish", "channel": "lobby", "message": 1, "id": "f"})["code"] == (
+        "forbidden"
+    )
+    monkeypatch.delenv("FANOUT_CONNECTION_MESSAGE_BURST")
+    monkeypatch.delenv("FANOUT_CONNECTION_MESSAGE_RATE")
+    load.cache_clear()
+    handlers.default.deps.cache_clear()
+    # the two messages' broadcasts (to no one: no member, no connection of dan's) run to the end, so
+    # that no broadcast is left pending for the sweeper's paths
+    assert pipe.run_swarms() == 2
+    pipe.drain()
+
+
 def run_connection_paths(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     """Authorizer (allowed, refused), $connect, $default, $disconnect, and both failing."""
     import handlers.authorizer
@@ -431,6 +473,7 @@ def test_every_dashboard_and_alarm_metric_is_emitted_by_its_code_path(
     # When every path runs: connections, a broadcast with every outcome, the reconcilers, channels
     capsys.readouterr()
     run_connection_paths(pipe, monkeypatch)
+    run_chat_paths(pipe, monkeypatch)
     run_broadcast_paths(pipe)
     run_conflict_path(pipe, held_dynamodb)
     run_sweeper_paths(pipe)

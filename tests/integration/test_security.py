@@ -4,8 +4,9 @@
   no row;
 - the operator API refuses any call without the IAM principal that API Gateway's IAM authorizer puts in
   `requestContext.authorizer.iam` (a JWT or Lambda authorizer context, or headers, do not count);
-- a connection cannot make the engine broadcast: no `$default` message reaches the operator API or the
-  swarm, and nothing is written;
+- a connection cannot make the engine broadcast beyond its token's rights: without the `publish` claim
+  no `$default` message reaches the swarm and nothing is written; with it, only what the claim covers
+  is sent, and `from` is always the token's user, whatever the frame says;
 - a client cannot disconnect or address another connection: `$disconnect` acts on the gateway's
   `requestContext.connectionId` only, and no WebSocket action takes a connection id.
 """
@@ -213,10 +214,13 @@ def test_the_operator_api_refuses_calls_without_the_iam_principal(
     assert pipe.lambdas.invocations == []
 
 
-# -- a connection cannot make the engine broadcast ---------------------------------------------------
+# -- a connection cannot make the engine broadcast (without the rights) --------------------------------
 ATTEMPTS = [
     {"action": "broadcast", "message": "hi everyone"},
     {"action": "sendmessage", "data": "hi everyone"},
+    {"action": "sendmessage", "message": "hi everyone", "id": "m1"},
+    {"action": "sendmessage", "to": "Victim", "message": "hi", "id": "m2"},
+    {"action": "publish", "channel": "room:1", "message": "hi", "id": "m3"},
     {"action": "POST /broadcasts", "body": {"message": "x"}},
     {"action": "$default", "message": "x"},
     {"action": "swarm", "broadcastId": str(uuid.uuid4())},
@@ -245,6 +249,9 @@ def test_no_websocket_message_broadcasts_posts_or_disconnects(
     reply = json.loads(out["body"])
     if message["action"] == "ping":
         assert reply == {"type": "pong"}  # extra fields are ignored, never acted on
+    elif message["action"] in ("publish", "sendmessage"):
+        # the connection has no rights at all (no authorizer context): refused before any I/O
+        assert reply["type"] == "error" and reply["code"] in ("forbidden", "invalid"), reply
     else:
         assert reply["type"] == "error" and "unknown action" in reply["error"]
     assert broadcast_rows(pipe) == rows
@@ -255,7 +262,9 @@ def test_no_websocket_message_broadcasts_posts_or_disconnects(
 
 
 def test_the_websocket_handlers_hold_no_client_for_lambda_sqs_or_connections() -> None:
-    """Static: `$connect`/`$disconnect`/`$default` cannot invoke the swarm, queue work or post."""
+    """Static: `$connect`/`$disconnect`/`$default` cannot queue work or post, and only `$default`
+    starts a broadcast (a client's message, after its rights and rate limits: fanout.messaging), through
+    the swarm launcher and nothing else of the pipeline."""
     forbidden_calls = {
         "invoke",
         "send_message",
@@ -277,8 +286,12 @@ def test_the_websocket_handlers_hold_no_client_for_lambda_sqs_or_connections() -
         assert not calls & forbidden_calls, (name, calls & forbidden_calls)
         assert not imports & forbidden_imports, (name, imports & forbidden_imports)
         source = (ROOT / "handlers" / f"{name}.py").read_text()
-        assert 'client("lambda")' not in source and 'client("sqs")' not in source
+        assert 'client("sqs"' not in source
         assert "apigatewaymanagementapi" not in source
+        if name == "default":
+            assert source.count('client("lambda"') == 1 and "SwarmLauncher(" in source
+        else:
+            assert 'client("lambda"' not in source and "fanout.messaging" not in imports
 
 
 def test_the_local_stack_routes_websockets_to_connect_disconnect_and_default_only() -> None:
@@ -305,3 +318,72 @@ def test_disconnect_acts_only_on_the_gateways_connection_id(pipe: Pipeline) -> N
     out = handlers.disconnect.handler(event, LambdaContextStub("fanout-disconnect"))
     assert out["statusCode"] == 200
     assert pipe.connection_rows() == {"Victim1="}
+
+
+# -- a connection with rights sends only what they cover, and only as its token's user ------------------
+def chat_event(connection_id: str, body: dict[str, Any], user: str, publish: list[str]) -> dict[str, Any]:
+    from fanout.protocol import authorizer_context
+
+    event = message_event(connection_id, json.dumps(body))
+    event["requestContext"]["authorizer"] = {
+        **authorizer_context(user, ["room:*"], publish),
+        "principalId": user,
+    }
+    return event
+
+
+FORBIDDEN_SENDS = [
+    ({"action": "publish", "channel": "admin:alerts", "message": "x", "id": "f1"}, ["room:*"]),
+    ({"action": "publish", "channel": "room:1", "message": "x", "id": "f2"}, ["$user", "$all"]),
+    ({"action": "sendmessage", "to": "Victim", "message": "x", "id": "f3"}, ["room:*", "$all"]),
+    ({"action": "sendmessage", "message": "x", "id": "f4"}, ["room:*", "$user"]),
+]
+
+
+@pytest.mark.parametrize(("message", "publish"), FORBIDDEN_SENDS, ids=lambda v: str(v)[:40])
+def test_a_send_the_token_does_not_cover_is_forbidden_and_starts_nothing(
+    pipe: Pipeline, message: dict[str, Any], publish: list[str]
+) -> None:
+    import handlers.default
+
+    pipe.seed_connections({0: ["Mallory1=", "Victim1="]}, users={"Victim1=": "Victim"})
+    pipe.connections.live.update({"Mallory1=", "Victim1="})
+    rows = broadcast_rows(pipe)
+
+    out = handlers.default.handler(
+        chat_event("Mallory1=", message, "mallory", publish), LambdaContextStub("fanout-default")
+    )
+
+    reply = json.loads(out["body"])
+    assert (reply["type"], reply["code"], reply["id"]) == ("error", "forbidden", message["id"])
+    assert broadcast_rows(pipe) == rows
+    assert pipe.lambdas.invocations == []
+    assert sum(pipe.connections.answers.values()) == 0
+
+
+def test_from_is_the_tokens_user_whatever_the_frame_names(pipe: Pipeline) -> None:
+    import handlers.default
+
+    pipe.seed_connections({0: ["Mallory1=", "Victim1="]}, users={"Victim1=": "Victim"})
+    pipe.connections.live.update({"Mallory1=", "Victim1="})
+
+    def send(body: dict[str, Any]) -> dict[str, Any]:
+        event = chat_event("Mallory1=", body, "mallory", ["$user"])
+        return dict(json.loads(handlers.default.handler(event, LambdaContextStub("fanout-default"))["body"]))
+
+    # a frame naming a sender is refused outright
+    spoofed = send({"action": "sendmessage", "to": "Victim", "message": "x", "id": "s1", "from": "admin"})
+    assert (spoofed["code"], spoofed["id"]) == ("invalid", "s1")
+    assert pipe.lambdas.invocations == []
+    # other fields that look like an identity are ignored; inside the message, they are the message's
+    body = {"action": "sendmessage", "to": "Victim", "id": "s2", "userId": "admin", "sub": "admin",
+            "connectionId": "Victim1=", "echo": False,
+            "message": {"from": "admin", "text": "hi"}}  # fmt: skip
+    assert send(body)["type"] == "ack"
+    pipe.run_swarms()
+    pipe.drain()
+    # the victim got it (echo off leaves out the event's connection, never one the frame names), from
+    # the token's user
+    (frame,) = [json.loads(f) for f in pipe.connections.frames["Victim1="]]
+    assert frame["from"] == "mallory" and frame["data"] == {"from": "admin", "text": "hi"}
+    assert pipe.connections.frames.get("Mallory1=", []) == []

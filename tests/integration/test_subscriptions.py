@@ -61,6 +61,9 @@ def _env(endpoint: str, prefix: str) -> dict[str, str]:
         "FANOUT_IDEMPOTENCY_TABLE": f"{prefix}-idempotency",
         "FANOUT_SUBSCRIPTIONS_TABLE": f"{prefix}-subscriptions",
         "FANOUT_CHANNELS_TABLE": f"{prefix}-channels",
+        # $default also sends client messages (publish, sendmessage): its settings name these too
+        "FANOUT_RATE_LIMITS_TABLE": f"{prefix}-rate-limits",
+        "FANOUT_SWARM_FUNCTION_NAME": f"{prefix}-swarm",
         "FANOUT_PARTITION_COUNT": "4",
         "FANOUT_MAX_SUBSCRIPTIONS": str(LIMIT),
     }

@@ -93,7 +93,9 @@ ERROR_CODES = {
     "invalid_channel",
     "too_many_subscriptions",
     "not_connected",
+    "rate_limited",
 }
+CHAT_ACTIONS = {"publish", "sendmessage"}
 
 
 class FakeSubscriptions:
@@ -125,12 +127,35 @@ class FakeSubscriptions:
         return Outcome.UNSUBSCRIBED
 
 
+class FakeSends:
+    """What $default starts for a client's message, in memory: (command, user, connection) per send;
+    every third is refused by the rate limits, as the real adapter can."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, str, str]] = []
+
+    def __call__(self, *, request: dict[str, str], command: Any, user_id: str, connection_id: str) -> Any:
+        from fanout.messaging import RateLimited
+
+        self.calls.append((command, user_id, connection_id))
+        if len(self.calls) % 3 == 0:
+            raise RateLimited(250)
+        return {"broadcastId": f"b-{len(self.calls)}"}
+
+
+@pytest.fixture
+def sends() -> FakeSends:
+    return FakeSends()
+
+
 @pytest.fixture(autouse=True)
-def subscriptions(monkeypatch: pytest.MonkeyPatch) -> FakeSubscriptions:
+def subscriptions(monkeypatch: pytest.MonkeyPatch, sends: FakeSends) -> FakeSubscriptions:
+    from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
+
     import handlers.default
 
     fake = FakeSubscriptions()
-    deps = handlers.default.Deps(fake, 8100, fake.limit)  # type: ignore[arg-type]
+    deps = handlers.default.Deps(fake, 8100, fake.limit, IdempotencyConfig(), sends)  # type: ignore[arg-type]
     monkeypatch.setattr(handlers.default, "deps", lambda: deps)
     return fake
 
@@ -148,7 +173,12 @@ def default(event: dict[str, Any]) -> dict[str, Any]:
 def assert_error(frame: dict[str, Any], *words: str, action: Any = ...) -> None:
     """A well-formed error frame: type, action, code, message, and the deprecated alias error."""
     assert frame["type"] == "error", frame
-    assert set(frame) == {"type", "action", "code", "message", "error"}, frame
+    if frame.get("action") in CHAT_ACTIONS:  # a message to others: its error names the client's id
+        extra = {"retryAfterMs"} if frame.get("code") == "rate_limited" else set()
+        assert set(frame) == {"type", "action", "id", "code", "message", "error", *extra}, frame
+        assert frame["id"] is None or isinstance(frame["id"], str)
+    else:
+        assert set(frame) == {"type", "action", "code", "message", "error"}, frame
     assert frame["code"] != "internal", f"an input crashed the handler: {frame}"
     assert frame["code"] in ERROR_CODES, frame
     assert isinstance(frame["message"], str) and frame["message"].strip()
@@ -181,7 +211,13 @@ def assert_error(frame: dict[str, Any], *words: str, action: Any = ...) -> None:
         ('{"action":{"ping":1}}', False, ['"action"']),
         ('{"action":true}', False, ['"action"']),
         ('{"action":"broadcast","message":"hi all"}', False, ["unknown action", "broadcast"]),
-        ('{"action":"sendmessage","data":"x"}', False, ["unknown action"]),
+        ('{"action":"sendmessage","data":"x"}', False, ['"id"']),
+        ('{"action":"publish","channel":"room:1","message":1}', False, ['"id"']),
+        ('{"action":"publish","channel":"room:1","message":1,"id":"' + "i" * 200 + '"}', False, ["128"]),
+        ('{"action":"publish","channel":"room:1","id":"x"}', False, ['"message"']),
+        ('{"action":"publish","message":1,"id":"x"}', False, ["channel"]),
+        ('{"action":"sendmessage","message":"' + "x" * 40_000 + '","id":"x"}', False, ["too large", "32768"]),
+        ('{"action":"sendmessage","to":"bob","message":1,"id":"x"}', False, ["not allow"]),
         ('{"action":"disconnect","connectionId":"Other1="}', False, ["unknown action"]),
         ('{"action":"PING"}', False, ["unknown action"]),
         ('{"action":"' + "a" * 3000 + '"}', False, ["unknown action", "..."]),
@@ -674,3 +710,66 @@ def test_tokens_are_never_put_in_the_refusal_reason() -> None:
         verify_token(SECRET, token)
     assert token not in str(caught.value)
     assert token.split(".")[2] not in str(caught.value)
+
+
+chat_ids = st.none() | st.text(max_size=140) | json_values
+chat_targets = st.sampled_from(["room:1", "room:2", "news", "a", "z:q"]) | channel_names | json_values
+publish_contexts = st.fixed_dictionaries(
+    {"userId": st.sampled_from(["user-1", "user-2"]), "principalId": st.just("p")},
+    optional={
+        "publish": st.lists(st.sampled_from(["$user", "$all", "room:*", "news", "a*"]), max_size=3).map(
+            json.dumps
+        )
+        | st.text(max_size=10),
+    },
+)
+
+
+# The fake sender is shared across examples on purpose: every third send is rate limited.
+@settings(FUZZ, suppress_health_check=[*FUZZ.suppress_health_check, HealthCheck.function_scoped_fixture])
+@given(
+    action=st.sampled_from(["publish", "sendmessage"]),
+    fields=st.fixed_dictionaries(
+        {},
+        optional={
+            "channel": chat_targets,
+            "to": st.sampled_from(["user-1", "user-2", "bob"]) | json_values,
+            "message": json_values,
+            "id": chat_ids,
+            "echo": st.booleans() | json_values,
+            "from": st.sampled_from(["user-2", "admin"]) | json_values,
+            "connectionId": st.just("Other456="),
+            "userId": st.just("admin"),
+        },
+    ),
+    authorizer=st.none() | publish_contexts,
+)
+def test_any_publish_or_sendmessage_gets_an_ack_or_an_error_and_sends_only_what_the_token_allows(
+    action: str, fields: dict[str, Any], authorizer: dict[str, Any] | None, sends: FakeSends
+) -> None:
+    from fanout.chat import Publish, may_publish
+    from fanout.protocol import grants_of
+
+    before = len(sends.calls)
+    frame = default(message_event(json.dumps({**fields, "action": action}), authorizer=authorizer))
+    ran = sends.calls[before:]
+    grants = grants_of(authorizer)
+    if frame["type"] == "ack":
+        assert set(frame) == {"type", "id", "broadcastId"} and frame["id"] == fields["id"]
+    else:
+        assert_error(frame, action=action)
+        assert frame["code"] in {"invalid", "forbidden", "rate_limited", "too_large"}
+    if not ran:
+        assert frame["type"] == "error" and frame["code"] != "rate_limited"
+        return
+    # whatever was started was allowed, from the token's user, on the event's connection
+    ((command, user_id, connection_id),) = ran
+    assert grants is not None and user_id == grants.user_id and connection_id == "Abc123="
+    assert "from" not in fields and isinstance(fields.get("id"), str) and "message" in fields
+    if isinstance(command, Publish):
+        assert action == "publish" and may_publish(grants, command.channel)
+        assert command.channel == fields["channel"]
+    else:
+        assert action == "sendmessage" and "channel" not in fields
+        assert ("$user" if command.to is not None else "$all") in grants.publish
+    assert frame["type"] == "ack" or frame["code"] == "rate_limited"

@@ -132,7 +132,7 @@ def test_commands() -> None:
         ("[1]", ROOMS, False, None, "invalid", "JSON object"),
         ("{}", ROOMS, False, None, "invalid", '"action"'),
         ('{"action":7}', ROOMS, False, None, "invalid", '"action"'),
-        ('{"action":"publish"}', ROOMS, False, "publish", "invalid", "ping, subscribe, unsubscribe"),
+        ('{"action":"shout"}', ROOMS, False, "shout", "invalid", "ping, subscribe, unsubscribe"),
         ('{"action":"PING"}', ROOMS, False, "PING", "invalid", "unknown action"),
         ('{"action":"ping","x":"' + "y" * 5000 + '"}', ROOMS, False, None, "too_large", "4096"),
         ('{"action":"subscribe","channel":"lobby"}', ROOMS, False, "subscribe", "forbidden", "lobby"),

@@ -40,6 +40,7 @@ BROADCASTS = "FANOUT_BROADCASTS_TABLE"
 IDEMPOTENCY = "FANOUT_IDEMPOTENCY_TABLE"
 SUBSCRIPTIONS = "FANOUT_SUBSCRIPTIONS_TABLE"
 CHANNELS = "FANOUT_CHANNELS_TABLE"
+RATE_LIMITS = "FANOUT_RATE_LIMITS_TABLE"
 TABLES = {CONNECTIONS, PARTITIONS, BROADCASTS, IDEMPOTENCY, SUBSCRIPTIONS, CHANNELS}
 PARTITION_QUEUES = "FANOUT_PARTITION_QUEUE_URLS"
 POST_QUEUES = "FANOUT_POST_QUEUE_URLS"
@@ -53,7 +54,7 @@ REQUIRED: dict[type[FunctionSettings], set[str]] = {
     AuthorizerSettings: {TOKEN_SECRET},
     ConnectSettings: {CONNECTIONS, PARTITIONS, SUBSCRIPTIONS},
     DisconnectSettings: {CONNECTIONS, SUBSCRIPTIONS},
-    DefaultSettings: {CONNECTIONS, SUBSCRIPTIONS},
+    DefaultSettings: {CONNECTIONS, SUBSCRIPTIONS, BROADCASTS, IDEMPOTENCY, SWARM_FUNCTION, RATE_LIMITS},
     ChannelCounterSettings: {CHANNELS},
     ChannelReconcilerSettings: {CHANNELS, SUBSCRIPTIONS},
     PartitionCounterSettings: {PARTITIONS},
@@ -73,6 +74,7 @@ VALUES = {
     IDEMPOTENCY: "t-idempotency",
     SUBSCRIPTIONS: "t-subscriptions",
     CHANNELS: "t-channels",
+    RATE_LIMITS: "t-rate-limits",
     PARTITION_QUEUES: json.dumps([f"https://sqs.test/partition-{i}" for i in range(SHARDS)]),
     POST_QUEUES: json.dumps([f"https://sqs.test/post-{i}" for i in range(SHARDS)]),
     ENDPOINT: "https://abc123.execute-api.us-east-1.amazonaws.com/prod",

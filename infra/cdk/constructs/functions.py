@@ -220,6 +220,18 @@ class Functions(Construct):
         # $default subscribes and unsubscribes: the subscription rows and the connection row's channels
         self._allow("default", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [conn])
         self._allow("default", write_subscriptions, [subs])
+        # ... and starts a client's broadcast as the operator API does: the broadcast row (PutItem;
+        # UpdateItem marks it failed if the swarm cannot be invoked), the id's idempotency record
+        # (Powertools: get, put, update, and delete when the send fails), the swarm; and takes its
+        # tokens (one conditional UpdateItem per bucket; GetItem when the refusal carries no row).
+        self._allow("default", ["dynamodb:PutItem", "dynamodb:UpdateItem"], [bcast])
+        self._allow(
+            "default",
+            ["dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem"],
+            [idem],
+        )
+        self._allow("default", ["lambda:InvokeFunction"], [self.targets["swarm"].function_arn])
+        self._allow("default", ["dynamodb:UpdateItem", "dynamodb:GetItem"], [t.rate_limits.table_arn])
         self._allow("partition-counter", ["dynamodb:UpdateItem"], [parts])
         # presence ADDs (and the deletion of a presence row back at 0), counter ADDs
         self._allow("channel-counter", ["dynamodb:UpdateItem", "dynamodb:DeleteItem"], [chans])

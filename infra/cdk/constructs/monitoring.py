@@ -237,6 +237,21 @@ class Monitoring(Construct):
                 treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             ),
         )
+        self._alarm(
+            "rate-limits",
+            fanout_metric("RateLimitRejections").create_alarm(
+                self,
+                "RateLimitRejections",
+                alarm_description="client messages refused by the per-connection and per-user rate "
+                f"limits above {config.rate_limit_alarm_per_minute}/min: a client floods, or the limits "
+                "are too low for the app",
+                threshold=config.rate_limit_alarm_per_minute,
+                evaluation_periods=5,
+                datapoints_to_alarm=3,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ),
+        )
         for metric, what in (
             ("BroadcastsRedriven", "the sweeper re-invoked the swarm for a broadcast stuck queued"),
             ("BroadcastsFailed", "the sweeper gave up on a broadcast after its attempts"),
@@ -374,6 +389,21 @@ class Monitoring(Construct):
                 ],
                 width=third,
             ),
+        )
+        d.add_widgets(
+            cw.GraphWidget(
+                title="Client messages (publish, sendmessage)",
+                left=[
+                    fanout_metric("Publishes").with_(label="published"),
+                    fanout_metric("DirectMessages").with_(label="sent to a user or everyone"),
+                ],
+                right=[
+                    fanout_metric("RateLimitRejections").with_(label="rate limited"),
+                    fanout_metric("ForbiddenSends").with_(label="forbidden"),
+                    fanout_metric("ClientMessagesRefused").with_(label="refused (any reason)"),
+                ],
+                width=wide,
+            )
         )
         for title, shards in (("Partition-task", queues.partition_shards), ("Post", queues.post_shards)):
             d.add_widgets(

@@ -1,5 +1,5 @@
 """The tables of the topology (fanout/topology.py): connections, subscriptions, channels, partitions,
-broadcasts, idempotency."""
+broadcasts, idempotency, rate limits."""
 
 from __future__ import annotations
 
@@ -34,6 +34,7 @@ class Tables(Construct):
         self.idempotency = self.by_key["idempotency"]
         self.subscriptions = self.by_key["subscriptions"]
         self.channels = self.by_key["channels"]
+        self.rate_limits = self.by_key["rate_limits"]
 
     @property
     def all(self) -> list[ddb.Table]:
