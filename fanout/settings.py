@@ -114,6 +114,23 @@ class ChannelsPart(FunctionSettings):
     channels_table: Name = Field(description="channel occupancy: connections and users per channel")
 
 
+class HistoryPart(FunctionSettings):
+    history_table: Name = Field(description="channel history: offsets, epochs, the last messages")
+    history_keep: int = Field(default=100, ge=1, le=10_000, description="K messages kept per channel")
+    history_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="T: kept this long")
+    history_meta_ttl_seconds: int = Field(
+        default=24 * 3600,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="a channel idle this long loses its offsets: the next message starts a new epoch",
+    )
+    history_page_size: int = Field(default=50, ge=1, le=1_000, description="messages per history page")
+
+
+class RecoveryInvokerPart(FunctionSettings):
+    recovery_function_name: Name = Field(description="the function recovering a reconnected connection")
+
+
 class PartitionsPart(FunctionSettings):
     partitions_table: Name
     partition_count: int = Field(default=100, ge=1, le=100_000, description="N partitions")
@@ -229,7 +246,7 @@ class AuthorizerSettings(TokenPart):
     pass
 
 
-class ConnectSettings(ConnectionsPart, PartitionsPart, PlacementPart, SubscriptionsPart):
+class ConnectSettings(ConnectionsPart, PartitionsPart, PlacementPart, SubscriptionsPart, RecoveryInvokerPart):
     pass
 
 
@@ -237,8 +254,17 @@ class DisconnectSettings(ConnectionsPart, SubscriptionsPart):
     pass
 
 
-class DefaultSettings(ConnectionsPart, SubscriptionsPart):
+class DefaultSettings(ConnectionsPart, SubscriptionsPart, HistoryPart):
     pass
+
+
+class RecoverySettings(SubscriptionsPart, HistoryPart):
+    connections_endpoint: Name = Field(
+        description="https://{api-id}.execute-api.{region}.amazonaws.com/{stage} (the @connections base)"
+    )
+    recovery_connect_grace_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="how long a just-opened connection may answer 410"
+    )
 
 
 class ChannelCounterSettings(ChannelsPart):
@@ -257,7 +283,7 @@ class ReconcilerSettings(ConnectionsPart, PartitionsPart, ReconcilePart):
     pass
 
 
-class OperatorApiSettings(BroadcastsPart, BroadcastApiPart, SwarmInvokerPart, ChannelsPart):
+class OperatorApiSettings(BroadcastsPart, BroadcastApiPart, SwarmInvokerPart, ChannelsPart, HistoryPart):
     pass
 
 
@@ -298,6 +324,7 @@ FUNCTION_SETTINGS: dict[str, type[FunctionSettings]] = {
     "swarm": SwarmSettings,
     "query": QuerySettings,
     "post": PostSettings,
+    "recovery": RecoverySettings,
 }
 
 
@@ -313,7 +340,9 @@ RESOURCES = (
     "idempotency_table",
     "subscriptions_table",
     "channels_table",
+    "history_table",
     "swarm_function_name",
+    "recovery_function_name",
 )
 
 
@@ -331,6 +360,7 @@ class Settings(
     OperatorApiSettings,
     SweeperSettings,
     AuthorizerSettings,
+    RecoverySettings,
 ):
     """Every setting, with the names the local stack provisions, for the tools and tests that build
     or drive the whole system (tables, queues, seeding); it is an instance of every function's model."""
@@ -341,7 +371,9 @@ class Settings(
     idempotency_table: str = "fanout-idempotency"
     subscriptions_table: str = "fanout-subscriptions"
     channels_table: str = "fanout-channels"
+    history_table: str = "fanout-history"
     swarm_function_name: str = "fanout-swarm"
+    recovery_function_name: str = "fanout-recovery"
     token_secret_arn: str = ""
     partition_queue_urls: list[str] = Field(default_factory=list)
     post_queue_urls: list[str] = Field(default_factory=list)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from fanout.accounting import Totals, counter_shards
@@ -31,6 +31,8 @@ class StoredBroadcast:
     record: BroadcastRecord
     frame: str | None = None  # read only when asked for
     partition_ids: tuple[int, ...] = ()  # the plan, once started
+    # a channel broadcast's place in each channel's history: channel → (offset, epoch)
+    positions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def shards(self) -> int:
@@ -152,10 +154,14 @@ def partition_tasks(
     frame: str | None,
     queue_shards: int,
     channel_of: Callable[[int], str | None] = lambda unit: None,
+    positions: Mapping[str, tuple[int, str]] | None = None,
 ) -> dict[int, list[str]]:
     """The bodies of the partition tasks, by partition queue shard (a partition always goes to one)."""
     by_shard: dict[int, list[str]] = {}
-    for task in unit_tasks(broadcast_id, partition_ids, plan, frame=frame, channel_of=channel_of):
+    tasks = unit_tasks(
+        broadcast_id, partition_ids, plan, frame=frame, channel_of=channel_of, positions=positions
+    )
+    for task in tasks:
         body = task.model_dump_json(by_alias=True, exclude_none=True)
         by_shard.setdefault(partition_shard(task.partition_id, queue_shards), []).append(body)
     return by_shard
@@ -168,19 +174,27 @@ def unit_tasks(
     *,
     frame: str | None,
     channel_of: Callable[[int], str | None] = lambda unit: None,
+    positions: Mapping[str, tuple[int, str]] | None = None,
 ) -> list[PartitionTask]:
-    """The task of each unit (a partition of everyone, or a unit of a targeted broadcast)."""
-    return [
-        PartitionTask(
-            broadcast_id=broadcast_id,
-            partition_id=unit,
-            partitions=plan.partitions,
-            counter_shards=plan.shards,
-            frame=frame,
-            channel=channel_of(unit),
+    """The task of each unit (a partition of everyone, or a unit of a targeted broadcast), with its
+    channel's offset and epoch when the broadcast has them."""
+    tasks = []
+    for unit in units:
+        channel = channel_of(unit)
+        offset, epoch = (positions or {}).get(channel or "", (None, None))
+        tasks.append(
+            PartitionTask(
+                broadcast_id=broadcast_id,
+                partition_id=unit,
+                partitions=plan.partitions,
+                counter_shards=plan.shards,
+                frame=frame,
+                channel=channel,
+                offset=offset,
+                epoch=epoch,
+            )
         )
-        for unit in units
-    ]
+    return tasks
 
 
 def send_batches_of(

@@ -2,7 +2,9 @@
 
 `{"action":"ping"}` → `{"type":"pong"}`; `{"action":"subscribe","channel":"a"}` →
 `{"type":"subscribed","channel":"a"}`; `{"action":"unsubscribe","channel":"a"}` →
-`{"type":"unsubscribed","channel":"a"}`. The rights come from the authorizer's context of the
+`{"type":"unsubscribed","channel":"a"}`; `{"action":"history","channel":"a","since":N,"epoch":"e"}` →
+`{"type":"history","channel":"a","epoch":"e","messages":[...],"more":false}` (fanout.recovery), or
+the error frame with code `recovery_impossible`. The rights come from the authorizer's context of the
 connection and the connection from `requestContext.connectionId`, never from the frame, so no
 connection can change another's subscriptions. Anything else gets an error frame
 (`{"type":"error","action":...,"code":...,"message":...}`, fanout.protocol), never a crash:
@@ -25,12 +27,15 @@ from aws_lambda_powertools.utilities.parser.models import (
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field, ValidationError
 
+from fanout.adapters.history import HistoryTable
 from fanout.adapters.subscriptions import SubscriptionsTable
+from fanout.history import history_frame
 from fanout.protocol import (
     INVALID,
     PONG,
     ErrorReply,
     Grants,
+    History,
     Ping,
     Subscribe,
     Unsubscribe,
@@ -40,7 +45,9 @@ from fanout.protocol import (
     grants_of,
     internal_error,
     read_message,
+    recovery_error_frame,
 )
+from fanout.recovery import RecoveryImpossible, read_page
 from fanout.settings import DefaultSettings, load
 from handlers._observability import logger, metrics, tracer
 
@@ -58,6 +65,9 @@ class Deps:
     subscriptions: SubscriptionsTable
     ttl_seconds: int
     max_subscriptions: int
+    history: HistoryTable
+    history_keep: int
+    history_page_size: int
 
 
 @lru_cache(maxsize=1)
@@ -71,11 +81,37 @@ def deps() -> Deps:
         ),
         settings.connection_ttl_seconds,
         settings.max_subscriptions,
+        HistoryTable(
+            client,
+            settings.history_table,
+            keep=settings.history_keep,
+            ttl_seconds=settings.history_ttl_seconds,
+            meta_ttl_seconds=settings.history_meta_ttl_seconds,
+        ),
+        settings.history_keep,
+        settings.history_page_size,
     )
 
 
 def _frame(body: str) -> dict[str, Any]:
     return {"statusCode": 200, "body": body}
+
+
+def _history(command: History) -> str:
+    d = deps()
+    try:
+        found = read_page(
+            d.history,
+            command.channel,
+            command.since,
+            command.epoch,
+            keep=d.history_keep,
+            limit=d.history_page_size,
+        )
+    except RecoveryImpossible as exc:
+        metrics.add_metric(name="HistoryImpossible", unit=MetricUnit.Count, value=1)
+        return recovery_error_frame("history", exc.channel, str(exc), exc.epoch)
+    return history_frame(found.channel, found.epoch, found.messages, found.more)
 
 
 def _run(command: Subscribe | Unsubscribe, request: MessageEvent, grants: Grants | None) -> str:
@@ -130,6 +166,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         if isinstance(command, Ping):
             metrics.add_metric(name="Pings", unit=MetricUnit.Count, value=1)
             return _frame(PONG)
+        if isinstance(command, History):
+            action = "history"
+            metrics.add_metric(name="HistoryReads", unit=MetricUnit.Count, value=1)
+            return _frame(_history(command))
         action = "subscribe" if isinstance(command, Subscribe) else "unsubscribe"
         reply = _run(command, request, grants)
         metrics.add_metric(

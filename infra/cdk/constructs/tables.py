@@ -34,6 +34,7 @@ class Tables(Construct):
         self.idempotency = self.by_key["idempotency"]
         self.subscriptions = self.by_key["subscriptions"]
         self.channels = self.by_key["channels"]
+        self.history = self.by_key["history"]
 
     @property
     def all(self) -> list[ddb.Table]:
