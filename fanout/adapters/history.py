@@ -201,7 +201,7 @@ class HistoryTable:
                     "TableName": self.subscriptions_table,
                     "Key": key,
                     "UpdateExpression": "SET liveFrom = :from",
-                    "ConditionExpression": "attribute_exists(member)",
+                    "ConditionExpression": "attribute_exists(connectionId)",
                     "ExpressionAttributeValues": {":from": {"N": str(head.offset if head else 0)}},
                     "ReturnValuesOnConditionCheckFailure": "ALL_OLD",
                 }

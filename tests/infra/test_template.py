@@ -134,7 +134,13 @@ def test_operator_api_routes_are_iam_authorized_and_throttled(fanout: dict[str, 
         for r in by_type(fanout, "AWS::ApiGatewayV2::Route").values()
     }
     http_routes = {k: v for k, v in routes.items() if not k.startswith("$")}
-    assert set(http_routes) == {"POST /broadcasts", "GET /broadcasts/{broadcastId}"}
+    # every operator route is routed, /channels/* included (the handler serves them; unrouted, AWS 404s)
+    assert set(http_routes) == {
+        "POST /broadcasts",
+        "GET /broadcasts/{broadcastId}",
+        "GET /channels/{name}",
+        "GET /channels/{name}/history",
+    }
     integrations = by_type(fanout, "AWS::ApiGatewayV2::Integration")
     for route in http_routes.values():
         assert route["AuthorizationType"] == "AWS_IAM"
@@ -371,7 +377,11 @@ def test_reconciler_and_sweeper_run_every_minute(fanout: dict[str, Any]) -> None
 
 def test_swarm_async_failures_land_in_an_encrypted_queue(fanout: dict[str, Any]) -> None:
     swarm = function_id(fanout, "fanout-swarm")
-    (config,) = by_type(fanout, "AWS::Lambda::EventInvokeConfig").values()
+    (config,) = [
+        c
+        for c in by_type(fanout, "AWS::Lambda::EventInvokeConfig").values()
+        if c["Properties"]["FunctionName"] == {"Ref": swarm}
+    ]
     p = config["Properties"]
     assert p["FunctionName"] == {"Ref": swarm} and p["Qualifier"] == "$LATEST"
     assert p["MaximumRetryAttempts"] == 2
