@@ -29,12 +29,14 @@ FUNCTIONS = {
     "fanout-query": "handlers.query.handler",
     "fanout-post": "handlers.post.handler",
     "fanout-sweeper": "handlers.sweeper.handler",
+    "fanout-recovery": "handlers.recovery.handler",
 }
 PLAN = post_concurrency_plan(FanoutConfig().post_budget, SHARDS, FanoutConfig().post_worker_capacity)
 # Tables have generated names; each is known by its (partition key, sort key).
 TABLE_KEYS = {("connectionId", None): "connections", ("partitionId", None): "partitions",
               ("broadcastId", None): "broadcasts", ("id", None): "idempotency",
-              ("channel", "member"): "subscriptions", ("channel", "key"): "channels"}  # fmt: skip
+              ("channel", "member"): "subscriptions", ("channel", "key"): "channels",
+              ("channel", "offset"): "history"}  # fmt: skip
 
 
 def by_type(t: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
@@ -235,6 +237,7 @@ def test_queue_and_dlq_counts_follow_q(fanout: dict[str, Any]) -> None:
         "fanout-partition-counter-failures",
         "fanout-swarm-failures",
         "fanout-channel-counter-failures",
+        "fanout-recovery-failures",
     }
     ids = {r["Properties"]["QueueName"]: k for k, r in by_type(fanout, "AWS::SQS::Queue").items()}
     for stage, timeout in (("partition", 60), ("post", 60)):
@@ -576,7 +579,10 @@ def test_operator_api_and_sweeper_may_invoke_the_swarm_function_only(fanout: dic
     for name in invokers:
         (target,) = _role_actions(fanout, name)["lambda:InvokeFunction"]
         assert refs(target) == {function_id(fanout, "fanout-swarm")}, name
-    for name in set(FUNCTIONS) - invokers:
+    # $connect hands a ?recover= to the recovery function, and invokes nothing else
+    (target,) = _role_actions(fanout, "fanout-connect")["lambda:InvokeFunction"]
+    assert refs(target) == {function_id(fanout, "fanout-recovery")}
+    for name in set(FUNCTIONS) - invokers - {"fanout-connect"}:
         assert "lambda:InvokeFunction" not in _role_actions(fanout, name), name
 
 
@@ -610,8 +616,9 @@ def test_alarms_are_wired_to_the_topic(fanout: dict[str, Any]) -> None:
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic_id}]
     names = [a["Properties"].get("MetricName") for a in alarms]
-    dlqs = 2 * SHARDS + 3  # per-shard DLQs, both streams' failures, swarm async failures
-    assert names.count("ApproximateNumberOfMessagesVisible") == dlqs
+    dlqs = 2 * SHARDS + 4  # per-shard DLQs, both streams' failures, swarm and recovery async failures
+    # and the recovery failures once more, as failed recoveries
+    assert names.count("ApproximateNumberOfMessagesVisible") == dlqs + 1
     assert names.count("ApproximateAgeOfOldestMessage") == 2 * SHARDS
     assert names.count("Throttled") == 1
     # Errors of every function but the authorizer, whose alarm is net of its token refusals
