@@ -128,7 +128,11 @@ class HistoryPart(FunctionSettings):
 
 
 class RecoveryInvokerPart(FunctionSettings):
-    recovery_function_name: Name = Field(description="the function recovering a reconnected connection")
+    # Optional: the topology always wires it; without it a ?recover= cannot be served and $connect
+    # refuses it (500), every other connect is unaffected.
+    recovery_function_name: str = Field(
+        default="", description="the function recovering a reconnected connection (?recover=)"
+    )
 
 
 class PartitionsPart(FunctionSettings):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from fanout.adapters.errors import AWS_ERRORS, translate
+from fanout.errors import PermanentError
 from fanout.history import RecoverFrom
 from fanout.models import RecoverItem, RecoveryRequest, SwarmRequest
 
@@ -36,6 +37,8 @@ class RecoveryLauncher:
         self.function_name = function_name
 
     def launch(self, connection_id: str, items: list[RecoverFrom]) -> None:
+        if not self.function_name:
+            raise PermanentError("no recovery function is configured (FANOUT_RECOVERY_FUNCTION_NAME)")
         request = RecoveryRequest(
             connection_id=connection_id,
             items=[RecoverItem(channel=i.channel, since=i.since, epoch=i.epoch) for i in items],

@@ -48,13 +48,12 @@ ENDPOINT = "FANOUT_CONNECTIONS_ENDPOINT"
 SWARM_FUNCTION = "FANOUT_SWARM_FUNCTION_NAME"
 TOKEN_SECRET = "FANOUT_TOKEN_SECRET_ARN"
 HISTORY = "FANOUT_HISTORY_TABLE"
-RECOVERY_FUNCTION = "FANOUT_RECOVERY_FUNCTION_NAME"
 
 # What each function cannot run without: written out here, not read from the models, so that a
 # model losing a requirement fails these tests.
 REQUIRED: dict[type[FunctionSettings], set[str]] = {
     AuthorizerSettings: {TOKEN_SECRET},
-    ConnectSettings: {CONNECTIONS, PARTITIONS, SUBSCRIPTIONS, RECOVERY_FUNCTION},
+    ConnectSettings: {CONNECTIONS, PARTITIONS, SUBSCRIPTIONS},
     DisconnectSettings: {CONNECTIONS, SUBSCRIPTIONS},
     DefaultSettings: {CONNECTIONS, SUBSCRIPTIONS, HISTORY},
     ChannelCounterSettings: {CHANNELS},
@@ -82,7 +81,6 @@ VALUES = {
     ENDPOINT: "https://abc123.execute-api.us-east-1.amazonaws.com/prod",
     SWARM_FUNCTION: "t-swarm",
     HISTORY: "t-history",
-    RECOVERY_FUNCTION: "t-recovery",
     TOKEN_SECRET: "arn:aws:secretsmanager:us-east-1:123456789012:secret:t-token",
 }
 EMPTY = {PARTITION_QUEUES: "[]", POST_QUEUES: "[]"}  # otherwise ""
