@@ -259,7 +259,9 @@ class DisconnectSettings(ConnectionsPart, SubscriptionsPart):
 
 
 class DefaultSettings(ConnectionsPart, SubscriptionsPart, HistoryPart):
-    pass
+    # Optional here: ping, subscribe and unsubscribe never read it; without it the history action
+    # answers an internal error (the topology always wires it).
+    history_table: str = Field(default="", description="channel history, for the history action")
 
 
 class RecoverySettings(SubscriptionsPart, HistoryPart):

@@ -99,6 +99,8 @@ def _frame(body: str) -> dict[str, Any]:
 
 def _history(command: History) -> str:
     d = deps()
+    if not d.history.table:
+        raise RuntimeError("the history action needs FANOUT_HISTORY_TABLE")
     try:
         found = read_page(
             d.history,

@@ -55,7 +55,7 @@ REQUIRED: dict[type[FunctionSettings], set[str]] = {
     AuthorizerSettings: {TOKEN_SECRET},
     ConnectSettings: {CONNECTIONS, PARTITIONS, SUBSCRIPTIONS},
     DisconnectSettings: {CONNECTIONS, SUBSCRIPTIONS},
-    DefaultSettings: {CONNECTIONS, SUBSCRIPTIONS, HISTORY},
+    DefaultSettings: {CONNECTIONS, SUBSCRIPTIONS},
     ChannelCounterSettings: {CHANNELS},
     ChannelReconcilerSettings: {CHANNELS, SUBSCRIPTIONS},
     PartitionCounterSettings: {PARTITIONS},
