@@ -401,7 +401,6 @@ class Monitoring(Construct):
                     fanout_metric("RecoveredMessages").with_(label="messages recovered"),
                     fanout_metric("RecoveriesImpossible").with_(label="recovery impossible"),
                     fanout_metric("HistoryReads").with_(label="history reads"),
-                    fanout_metric("HistoryConflicts").with_(label="offset conflicts (retried)"),
                 ],
                 right=[
                     *(
