@@ -121,7 +121,8 @@ class SubscriptionRequests:
         self, *, connection_id: str, user_id: str, channel: str, expires_at: int, limit: int
     ) -> dict[str, Any]:
         """One transaction: the channel joins the connection row's set (if the row exists and holds
-        fewer than `limit` channels, or holds this one already) and its subscription row is written."""
+        fewer than `limit` channels, or holds this one already) and its subscription row is written
+        (its liveFrom, if any, kept)."""
         return {
             "TransactItems": [
                 {
@@ -142,14 +143,17 @@ class SubscriptionRequests:
                     }
                 },
                 {
-                    "Put": {
+                    # An update, not a put: subscribing again to a channel the connection is still
+                    # recovering keeps the row's liveFrom (fanout.recovery), so nothing arrives twice.
+                    "Update": {
                         "TableName": self.table,
-                        "Item": self.row(
-                            channel=channel,
-                            connection_id=connection_id,
-                            user_id=user_id,
-                            expires_at=expires_at,
-                        ),
+                        "Key": self.key(channel, connection_id),
+                        "UpdateExpression": "SET connectionId = :cid, userId = :uid, expiresAt = :exp",
+                        "ExpressionAttributeValues": {
+                            ":cid": {"S": connection_id},
+                            ":uid": {"S": user_id},
+                            ":exp": {"N": str(expires_at)},
+                        },
                     }
                 },
             ]

@@ -233,3 +233,20 @@ def test_recovery_with_a_wrong_epoch_tells_the_client_and_goes_live(pipe: Pipeli
     frames = received(pipe, "r=")
     assert frames[0]["code"] == "recovery_impossible" and frames[0]["channel"] == "room:9"
     assert [(f["offset"], f["data"]) for f in frames[1:]] == [(2, "second")]
+
+
+def test_subscribing_again_while_recovering_keeps_the_row_out_of_live_delivery(pipe: Pipeline) -> None:
+    from fanout.adapters.subscriptions import SubscriptionsTable
+
+    pipe.seed_connections({0: ["r="]}, channels={})
+    key = {"channel": {"S": "room:3"}, "member": {"S": member_key("r=")}}
+    table = pipe.settings.subscriptions_table
+    pipe.dynamodb.put_item(
+        TableName=table,
+        Item={**key, "connectionId": {"S": "r="}, "userId": {"S": "u"}, "expiresAt": {"N": "9999999999"},
+              "liveFrom": {"N": str(RECOVERING)}},
+    )  # fmt: skip
+    subs = SubscriptionsTable(pipe.dynamodb, table, connections_table=pipe.settings.connections_table)
+    subs.subscribe("r=", "u", "room:3", expires_at=9999999999, limit=10)
+    item = pipe.dynamodb.get_item(TableName=table, Key=key, ConsistentRead=True)["Item"]
+    assert item["liveFrom"] == {"N": str(RECOVERING)} and item["userId"] == {"S": "u"}
