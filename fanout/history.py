@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from fanout.channels import channel_problem
@@ -64,11 +64,10 @@ class Stored:
     envelope: str
 
 
-def next_head(current: Head | None, make_epoch: object = new_epoch) -> Head:
+def next_head(current: Head | None, make_epoch: Callable[[], str] = new_epoch) -> Head:
     """The head after one more message: the next offset, or offset 1 of a new epoch without history."""
     if current is None:
-        assert callable(make_epoch)
-        return Head(1, str(make_epoch()))
+        return Head(1, make_epoch())
     return Head(current.offset + 1, current.epoch)
 
 
