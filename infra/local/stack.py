@@ -285,6 +285,7 @@ class LocalStack:
             "postQueueUrls": queues.post_queue_urls,
             "deadLetterQueueUrls": queues.dead_letter_queue_urls,
             "swarmFailureQueueUrl": swarm_failures,
+            "recoveryFailureQueueUrl": queues.recovery_failure_queue_url,
             "settings": {k: v for k, v in env.items() if k.startswith(SETTINGS_PREFIX)},
             "pids": {name: proc.pid for name, proc in self.children}
             | {"dynamodb": self.ddb.proc.pid if self.ddb.proc else None},

@@ -60,3 +60,4 @@ def test_failed_recoveries_land_in_a_queue_and_page_someone(fanout: dict[str, An
     (dashboard,) = by_type(fanout, "AWS::CloudWatch::Dashboard").values()
     body = json.dumps(dashboard["Properties"]["DashboardBody"])
     assert "History and recovery" in body and "RecoveredMessages" in body and "RecoveriesImpossible" in body
+    assert {"HistoryTable", "RecoveryFailuresQueueUrl"} <= set(fanout["Outputs"])
