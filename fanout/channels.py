@@ -135,13 +135,14 @@ def unit_parts(unit: int) -> tuple[int, int, int]:
 
 
 # -- frames and counters --------------------------------------------------------------------------------
-def with_channel(frame: str, channel: str | None) -> str:
-    """The broadcast envelope naming its channel (``"channel"`` just before ``"data"``); unchanged
-    when there is none. The envelope's own ``,"data":`` comes first: broadcastId and sentAt hold no
-    such text."""
+def with_channel(frame: str, channel: str | None, offset: int | None = None, epoch: str | None = None) -> str:
+    """The broadcast envelope naming its channel (``"channel"`` just before ``"data"``), and, for a
+    channel with history, its ``"offset"`` and ``"epoch"`` (fanout.history); unchanged when there is
+    no channel. The envelope's own ``,"data":`` comes first: broadcastId and sentAt hold no such text."""
     if channel is None:
         return frame
-    named = f',"channel":{json.dumps(channel)},"data":'
+    position = "" if offset is None else f',"offset":{int(offset)},"epoch":{json.dumps(epoch)}'
+    named = f',"channel":{json.dumps(channel)}{position},"data":'
     return frame.replace(',"data":', named, 1)
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from fanout.broadcasts import Broadcasts, Launcher, start_broadcast
+from fanout.broadcasts import Broadcasts, History, Launcher, Started, start_broadcast
 from fanout.chat import ChatCommand, audience_of
 from fanout.errors import FanoutError
 from fanout.ratelimit import BucketLimit, Decision, Limited, connection_key, user_key
@@ -39,8 +39,10 @@ def send_client_message(
     broadcasts: Broadcasts,
     swarm: Launcher,
     max_frame_bytes: int,
-) -> str:
-    """Start the broadcast of a client's message; returns its broadcastId.
+    history: History | None = None,
+) -> Started:
+    """Start the broadcast of a client's message; returns it (a channel message with its offset and
+    epoch in the channel's `history`).
 
     Raises RateLimited (nothing written), PayloadTooLarge (the envelope above the frame limit) or
     RetryableError (the swarm could not be started) from start_broadcast.
@@ -58,4 +60,5 @@ def send_client_message(
         audience=audience_of(command),
         sender=user_id,
         exclude_connection=None if command.echo else connection_id,
+        history=history,
     )

@@ -97,6 +97,19 @@ class SwarmRequest(_Message):
     broadcast_id: str = Field(alias="broadcastId")
 
 
+class RecoverItem(_Message):
+    channel: ChannelName
+    since: int = Field(ge=0)
+    epoch: str = Field(min_length=1, max_length=64)
+
+
+class RecoveryRequest(_Message):
+    """What $connect hands the recovery function (async invoke): the channels of ?recover=."""
+
+    connection_id: str = Field(alias="connectionId", min_length=1, max_length=128)
+    items: list[RecoverItem] = Field(min_length=1, max_length=1_000)
+
+
 class PartitionTask(_Message):
     """One partition of one broadcast, for the query stage."""
 
@@ -111,6 +124,10 @@ class PartitionTask(_Message):
     channel: ChannelName | None = None
     # A client's message sent with echo off: the sender's connection, left out of the unit's ids.
     exclude_connection: str | None = Field(default=None, alias="excludeConnection")
+    # The message's place in the channel's history (fanout.history): in the envelope, and which
+    # subscription rows take it live.
+    offset: int | None = Field(default=None, ge=1)
+    epoch: str | None = None
 
 
 class PostBatch(_Message):
@@ -131,6 +148,8 @@ class PostBatch(_Message):
     frame: str | None = None
     # A channel broadcast's batch: the envelope names the channel, and the channel's counts add up.
     channel: ChannelName | None = None
+    offset: int | None = Field(default=None, ge=1)
+    epoch: str | None = None
 
 
 class BroadcastRecord(BaseModel):

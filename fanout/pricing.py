@@ -87,6 +87,7 @@ class MemorySizes:
     query: int = 1024
     post: int = 1769
     sweeper: int = 256
+    recovery: int = 512  # reconnect recovery: not billed by the broadcast cost model yet
     naive: int = 1024
 
     @classmethod

@@ -25,12 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from fanout.channels import allows, channel_problem, parse_channel_list
 from fanout.chat import CHAT_ACTIONS, MAX_CHAT_MESSAGE_BYTES, ChatCommand, ChatRefusal, read_chat
 from fanout.errors import Refused
+from fanout.history import MAX_OFFSET, RECOVERY_IMPOSSIBLE, RecoverFrom, epoch_problem, parse_recover
 from fanout.tokens import PUBLISH_SPECIALS, patterns_problem
 
 # Control messages (ping, subscribe, unsubscribe) are small; anything bigger is refused. Messages to
 # others (fanout.chat) may be bigger, up to MAX_CHAT_MESSAGE_BYTES; above that nothing is read.
 MAX_MESSAGE_BYTES = 4096
-ACTIONS = ("ping", "subscribe", "unsubscribe", *CHAT_ACTIONS)
+ACTIONS = ("ping", "subscribe", "unsubscribe", "history", *CHAT_ACTIONS)
 # How much of a client's own string an error message repeats.
 SHOWN_CHARS = 40
 
@@ -174,6 +175,15 @@ class Unsubscribe:
 
 
 @dataclass(frozen=True)
+class History:
+    """``{"action":"history","channel","since","epoch"?}``: the channel's messages after `since`."""
+
+    channel: str
+    since: int
+    epoch: str | None = None
+
+
+@dataclass(frozen=True)
 class ErrorReply:
     action: str | None
     code: str
@@ -184,7 +194,7 @@ class ErrorReply:
         return error_frame(self.action, self.code, self.message)
 
 
-Command = Ping | Subscribe | Unsubscribe
+Command = Ping | Subscribe | Unsubscribe | History
 
 
 class Outcome(StrEnum):
@@ -241,9 +251,11 @@ def read_message(
         return read_chat(action, data, grants)
     if action == "ping":
         return Ping()
-    if action not in ("subscribe", "unsubscribe"):
+    if action not in ("subscribe", "unsubscribe", "history"):
         return ErrorReply(action, INVALID, f"unknown action {_shown(action)!r}; supported: {SUPPORTED}")
     channel = data.get("channel")
+    if action == "history":
+        return _history(data, grants)
     if action == "subscribe":
         refusal = channel_refusal(grants, channel)
         if refusal is not None:
@@ -256,6 +268,58 @@ def read_message(
         return ErrorReply(action, INVALID_CHANNEL, f"invalid channel: {problem}")
     assert isinstance(channel, str)
     return Unsubscribe(channel)
+
+
+def _history(data: Mapping[str, Any], grants: Grants | None) -> History | ErrorReply:
+    # Reading a channel's history needs the right to subscribe to it: it is what its members got.
+    channel = data.get("channel")
+    refusal = channel_refusal(grants, channel)
+    if refusal is not None:
+        return ErrorReply("history", refusal.code, str(refusal))
+    assert isinstance(channel, str)
+    since = data.get("since", 0)
+    if isinstance(since, bool) or not isinstance(since, int) or not 0 <= since <= MAX_OFFSET:
+        return ErrorReply("history", INVALID, '"since" is an offset: a whole number, 0 or more')
+    epoch = data.get("epoch")
+    if epoch is not None and epoch_problem(epoch) is not None:
+        return ErrorReply("history", INVALID, f'"epoch": {epoch_problem(epoch)}')
+    return History(channel, since, epoch)
+
+
+def recovery_error_frame(action: str | None, channel: str, message: str, epoch: str | None) -> str:
+    """The error frame telling a client it cannot recover `channel` (it reloads the channel's state):
+    the channel's current epoch, if it has history."""
+    return _compact(
+        {
+            "type": "error",
+            "action": action,
+            "code": RECOVERY_IMPOSSIBLE,
+            "channel": channel,
+            "epoch": epoch,
+            "message": message,
+            "error": message,
+        }
+    )
+
+
+def connect_recovery(
+    grants: Grants | None, value: str, channels: Sequence[str], *, limit: int
+) -> list[RecoverFrom]:
+    """The channels of ``?recover=`` a connection recovers (and subscribes to): raises Refused (400 bad
+    input or too many channels with ?channels=, 403 a channel the token does not allow)."""
+    items = parse_recover(value)
+    total = len(dict.fromkeys([*channels, *(i.channel for i in items)]))
+    if total > limit:
+        raise Refused(
+            f"at most {limit} channels per connection; {total} were asked for (channels and recover)",
+            code=TOO_MANY_SUBSCRIPTIONS,
+            status=400,
+        )
+    for item in items:
+        refusal = channel_refusal(grants, item.channel)
+        if refusal is not None:
+            raise refusal
+    return items
 
 
 def answer(command: Subscribe | Unsubscribe, outcome: Outcome, *, limit: int) -> str:

@@ -57,6 +57,8 @@ def post_batches(task: PartitionTask, connection_ids: Sequence[str], batch_size:
             counter_shards=task.counter_shards,
             frame=task.frame,
             channel=task.channel,
+            offset=task.offset,
+            epoch=task.epoch,
         )
         for batch_id, chunk in plan_batches(connection_ids, batch_size, partition_id=task.partition_id)
     ]

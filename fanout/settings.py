@@ -114,6 +114,27 @@ class ChannelsPart(FunctionSettings):
     channels_table: Name = Field(description="channel occupancy: connections and users per channel")
 
 
+class HistoryPart(FunctionSettings):
+    history_table: Name = Field(description="channel history: offsets, epochs, the last messages")
+    history_keep: int = Field(default=100, ge=1, le=10_000, description="K messages kept per channel")
+    history_ttl_seconds: int = Field(default=3600, ge=60, le=7 * 24 * 3600, description="T: kept this long")
+    history_meta_ttl_seconds: int = Field(
+        default=24 * 3600,
+        ge=60,
+        le=30 * 24 * 3600,
+        description="a channel idle this long loses its offsets: the next message starts a new epoch",
+    )
+    history_page_size: int = Field(default=50, ge=1, le=1_000, description="messages per history page")
+
+
+class RecoveryInvokerPart(FunctionSettings):
+    # Optional: the topology always wires it; without it a ?recover= cannot be served and $connect
+    # refuses it (500), every other connect is unaffected.
+    recovery_function_name: str = Field(
+        default="", description="the function recovering a reconnected connection (?recover=)"
+    )
+
+
 class PartitionsPart(FunctionSettings):
     partitions_table: Name
     partition_count: int = Field(default=100, ge=1, le=100_000, description="N partitions")
@@ -250,7 +271,7 @@ class AuthorizerSettings(TokenPart):
     pass
 
 
-class ConnectSettings(ConnectionsPart, PartitionsPart, PlacementPart, SubscriptionsPart):
+class ConnectSettings(ConnectionsPart, PartitionsPart, PlacementPart, SubscriptionsPart, RecoveryInvokerPart):
     pass
 
 
@@ -259,9 +280,26 @@ class DisconnectSettings(ConnectionsPart, SubscriptionsPart):
 
 
 class DefaultSettings(
-    ConnectionsPart, BroadcastsPart, SubscriptionsPart, BroadcastApiPart, SwarmInvokerPart, ChatPart
+    ConnectionsPart,
+    BroadcastsPart,
+    SubscriptionsPart,
+    BroadcastApiPart,
+    SwarmInvokerPart,
+    ChatPart,
+    HistoryPart,
 ):
-    pass
+    # Optional here: ping, subscribe and unsubscribe never read it; without it the history action
+    # answers an internal error and a publish is not kept in history (the topology always wires it).
+    history_table: str = Field(default="", description="channel history, for the history action")
+
+
+class RecoverySettings(SubscriptionsPart, HistoryPart):
+    connections_endpoint: Name = Field(
+        description="https://{api-id}.execute-api.{region}.amazonaws.com/{stage} (the @connections base)"
+    )
+    recovery_connect_grace_seconds: float = Field(
+        default=10.0, gt=0, le=60, description="how long a just-opened connection may answer 410"
+    )
 
 
 class ChannelCounterSettings(ChannelsPart):
@@ -280,7 +318,7 @@ class ReconcilerSettings(ConnectionsPart, PartitionsPart, ReconcilePart):
     pass
 
 
-class OperatorApiSettings(BroadcastsPart, BroadcastApiPart, SwarmInvokerPart, ChannelsPart):
+class OperatorApiSettings(BroadcastsPart, BroadcastApiPart, SwarmInvokerPart, ChannelsPart, HistoryPart):
     pass
 
 
@@ -321,6 +359,7 @@ FUNCTION_SETTINGS: dict[str, type[FunctionSettings]] = {
     "swarm": SwarmSettings,
     "query": QuerySettings,
     "post": PostSettings,
+    "recovery": RecoverySettings,
 }
 
 
@@ -337,7 +376,9 @@ RESOURCES = (
     "subscriptions_table",
     "channels_table",
     "rate_limits_table",
+    "history_table",
     "swarm_function_name",
+    "recovery_function_name",
 )
 
 
@@ -355,6 +396,7 @@ class Settings(
     OperatorApiSettings,
     SweeperSettings,
     AuthorizerSettings,
+    RecoverySettings,
 ):
     """Every setting, with the names the local stack provisions, for the tools and tests that build
     or drive the whole system (tables, queues, seeding); it is an instance of every function's model."""
@@ -366,7 +408,9 @@ class Settings(
     subscriptions_table: str = "fanout-subscriptions"
     channels_table: str = "fanout-channels"
     rate_limits_table: str = "fanout-rate-limits"
+    history_table: str = "fanout-history"
     swarm_function_name: str = "fanout-swarm"
+    recovery_function_name: str = "fanout-recovery"
     token_secret_arn: str = ""
     partition_queue_urls: list[str] = Field(default_factory=list)
     post_queue_urls: list[str] = Field(default_factory=list)

@@ -92,7 +92,7 @@ class MetricsSink(Protocol):
 class Members(Protocol):
     """The subscriptions table, as the stages use it (fanout.adapters.subscriptions)."""
 
-    async def member_ids(self, channel: str, lo: int, hi: int) -> list[str]: ...
+    async def member_ids(self, channel: str, lo: int, hi: int, offset: int | None = None) -> list[str]: ...
     async def remove(self, rows: Mapping[str, Iterable[str]]) -> None: ...
 
 
@@ -117,9 +117,17 @@ class FrameCache:
     def get(self, broadcast_id: str, channel: str | None = None) -> tuple[bytes, str] | None:
         return self._entries.get((broadcast_id, channel))
 
-    def put(self, broadcast_id: str, frame: str, channel: str | None = None) -> tuple[bytes, str]:
-        """Keep the broadcast's frame as `channel`'s members receive it (naming the channel)."""
-        data = with_channel(frame, channel).encode("utf-8")
+    def put(
+        self,
+        broadcast_id: str,
+        frame: str,
+        channel: str | None = None,
+        offset: int | None = None,
+        epoch: str | None = None,
+    ) -> tuple[bytes, str]:
+        """Keep the broadcast's frame as `channel`'s members receive it (naming the channel, and its
+        offset and epoch in the channel's history)."""
+        data = with_channel(frame, channel, offset, epoch).encode("utf-8")
         entry = (data, payload_hash(data))
         self._entries[(broadcast_id, channel)] = entry
         while len(self._entries) > self.limit:
@@ -194,7 +202,12 @@ def stage_deps(
 
 # -- shared -----------------------------------------------------------------------------------------
 async def frame_of(
-    deps: StageDeps, broadcast_id: str, inline: str | None, channel: str | None = None
+    deps: StageDeps,
+    broadcast_id: str,
+    inline: str | None,
+    channel: str | None = None,
+    offset: int | None = None,
+    epoch: str | None = None,
 ) -> tuple[bytes, str]:
     """The frame's bytes and SHA-256, inline or read once per container from the broadcasts table;
     a channel's members get it naming the channel."""
@@ -203,7 +216,7 @@ async def frame_of(
         return cached
     if inline is None:
         inline = (await deps.broadcasts.load(broadcast_id, frame=True)).frame or ""
-    return deps.frames.put(broadcast_id, inline, channel)
+    return deps.frames.put(broadcast_id, inline, channel, offset, epoch)
 
 
 async def check_completion(
@@ -285,6 +298,7 @@ async def _swarm(deps: StageDeps, broadcast_id: str) -> SwarmResult:
         queue_shards=settings.shard_count,
         channel_of=lambda unit: unit_channel(audience, unit),
         exclude_connection=stored.record.exclude_connection,
+        positions=stored.positions,
     )
     semaphore = asyncio.Semaphore(settings.swarm_send_concurrency)
     urls = settings.partition_queue_urls
@@ -330,6 +344,7 @@ async def _run_here(
         frame=frame,
         channel_of=lambda unit: unit_channel(audience, unit),
         exclude_connection=stored.record.exclude_connection,
+        positions=stored.positions,
     )
     semaphore = asyncio.Semaphore(LOCAL_UNITS_IN_FLIGHT)
 
@@ -344,7 +359,7 @@ async def _audience_ids(deps: StageDeps, audience: Audience | None, task: Partit
     """The connection ids of one unit: a partition, a channel's bucket range, users' or given ids."""
     if task.channel is not None:
         _, lo, hi = unit_parts(task.partition_id)
-        return await deps.members().member_ids(task.channel, lo, hi)
+        return await deps.members().member_ids(task.channel, lo, hi, task.offset)
     if audience is None:
         return await deps.connections.partition_ids(task.partition_id)
     if audience.kind == AudienceKind.USERS:
@@ -413,7 +428,7 @@ async def run_post_batch(deps: StageDeps, batch: PostBatch) -> PostResult:
         return DUPLICATE
 
     started = time.perf_counter()
-    frame, sha = await frame_of(deps, bid, batch.frame, batch.channel)
+    frame, sha = await frame_of(deps, bid, batch.frame, batch.channel, batch.offset, batch.epoch)
     outcome: DeliveryOutcome = await deliver(
         batch.connection_ids,
         frame,

@@ -18,7 +18,9 @@ would count a batch twice or never. The operator API's Idempotency-Key does use 
 
 from __future__ import annotations
 
+import json
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from boto3.dynamodb.types import TypeDeserializer, TypeSerializer
@@ -64,6 +66,7 @@ class BroadcastRequests:
         frame: str,
         idempotency_key: str | None,
         audience: Audience | None = None,
+        positions: Mapping[str, tuple[int, str]] | None = None,
         *,
         exclude_connection: str | None = None,
     ) -> dict[str, Any]:
@@ -79,6 +82,8 @@ class BroadcastRequests:
             "audience": audience.model_dump_json(exclude_none=True) if audience is not None else None,
             # a client's message sent with echo off: its own connection is never targeted
             "excludeConnection": exclude_connection,
+            # each channel's offset and epoch in its history (fanout.history), as JSON
+            "positions": json.dumps({c: list(p) for c, p in positions.items()}) if positions else None,
         }
         return {
             "TableName": self.table,
@@ -101,6 +106,7 @@ class BroadcastRequests:
             "sweptProgress",
             "audience",
             "excludeConnection",
+            "positions",
         ]
         if frame:
             names.append("frame")
@@ -289,6 +295,7 @@ def parse_broadcast(item: dict[str, Any]) -> StoredBroadcast:
     values = from_item(item)
     ints = {k: int(v) for k, v in values.items() if k != "partitionIds" and hasattr(v, "as_integer_ratio")}
     audience = values.pop("audience", None)
+    positions = json.loads(str(values.pop("positions", None) or "{}"))
     record = BroadcastRecord.model_validate({**values, **ints})
     if audience is not None:
         record = record.model_copy(update={"audience": Audience.model_validate_json(str(audience))})
@@ -297,6 +304,7 @@ def parse_broadcast(item: dict[str, Any]) -> StoredBroadcast:
         record,
         frame=str(frame) if frame is not None else None,
         partition_ids=tuple(int(p) for p in values.get("partitionIds") or ()),
+        positions={str(c): (int(p[0]), str(p[1])) for c, p in positions.items()},
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 
 from fanout.accounting import Totals, counter_shards
@@ -31,6 +31,8 @@ class StoredBroadcast:
     record: BroadcastRecord
     frame: str | None = None  # read only when asked for
     partition_ids: tuple[int, ...] = ()  # the plan, once started
+    # a channel broadcast's place in each channel's history: channel → (offset, epoch)
+    positions: Mapping[str, tuple[int, str]] = field(default_factory=dict)
 
     @property
     def shards(self) -> int:
@@ -153,6 +155,7 @@ def partition_tasks(
     queue_shards: int,
     channel_of: Callable[[int], str | None] = lambda unit: None,
     exclude_connection: str | None = None,
+    positions: Mapping[str, tuple[int, str]] | None = None,
 ) -> dict[int, list[str]]:
     """The bodies of the partition tasks, by partition queue shard (a partition always goes to one)."""
     by_shard: dict[int, list[str]] = {}
@@ -163,6 +166,7 @@ def partition_tasks(
         frame=frame,
         channel_of=channel_of,
         exclude_connection=exclude_connection,
+        positions=positions,
     )
     for task in tasks:
         body = task.model_dump_json(by_alias=True, exclude_none=True)
@@ -178,20 +182,28 @@ def unit_tasks(
     frame: str | None,
     channel_of: Callable[[int], str | None] = lambda unit: None,
     exclude_connection: str | None = None,
+    positions: Mapping[str, tuple[int, str]] | None = None,
 ) -> list[PartitionTask]:
-    """The task of each unit (a partition of everyone, or a unit of a targeted broadcast)."""
-    return [
-        PartitionTask(
-            broadcast_id=broadcast_id,
-            partition_id=unit,
-            partitions=plan.partitions,
-            counter_shards=plan.shards,
-            frame=frame,
-            channel=channel_of(unit),
-            exclude_connection=exclude_connection,
+    """The task of each unit (a partition of everyone, or a unit of a targeted broadcast), with its
+    channel's offset and epoch when the broadcast has them."""
+    tasks = []
+    for unit in units:
+        channel = channel_of(unit)
+        offset, epoch = (positions or {}).get(channel or "", (None, None))
+        tasks.append(
+            PartitionTask(
+                broadcast_id=broadcast_id,
+                partition_id=unit,
+                partitions=plan.partitions,
+                counter_shards=plan.shards,
+                frame=frame,
+                channel=channel,
+                exclude_connection=exclude_connection,
+                offset=offset,
+                epoch=epoch,
+            )
         )
-        for unit in units
-    ]
+    return tasks
 
 
 def targeted_ids(ids: Sequence[str], exclude_connection: str | None) -> list[str]:

@@ -256,6 +256,14 @@ class Table:
         return tuple(dict.fromkeys(keys))
 
 
+# The operator HTTP API's routes ("METHOD /path/{param}"), one integration: the operator-api function.
+OPERATOR_ROUTES = (
+    "POST /broadcasts",
+    "GET /broadcasts/{broadcastId}",
+    "GET /channels/{name}",
+    "GET /channels/{name}/history",
+)
+
 CONNECTIONS_INDEX = "byPartition"
 USERS_INDEX = "byUser"
 BROADCASTS_PENDING_INDEX = "byPending"
@@ -293,6 +301,15 @@ def _tables() -> tuple[Table, ...]:
         # Channel occupancy: the counter row ("#") and one presence row per user ("u#<userId>"),
         # kept by the channel counter from the subscriptions stream.
         Table("channels", "channels_table", Key("channel", "S"), sort_key=Key("key", "S")),
+        # Channel history: per channel the meta row (offset 0: head offset, epoch) and the last K
+        # messages (offset N: the envelope as sent), which expire after T (fanout.history).
+        Table(
+            "history",
+            "history_table",
+            Key("channel", "S"),
+            ttl_attribute="expiresAt",
+            sort_key=Key("offset", "N"),
+        ),
         Table("partitions", "partitions_table", Key("partitionId", "N")),
         # Sparse: only broadcasts still queued or running carry `pending`, so the sweeper reads the
         # unfinished ones, oldest first, without scanning the history. Keys only: it reads each row.
@@ -426,6 +443,7 @@ class Topology:
     stream_failures: Queue  # the partition counter's (the connections stream)
     swarm_failures: Queue
     channel_counter_failures: Queue  # the channel counter's (the subscriptions stream)
+    recovery_failures: Queue  # asynchronous recovery invocations Lambda gave up on
 
     def function(self, key: str) -> Function:
         return _one(self.functions, key, "function")
@@ -449,10 +467,16 @@ class Topology:
 
     @property
     def dead_letter_queues(self) -> tuple[Queue, ...]:
-        """The shards' dead-letter queues, then the partition counter's, the swarm's and the channel
-        counter's failure queues."""
+        """The shards' dead-letter queues, then the partition counter's, the swarm's, the channel
+        counter's and the recovery's failure queues."""
         dlqs = [d for s in self.queue_stages for d in s.dead_letters]
-        return (*dlqs, self.stream_failures, self.swarm_failures, self.channel_counter_failures)
+        return (
+            *dlqs,
+            self.stream_failures,
+            self.swarm_failures,
+            self.channel_counter_failures,
+            self.recovery_failures,
+        )
 
     @property
     def queues(self) -> tuple[Queue, ...]:
@@ -501,7 +525,14 @@ def topology(config: TopologyConfig | None = None) -> Topology:
     functions = (
         fn("authorizer", "authorizer", 512, 10, "WebSocket $connect REQUEST authorizer",
            settings={"token_secret_arn": Ref(RefKind.TOKEN_SECRET_ARN)}),
-        fn("connect", "connect", 512, 10, "$connect: place the connection in a partition"),
+        fn("connect", "connect", 512, 10, "$connect: place the connection in a partition",
+           settings={"recovery_function_name": Ref(RefKind.FUNCTION_NAME, "recovery")}),
+        # ?recover= at $connect: the missed messages, once the connection can receive them (after
+        # $connect returns), then the hand-over to live delivery (fanout.recovery).
+        fn("recovery", "recovery", 512, 60, "reconnect: deliver the missed channel messages",
+           settings={"connections_endpoint": Ref(RefKind.CONNECTIONS_ENDPOINT)},
+           # retried twice by Lambda (recovery resumes where the subscription row says), then kept
+           async_invoke=AsyncInvoke(2, HOUR, "recovery-failures")),
         fn("disconnect", "disconnect", 256, 10, "$disconnect: delete the connection row"),
         # $default also starts a client's broadcasts (publish, sendmessage), like the operator API.
         fn("default", "default", 256, 10, "$default: ping, subscriptions, publish, sendmessage (two-way)",
@@ -567,6 +598,8 @@ def topology(config: TopologyConfig | None = None) -> Topology:
         # corrects the counts anyway).
         channel_counter_failures=Queue("channel-counter-failures", DLQ_RETENTION_SECONDS,
                                        purpose="subscriptions stream records the channel counter gave up on"),
+        recovery_failures=Queue("recovery-failures", DLQ_RETENTION_SECONDS,
+                                purpose="asynchronous recovery invocations Lambda gave up on"),
     )  # fmt: skip
 
 

@@ -4,7 +4,10 @@ The authorizer already checked the token; its context carries the userId and the
 (fanout.protocol.Grants). The channels of ``?channels=a,b`` are checked here, where the rights and
 the parameter meet (not in the authorizer: every identity source of a WebSocket authorizer must be on
 every request): an invalid name or too many is a 400, a channel the token does not allow a 403, and
-then no row is written. Partition choice reads a
+then no row is written. ``?recover=room:1:N:epoch,...`` subscribes too, with rows that take no live
+message yet, and hands the connection to the recovery function (asynchronously: a connection
+receives nothing before $connect returns), which posts what was missed and then hands over to live
+delivery (fanout.recovery). Partition choice reads a
 per-container cached view of the partition counters (refreshed every
 FANOUT_PARTITION_VIEW_TTL_SECONDS) and takes the least loaded of FANOUT_PARTITION_CHOICES random
 candidates: O(1) DynamoDB reads per connect, amortized.
@@ -29,14 +32,16 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field, ValidationError
 
 from fanout.adapters.connections import ConnectionsTable
+from fanout.adapters.lambdas import RecoveryLauncher
 from fanout.adapters.partitions import PartitionsTable
 from fanout.adapters.subscriptions import SubscriptionsTable
 from fanout.errors import FanoutError, Refused
+from fanout.history import recover_param
 from fanout.protocol import expires_at, grants_of, requested_channels
 from fanout.settings import ConnectSettings, load
 from handlers._observability import logger, metrics, tracer
 from partitions.choice import PartitionChooser
-from partitions.lifecycle import open_connection
+from partitions.lifecycle import close_connection, open_connection
 
 
 class ConnectRequestContext(APIGatewayWebSocketConnectEventRequestContext):
@@ -58,6 +63,7 @@ class Deps:
     chooser: PartitionChooser
     ttl_seconds: int
     max_subscriptions: int
+    recovery: RecoveryLauncher
 
 
 @lru_cache(maxsize=1)
@@ -83,8 +89,16 @@ def deps() -> Deps:
     subscriptions = SubscriptionsTable(
         client, settings.subscriptions_table, connections_table=settings.connections_table
     )
+    recovery = RecoveryLauncher(
+        boto3.client("lambda", region_name=settings.region), settings.recovery_function_name
+    )
     return Deps(
-        connections, subscriptions, chooser, settings.connection_ttl_seconds, settings.max_subscriptions
+        connections,
+        subscriptions,
+        chooser,
+        settings.connection_ttl_seconds,
+        settings.max_subscriptions,
+        recovery,
     )
 
 
@@ -118,8 +132,20 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
             requested=requested_channels(
                 request.query_string_parameters, request.multi_value_query_string_parameters
             ),
+            recover=recover_param(
+                request.query_string_parameters, request.multi_value_query_string_parameters
+            ),
             max_subscriptions=d.max_subscriptions,
         )
+        if connected.recover:
+            try:
+                d.recovery.launch(connected.connection_id, list(connected.recover))
+            except FanoutError:
+                # Without its recovery the connection would never take live messages on those
+                # channels: refuse it (the client reconnects) and remove what was written.
+                close_connection(d.connections, d.subscriptions, connected.connection_id)
+                raise
+            metrics.add_metric(name="RecoveriesStarted", unit=MetricUnit.Count, value=1)
     except Refused as exc:
         logger.info(
             "connect refused",
@@ -141,6 +167,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         userId=grants.user_id,
         partitionId=connected.partition_id,
         channels=list(connected.channels),
+        recover=[r.channel for r in connected.recover],
         viewReads=view_reads,
     )
     metrics.add_metric(name="Connects", unit=MetricUnit.Count, value=1)

@@ -1,8 +1,10 @@
-"""fanout-default: route `$default` (two-way): ping, subscribe, unsubscribe, publish and sendmessage.
+"""fanout-default: route `$default` (two-way): ping, subscribe, unsubscribe, history, publish, sendmessage.
 
 `{"action":"ping"}` → `{"type":"pong"}`; `{"action":"subscribe","channel":"a"}` →
 `{"type":"subscribed","channel":"a"}`; `{"action":"unsubscribe","channel":"a"}` →
-`{"type":"unsubscribed","channel":"a"}`. The rights come from the authorizer's context of the
+`{"type":"unsubscribed","channel":"a"}`; `{"action":"history","channel":"a","since":N,"epoch":"e"}` →
+`{"type":"history","channel":"a","epoch":"e","messages":[...],"more":false}` (fanout.recovery), or
+the error frame with code `recovery_impossible`. The rights come from the authorizer's context of the
 connection and the connection from `requestContext.connectionId`, never from the frame, so no
 connection can change another's subscriptions. Anything else gets an error frame
 (`{"type":"error","action":...,"code":...,"message":...}`, fanout.protocol), never a crash:
@@ -10,9 +12,9 @@ unknown actions, non-JSON, binary frames, empty or oversized messages, even an u
 
 `{"action":"publish","channel":"room:1","message":...,"id":"m1"}` and
 `{"action":"sendmessage","to"?:"bob","message":...,"id":"m1"}` → `{"type":"ack","id":"m1",
-"broadcastId":...}` (fanout.chat, docs/chat.md): after the token's rights, the rate limits of the
-connection and of the user (fanout.messaging), a broadcast through the pipeline whose envelope names
-the token's user as `from`. The same id from the same user within the idempotency window answers the
+"broadcastId":...,"offset":N}` (offset: a channel message's; fanout.chat, docs/chat.md): after the
+token's rights, the rate limits of the connection and of the user (fanout.messaging), a broadcast
+through the pipeline whose envelope names the token's user as `from`. The same id from the same user within the idempotency window answers the
 first ack again and sends nothing: Powertools' idempotency over the idempotency table, as the operator
 API's Idempotency-Key (it fits here: $default is synchronous, and the record guards one call, the
 start of a broadcast, whose own writes need no atomicity with it).
@@ -45,6 +47,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import Field, ValidationError
 
 from fanout.adapters.broadcasts import BroadcastsTable
+from fanout.adapters.history import HistoryTable
 from fanout.adapters.lambdas import SwarmLauncher
 from fanout.adapters.ratelimits import RateLimitsTable
 from fanout.adapters.subscriptions import SubscriptionsTable
@@ -64,12 +67,14 @@ from fanout.chat import (
 from fanout.chat import INVALID as CHAT_INVALID
 from fanout.chat import TOO_LARGE as CHAT_TOO_LARGE
 from fanout.errors import PayloadTooLarge, RetryableError
+from fanout.history import history_frame
 from fanout.messaging import RateLimited, send_client_message
 from fanout.protocol import (
     INVALID,
     PONG,
     ErrorReply,
     Grants,
+    History,
     Ping,
     Subscribe,
     Unsubscribe,
@@ -79,8 +84,10 @@ from fanout.protocol import (
     grants_of,
     internal_error,
     read_message,
+    recovery_error_frame,
 )
 from fanout.ratelimit import BucketLimit
+from fanout.recovery import RecoveryImpossible, read_page
 from fanout.settings import DefaultSettings, load
 from fanout.store import BroadcastRequests
 from handlers._observability import logger, metrics, tracer
@@ -101,7 +108,10 @@ class Deps:
     max_subscriptions: int
     idempotency: IdempotencyConfig
     # send(request={"key","digest"}, command, grants, connection_id) under Powertools' idempotency
-    send_once: Callable[..., dict[str, str]]
+    send_once: Callable[..., dict[str, Any]]
+    history: HistoryTable
+    history_keep: int
+    history_page_size: int
 
 
 @lru_cache(maxsize=1)
@@ -127,13 +137,21 @@ def deps() -> Deps:
         expires_after_seconds=settings.message_idempotency_seconds,
     )
 
+    history = HistoryTable(
+        client,
+        settings.history_table,
+        keep=settings.history_keep,
+        ttl_seconds=settings.history_ttl_seconds,
+        meta_ttl_seconds=settings.history_meta_ttl_seconds,
+    )
+
     @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
     def send_once(
         request: dict[str, str], command: ChatCommand, user_id: str, connection_id: str
-    ) -> dict[str, str]:
+    ) -> dict[str, Any]:
         # An exception (rate limited, too large, the swarm down) deletes the record: the client may
         # send the same id again, and it is a new attempt.
-        broadcast_id = send_client_message(
+        started = send_client_message(
             command,
             user_id=user_id,
             connection_id=connection_id,
@@ -143,8 +161,12 @@ def deps() -> Deps:
             broadcasts=broadcasts,
             swarm=swarm,
             max_frame_bytes=settings.max_frame_bytes,
+            history=history if history.table else None,
         )
-        return {"broadcastId": broadcast_id}
+        sent: dict[str, Any] = {"broadcastId": started.broadcast_id}
+        if isinstance(command, Publish) and command.channel in started.offsets:
+            sent["offset"] = started.offsets[command.channel]
+        return sent
 
     return Deps(
         SubscriptionsTable(
@@ -154,11 +176,33 @@ def deps() -> Deps:
         settings.max_subscriptions,
         config,
         send_once,
+        history,
+        settings.history_keep,
+        settings.history_page_size,
     )
 
 
 def _frame(body: str) -> dict[str, Any]:
     return {"statusCode": 200, "body": body}
+
+
+def _history(command: History) -> str:
+    d = deps()
+    if not d.history.table:
+        raise RuntimeError("the history action needs FANOUT_HISTORY_TABLE")
+    try:
+        found = read_page(
+            d.history,
+            command.channel,
+            command.since,
+            command.epoch,
+            keep=d.history_keep,
+            limit=d.history_page_size,
+        )
+    except RecoveryImpossible as exc:
+        metrics.add_metric(name="HistoryImpossible", unit=MetricUnit.Count, value=1)
+        return recovery_error_frame("history", exc.channel, str(exc), exc.epoch)
+    return history_frame(found.channel, found.epoch, found.messages, found.more)
 
 
 def _run(command: Subscribe | Unsubscribe, request: MessageEvent, grants: Grants | None) -> str:
@@ -223,7 +267,9 @@ def _send(
         channel=command.channel if isinstance(command, Publish) else None,
         to=None if isinstance(command, Publish) else command.to or "$all",
     )
-    return ack_frame(mid, broadcast_id), "Publishes" if isinstance(command, Publish) else "DirectMessages"
+    return ack_frame(mid, broadcast_id, offset=sent.get("offset")), "Publishes" if isinstance(
+        command, Publish
+    ) else "DirectMessages"
 
 
 @logger.inject_lambda_context
@@ -269,6 +315,10 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         if isinstance(command, Ping):
             metrics.add_metric(name="Pings", unit=MetricUnit.Count, value=1)
             return _frame(PONG)
+        if isinstance(command, History):
+            action = "history"
+            metrics.add_metric(name="HistoryReads", unit=MetricUnit.Count, value=1)
+            return _frame(_history(command))
         if not isinstance(command, Subscribe | Unsubscribe):
             action = command.action
             assert grants is not None  # read_message refuses a message to others without rights

@@ -3,6 +3,8 @@
 POST /broadcasts {"message": <any JSON>, "to"?: {...}} [Idempotency-Key] → 202 {"broadcastId"}
 GET  /broadcasts/{broadcastId}                             → 200 {state and counts}
 GET  /channels/{name}                                      → 200 {"channel","connections","users"}
+GET  /channels/{name}/history?since=N[&epoch=E]            → 200 {"channel","epoch","messages","more"}
+                                                             410 {"code":"recovery_impossible",...}
 
 "to" is one of {"channels": [...]}, {"users": [...]}, {"connections": [...]}; without it, everyone.
 
@@ -12,6 +14,7 @@ Gateway puts in requestContext.authorizer.iam. A request without it is refused w
 
 from __future__ import annotations
 
+import json
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,7 +24,7 @@ from typing import Annotated, Any
 import boto3
 from aws_lambda_powertools.event_handler import APIGatewayHttpResolver, Response
 from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
-from aws_lambda_powertools.event_handler.openapi.params import Header, Path
+from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import (
     DynamoDBPersistenceLayer,
@@ -37,11 +40,14 @@ from pydantic import BaseModel, ConfigDict, Field, JsonValue
 
 from fanout.adapters.broadcasts import BroadcastsTable
 from fanout.adapters.channels import ChannelsTable
+from fanout.adapters.history import HistoryTable
 from fanout.adapters.lambdas import SwarmLauncher
-from fanout.broadcasts import get_broadcast, message_digest, start_broadcast
+from fanout.broadcasts import Started, get_broadcast, message_digest, start_broadcast
 from fanout.channels import MAX_CHANNEL_CHARS, channel_problem
 from fanout.errors import BroadcastNotFound, InvalidInput, PayloadTooLarge, RetryableError
+from fanout.history import MAX_OFFSET, RECOVERY_IMPOSSIBLE, epoch_problem
 from fanout.models import Audience
+from fanout.recovery import RecoveryImpossible, read_page
 from fanout.settings import OperatorApiSettings, load
 from fanout.store import BroadcastRequests
 from handlers._observability import logger, metrics, tracer
@@ -66,6 +72,9 @@ class ChannelView(BaseModel):
 
 class BroadcastAccepted(BaseModel):
     broadcastId: str
+    # a channel broadcast's place in each channel's history
+    offsets: dict[str, int] | None = None
+    epochs: dict[str, str] | None = None
 
 
 class BroadcastView(BaseModel):
@@ -91,11 +100,14 @@ class Deps:
     max_frame_bytes: int
     idempotency: IdempotencyConfig
     # start(message, key) under Powertools' idempotency: one broadcast per Idempotency-Key
-    start_once: Callable[..., dict[str, str]]
+    start_once: Callable[..., dict[str, Any]]
 
     channels: ChannelsTable
+    history: HistoryTable
+    history_keep: int
+    history_page_size: int
 
-    def start(self, message: Any, key: str | None, audience: Audience | None = None) -> str:
+    def start(self, message: Any, key: str | None, audience: Audience | None = None) -> Started:
         return start_broadcast(
             self.broadcasts,
             self.swarm,
@@ -103,6 +115,7 @@ class Deps:
             max_frame_bytes=self.max_frame_bytes,
             idempotency_key=key,
             audience=audience,
+            history=self.history,
         )
 
 
@@ -123,20 +136,46 @@ def deps() -> Deps:
         expires_after_seconds=settings.idempotency_ttl_seconds,
     )
 
+    history = HistoryTable(
+        client,
+        settings.history_table,
+        keep=settings.history_keep,
+        ttl_seconds=settings.history_ttl_seconds,
+        meta_ttl_seconds=settings.history_meta_ttl_seconds,
+        on_conflict=lambda: metrics.add_metric(name="HistoryConflicts", unit=MetricUnit.Count, value=1),
+    )
+
     @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)
-    def start_once(request: dict[str, Any], message: Any, audience: Audience | None) -> dict[str, str]:
-        broadcast_id = start_broadcast(
+    def start_once(request: dict[str, Any], message: Any, audience: Audience | None) -> dict[str, Any]:
+        started = start_broadcast(
             broadcasts,
             swarm,
             message,
             max_frame_bytes=settings.max_frame_bytes,
             idempotency_key=request["key"],
             audience=audience,
+            history=history,
         )
-        return {"broadcastId": broadcast_id}
+        return _accepted(started).model_dump(exclude_none=True)
 
     channels = ChannelsTable(client, settings.channels_table)
-    return Deps(broadcasts, swarm, settings.max_frame_bytes, config, start_once, channels)
+    return Deps(
+        broadcasts,
+        swarm,
+        settings.max_frame_bytes,
+        config,
+        start_once,
+        channels,
+        history,
+        settings.history_keep,
+        settings.history_page_size,
+    )
+
+
+def _accepted(started: Started) -> BroadcastAccepted:
+    return BroadcastAccepted(
+        broadcastId=started.broadcast_id, offsets=started.offsets or None, epochs=started.epochs or None
+    )
 
 
 def _error(status: int, message: str, **extra: Any) -> Response[Any]:
@@ -207,14 +246,15 @@ def _unavailable(exc: RetryableError) -> Response[Any]:
 def post_broadcast(
     body: BroadcastRequest,
     idempotency_key: Annotated[str | None, Header(alias="idempotency-key", max_length=256)] = None,
-) -> Response[BroadcastAccepted]:
+) -> Response[dict[str, Any]]:
     d = deps()
     if idempotency_key:
         d.idempotency.register_lambda_context(app.lambda_context)
         request = {"key": idempotency_key, "digest": message_digest(body.message, body.to)}
-        broadcast_id = d.start_once(request=request, message=body.message, audience=body.to)["broadcastId"]
+        accepted = BroadcastAccepted(**d.start_once(request=request, message=body.message, audience=body.to))
     else:
-        broadcast_id = d.start(body.message, None, body.to)
+        accepted = _accepted(d.start(body.message, None, body.to))
+    broadcast_id = accepted.broadcastId
     logger.append_keys(broadcastId=broadcast_id)
     logger.info(
         "broadcast accepted",
@@ -222,7 +262,7 @@ def post_broadcast(
         audience=body.to.kind.value if body.to is not None else "everyone",
     )
     metrics.add_metric(name="BroadcastsStarted", unit=MetricUnit.Count, value=1)
-    return Response(202, "application/json", BroadcastAccepted(broadcastId=broadcast_id))
+    return Response(202, "application/json", accepted.model_dump(exclude_none=True))
 
 
 @app.get("/broadcasts/<broadcast_id>")
@@ -234,14 +274,45 @@ def read_broadcast(broadcast_id: Annotated[str, Path(max_length=64)]) -> Respons
     return Response(200, "application/json", view.model_dump(exclude=absent))
 
 
-@app.get("/channels/<name>")
-def read_channel(name: Annotated[str, Path(max_length=MAX_CHANNEL_CHARS * 3)]) -> ChannelView:
+def _channel_name(name: str) -> str:
     # A client may percent-encode the name (":" as %3A); "%" is no channel character, so decoding
     # cannot turn one valid name into another.
     name = urllib.parse.unquote(name)
     problem = channel_problem(name)
     if problem is not None:
         raise InvalidInput(problem, field="name")
+    return name
+
+
+@app.exception_handler(RecoveryImpossible)
+def _impossible(exc: RecoveryImpossible) -> Response[Any]:
+    return _error(410, str(exc), code=RECOVERY_IMPOSSIBLE, channel=exc.channel, epoch=exc.epoch)
+
+
+@app.get("/channels/<name>/history")
+def read_history(
+    name: Annotated[str, Path(max_length=MAX_CHANNEL_CHARS * 3)],
+    since: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+    epoch: Annotated[str | None, Query(max_length=64)] = None,
+) -> Response[dict[str, Any]]:
+    """The channel's envelopes after offset `since` (of `epoch`; none: the current one), a page."""
+    name = _channel_name(name)
+    if epoch is not None and epoch_problem(epoch) is not None:
+        raise InvalidInput(str(epoch_problem(epoch)), field="epoch")
+    d = deps()
+    found = read_page(d.history, name, since, epoch, keep=d.history_keep, limit=d.history_page_size)
+    body = {
+        "channel": found.channel,
+        "epoch": found.epoch,
+        "messages": [json.loads(row.envelope) for row in found.messages],
+        "more": found.more,
+    }
+    return Response(200, "application/json", body)
+
+
+@app.get("/channels/<name>")
+def read_channel(name: Annotated[str, Path(max_length=MAX_CHANNEL_CHARS * 3)]) -> ChannelView:
+    name = _channel_name(name)
     connections, users = deps().channels.occupancy(name)
     return ChannelView(channel=name, connections=connections, users=users)
 

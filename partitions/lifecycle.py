@@ -15,7 +15,8 @@ from fanout.adapters.connections import ConnectionsTable, channels_of
 from fanout.adapters.partitions import AppliedDeltas, PartitionsTable
 from fanout.adapters.subscriptions import SubscriptionsTable
 from fanout.errors import FanoutError
-from fanout.protocol import Grants, connect_channels
+from fanout.history import RECOVERING, RecoverFrom
+from fanout.protocol import Grants, connect_channels, connect_recovery
 from partitions.choice import PartitionChooser
 from partitions.counting import StreamChange, aggregate, plan_checkpoint, prefix_before_failure
 from partitions.reconcile import Correction, ReconciliationPlan, plan_reconciliation, recount_slice
@@ -31,6 +32,8 @@ class Connected:
     partition_id: int
     expires_at: int
     channels: tuple[str, ...] = ()
+    # the channels of ?recover=, subscribed to but taking no live message until recovery hands over
+    recover: tuple[RecoverFrom, ...] = ()
 
 
 def open_connection(
@@ -44,6 +47,7 @@ def open_connection(
     now: float,
     expires_at: int,
     requested: Sequence[str] = (),
+    recover: str = "",
     max_subscriptions: int,
 ) -> Connected:
     """Decide the channels asked for at $connect (fanout.protocol.connect_channels: raises Refused,
@@ -55,10 +59,13 @@ def open_connection(
     connection's expiresAt otherwise). No counter write: the stream of the connections table feeds
     the counters.
     """
+    recovering = connect_recovery(grants, recover, requested, limit=max_subscriptions)
     channels = connect_channels(grants, requested, limit=max_subscriptions)
+    channels = list(dict.fromkeys([*channels, *(r.channel for r in recovering)]))
     partition_id = chooser.choose()
     if channels:
-        subscriptions.put_rows(connection_id, grants.user_id, channels, expires_at)
+        live_from = {r.channel: RECOVERING for r in recovering}
+        subscriptions.put_rows(connection_id, grants.user_id, channels, expires_at, live_from)
     try:
         item = connections.put(
             connection_id=connection_id,
@@ -74,7 +81,9 @@ def open_connection(
             with contextlib.suppress(FanoutError):
                 subscriptions.remove(connection_id, channels)
         raise
-    return Connected(connection_id, partition_id, int(item["expiresAt"]["N"]), tuple(channels))
+    return Connected(
+        connection_id, partition_id, int(item["expiresAt"]["N"]), tuple(channels), tuple(recovering)
+    )
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from fanout.accounting import Totals
@@ -204,11 +204,18 @@ class BroadcastsTable:
         frame: str,
         idempotency_key: str | None,
         audience: Audience | None = None,
+        positions: Mapping[str, tuple[int, str]] | None = None,
         *,
         exclude_connection: str | None = None,
     ) -> None:
         request = self.requests.create(
-            broadcast_id, created_at, frame, idempotency_key, audience, exclude_connection=exclude_connection
+            broadcast_id,
+            created_at,
+            frame,
+            idempotency_key,
+            audience,
+            positions,
+            exclude_connection=exclude_connection,
         )
         try:
             self.client.put_item(**request)

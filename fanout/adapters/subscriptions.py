@@ -25,6 +25,7 @@ from botocore.exceptions import ClientError
 from fanout.adapters.errors import AWS_ERRORS, TRANSACTION_CANCELED, error_code, is_conflict, translate
 from fanout.channels import connection_of, member_key, member_range
 from fanout.errors import RetryableError, Throttled
+from fanout.history import delivers_live
 from fanout.protocol import Outcome
 from fanout.retry import backoff_delay
 
@@ -68,23 +69,40 @@ class SubscriptionRequests:
     def key(self, channel: str, connection_id: str) -> dict[str, Any]:
         return {"channel": {"S": channel}, "member": {"S": member_key(connection_id)}}
 
-    def row(self, *, channel: str, connection_id: str, user_id: str, expires_at: int) -> dict[str, Any]:
+    def row(
+        self, *, channel: str, connection_id: str, user_id: str, expires_at: int, live_from: int | None = None
+    ) -> dict[str, Any]:
+        # liveFrom: the live messages of offsets up to it are not delivered to this row (a recovering
+        # connection's: recovery delivers them, fanout.history.delivers_live)
+        live = {"liveFrom": {"N": str(live_from)}} if live_from is not None else {}
         return {
             **self.key(channel, connection_id),
             "connectionId": {"S": connection_id},
             "userId": {"S": user_id},
             "expiresAt": {"N": str(expires_at)},
+            **live,
         }
 
     def put_batches(
-        self, *, connection_id: str, user_id: str, channels: Iterable[str], expires_at: int
+        self,
+        *,
+        connection_id: str,
+        user_id: str,
+        channels: Iterable[str],
+        expires_at: int,
+        live_from: Mapping[str, int] | None = None,
     ) -> list[Batch]:
         """BatchWriteItem RequestItems putting one row per channel, 25 a call."""
+        starts = live_from or {}
         puts = [
             {
                 "PutRequest": {
                     "Item": self.row(
-                        channel=c, connection_id=connection_id, user_id=user_id, expires_at=expires_at
+                        channel=c,
+                        connection_id=connection_id,
+                        user_id=user_id,
+                        expires_at=expires_at,
+                        live_from=starts.get(c),
                     )
                 }
             }
@@ -103,7 +121,8 @@ class SubscriptionRequests:
         self, *, connection_id: str, user_id: str, channel: str, expires_at: int, limit: int
     ) -> dict[str, Any]:
         """One transaction: the channel joins the connection row's set (if the row exists and holds
-        fewer than `limit` channels, or holds this one already) and its subscription row is written."""
+        fewer than `limit` channels, or holds this one already) and its subscription row is written
+        (its liveFrom, if any, kept)."""
         return {
             "TransactItems": [
                 {
@@ -124,14 +143,17 @@ class SubscriptionRequests:
                     }
                 },
                 {
-                    "Put": {
+                    # An update, not a put: subscribing again to a channel the connection is still
+                    # recovering keeps the row's liveFrom (fanout.recovery), so nothing arrives twice.
+                    "Update": {
                         "TableName": self.table,
-                        "Item": self.row(
-                            channel=channel,
-                            connection_id=connection_id,
-                            user_id=user_id,
-                            expires_at=expires_at,
-                        ),
+                        "Key": self.key(channel, connection_id),
+                        "UpdateExpression": "SET connectionId = :cid, userId = :uid, expiresAt = :exp",
+                        "ExpressionAttributeValues": {
+                            ":cid": {"S": connection_id},
+                            ":uid": {"S": user_id},
+                            ":exp": {"N": str(expires_at)},
+                        },
                     }
                 },
             ]
@@ -165,7 +187,7 @@ class SubscriptionRequests:
             "KeyConditionExpression": "channel = :c AND #m BETWEEN :lo AND :hi",
             "ExpressionAttributeNames": {"#m": "member"},
             "ExpressionAttributeValues": {":c": {"S": channel}, ":lo": {"S": low}, ":hi": {"S": high}},
-            "ProjectionExpression": "#m",
+            "ProjectionExpression": "#m, liveFrom",
         }
 
 
@@ -226,10 +248,22 @@ class SubscriptionsTable:
                     raise Throttled(f"{what}: BatchWriteItem left items unprocessed {attempt} times")
                 self._sleep(backoff_delay(attempt, base=BATCH_BASE_SECONDS, cap=BATCH_CAP_SECONDS))
 
-    def put_rows(self, connection_id: str, user_id: str, channels: Iterable[str], expires_at: int) -> None:
-        """Write a connection's subscription rows (at $connect, before its connection row)."""
+    def put_rows(
+        self,
+        connection_id: str,
+        user_id: str,
+        channels: Iterable[str],
+        expires_at: int,
+        live_from: Mapping[str, int] | None = None,
+    ) -> None:
+        """Write a connection's subscription rows (at $connect, before its connection row); the
+        channels in `live_from` start taking live messages after that offset."""
         batches = self.requests.put_batches(
-            connection_id=connection_id, user_id=user_id, channels=channels, expires_at=expires_at
+            connection_id=connection_id,
+            user_id=user_id,
+            channels=channels,
+            expires_at=expires_at,
+            live_from=live_from,
         )
         self._write(batches, "put subscriptions")
 
@@ -300,14 +334,19 @@ class AsyncSubscriptionsTable:
         self.requests = SubscriptionRequests(table, connections_table)
         self._sleep = sleep
 
-    async def member_ids(self, channel: str, lo: int, hi: int) -> list[str]:
-        """The connection ids subscribed to `channel` in buckets lo..hi (every page of the Query)."""
+    async def member_ids(self, channel: str, lo: int, hi: int, offset: int | None = None) -> list[str]:
+        """The connection ids subscribed to `channel` in buckets lo..hi (every page of the Query) that
+        take the live message of `offset` (fanout.history.delivers_live)."""
         kwargs = self.requests.members(channel, lo, hi)
         ids: list[str] = []
         try:
             while True:
                 out = await self.client.query(**kwargs)
-                ids.extend(connection_of(item["member"]["S"]) for item in out.get("Items", []))
+                ids.extend(
+                    connection_of(item["member"]["S"])
+                    for item in out.get("Items", [])
+                    if delivers_live(int(item["liveFrom"]["N"]) if "liveFrom" in item else None, offset)
+                )
                 if "LastEvaluatedKey" not in out:
                     return ids
                 kwargs["ExclusiveStartKey"] = out["LastEvaluatedKey"]

@@ -124,6 +124,12 @@ class OperatorClient:
         """A channel's occupancy: {"channel", "connections", "users"}."""
         return dict(self._request("GET", f"/channels/{urllib.parse.quote(name, safe=':')}"))
 
+    def history(self, name: str, since: int = 0, epoch: str | None = None) -> dict[str, Any]:
+        """A page of a channel's history after offset `since`: {"channel","epoch","messages","more"};
+        OperatorApiError with status 410 (code recovery_impossible) when it is not kept."""
+        query = urllib.parse.urlencode({"since": since, **({"epoch": epoch} if epoch else {})})
+        return dict(self._request("GET", f"/channels/{urllib.parse.quote(name, safe=':')}/history?{query}"))
+
     def status(self, broadcast_id: str) -> dict[str, Any]:
         return dict(self._request("GET", f"/broadcasts/{broadcast_id}"))
 

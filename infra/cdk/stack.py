@@ -145,7 +145,13 @@ class FanoutStack(Stack):
         out("IdempotencyTable", self.tables.idempotency.table_name, "idempotency and ledger table")
         out("SubscriptionsTable", self.tables.subscriptions.table_name, "subscriptions table")
         out("ChannelsTable", self.tables.channels.table_name, "channel occupancy table")
+        out("HistoryTable", self.tables.history.table_name, "channel history table")
         out("SwarmFailuresQueueUrl", self.queues.swarm_failures.queue_url, "swarm events Lambda gave up on")
+        out(
+            "RecoveryFailuresQueueUrl",
+            self.queues.recovery_failures.queue_url,
+            "reconnect recoveries Lambda gave up on",
+        )
         out("DashboardName", self.monitoring.dashboard.dashboard_name, "CloudWatch dashboard")
         out("AlarmTopicArn", self.monitoring.topic.topic_arn, "subscribe on-call here")
         out("TokenSecretArn", self.token_secret.secret_arn, "HS256 key for connect tokens")

@@ -28,6 +28,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
+from fanout.topology import OPERATOR_ROUTES
+
 # API Gateway's WebSocket message limit.
 MAX_FRAME_BYTES = 128 * 1024
 
@@ -97,9 +99,7 @@ class GatewayConfig(_Model):
     route_selection_expression: str = "$request.body.action"
     routes: dict[str, str] = Field(default_factory=lambda: {"ping": "fanout-default"})
     """Custom WebSocket routes: route key (value of the selection expression) → function name."""
-    http_routes: list[str] = Field(
-        default_factory=lambda: ["POST /broadcasts", "GET /broadcasts/{broadcastId}"]
-    )
+    http_routes: list[str] = Field(default_factory=lambda: list(OPERATOR_ROUTES))
     """Routes of the operator HTTP API; a request matching none goes to the `$default` route."""
 
     idle_timeout_seconds: float = Field(default=600, gt=0)

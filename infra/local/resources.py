@@ -107,6 +107,7 @@ class QueueSet:
     post_queue_urls: list[str]
     dead_letter_queue_urls: list[str]  # the partition shards' DLQs, then the post shards'
     swarm_failure_queue_url: str | None = None
+    recovery_failure_queue_url: str | None = None
 
     def stage(self, stage: str) -> list[str]:
         return {"partition": self.partition_queue_urls, "post": self.post_queue_urls}[stage]
@@ -148,7 +149,8 @@ def create_queues(sqs: Any, *, shards: int, prefix: str = "fanout", visibility_t
             urls.setdefault(stage.stage, []).append(create(shard, attributes))
             dlq_urls.append(dlq_url)
     swarm_failures = create(system.swarm_failures, {})
-    return QueueSet(urls["partition"], urls["post"], dlq_urls, swarm_failures)
+    recovery_failures = create(system.recovery_failures, {})
+    return QueueSet(urls["partition"], urls["post"], dlq_urls, swarm_failures, recovery_failures)
 
 
 TOKEN_SECRET_NAME = "fanout-token-secret"

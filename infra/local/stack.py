@@ -308,6 +308,7 @@ class LocalStack:
             "postQueueUrls": queues.post_queue_urls,
             "deadLetterQueueUrls": queues.dead_letter_queue_urls,
             "swarmFailureQueueUrl": swarm_failures,
+            "recoveryFailureQueueUrl": queues.recovery_failure_queue_url,
             "settings": {k: v for k, v in env.items() if k.startswith(SETTINGS_PREFIX)},
             "pids": {name: proc.pid for name, proc in self.children}
             | {"dynamodb": self.ddb.proc.pid if self.ddb.proc else None},
@@ -454,6 +455,10 @@ def runtime_config(
 
     system = o.topology()
     swarm_failures = swarm_failures or getattr(queues, "swarm_failure_queue_url", None)
+    failure_queues = {
+        system.swarm_failures.key: swarm_failures,
+        system.recovery_failures.key: getattr(queues, "recovery_failure_queue_url", None),
+    }
     functions = []
     for f in system.functions:
         retries = {}
@@ -461,7 +466,7 @@ def runtime_config(
             retries = {
                 "maximum_retry_attempts": f.async_invoke.retry_attempts,
                 "maximum_event_age": f.async_invoke.maximum_event_age_seconds,
-                "on_failure_queue_url": swarm_failures,
+                "on_failure_queue_url": failure_queues.get(f.async_invoke.on_failure_queue),
             }
         functions.append(
             FunctionConfig(

@@ -87,7 +87,7 @@ def test_retain_keeps_the_data_the_logs_and_the_logging_role(fanout: dict[str, A
         "AWS::IAM::Role",  # the API Gateway CloudWatch role the Region's setting points at
         "AWS::ApiGateway::Account",
     }
-    assert kept["AWS::DynamoDB::Table"] == 7 and kept["AWS::IAM::Role"] == 1
+    assert kept["AWS::DynamoDB::Table"] == 8 and kept["AWS::IAM::Role"] == 1  # with rate limits and history
     groups = [r for r in fanout["Resources"].values() if r["Type"] == "AWS::Logs::LogGroup"]
     assert all(g["DeletionPolicy"] == "Retain" for g in groups)
     (account,) = [r for r in fanout["Resources"].values() if r["Type"] == "AWS::ApiGateway::Account"]

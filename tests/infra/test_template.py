@@ -29,13 +29,15 @@ FUNCTIONS = {
     "fanout-query": "handlers.query.handler",
     "fanout-post": "handlers.post.handler",
     "fanout-sweeper": "handlers.sweeper.handler",
+    "fanout-recovery": "handlers.recovery.handler",
 }
 PLAN = post_concurrency_plan(FanoutConfig().post_budget, SHARDS, FanoutConfig().post_worker_capacity)
 # Tables have generated names; each is known by its (partition key, sort key).
 TABLE_KEYS = {("connectionId", None): "connections", ("partitionId", None): "partitions",
               ("broadcastId", None): "broadcasts", ("id", None): "idempotency",
               ("channel", "member"): "subscriptions", ("channel", "key"): "channels",
-              ("key", None): "rate_limits"}  # fmt: skip
+              ("key", None): "rate_limits",
+              ("channel", "offset"): "history"}  # fmt: skip
 
 
 def by_type(t: dict[str, Any], type_: str) -> dict[str, dict[str, Any]]:
@@ -135,7 +137,13 @@ def test_operator_api_routes_are_iam_authorized_and_throttled(fanout: dict[str, 
         for r in by_type(fanout, "AWS::ApiGatewayV2::Route").values()
     }
     http_routes = {k: v for k, v in routes.items() if not k.startswith("$")}
-    assert set(http_routes) == {"POST /broadcasts", "GET /broadcasts/{broadcastId}"}
+    # every operator route is routed, /channels/* included (the handler serves them; unrouted, AWS 404s)
+    assert set(http_routes) == {
+        "POST /broadcasts",
+        "GET /broadcasts/{broadcastId}",
+        "GET /channels/{name}",
+        "GET /channels/{name}/history",
+    }
     integrations = by_type(fanout, "AWS::ApiGatewayV2::Integration")
     for route in http_routes.values():
         assert route["AuthorizationType"] == "AWS_IAM"
@@ -237,6 +245,7 @@ def test_queue_and_dlq_counts_follow_q(fanout: dict[str, Any]) -> None:
         "fanout-partition-counter-failures",
         "fanout-swarm-failures",
         "fanout-channel-counter-failures",
+        "fanout-recovery-failures",
     }
     ids = {r["Properties"]["QueueName"]: k for k, r in by_type(fanout, "AWS::SQS::Queue").items()}
     for stage, timeout in (("partition", 60), ("post", 60)):
@@ -379,7 +388,11 @@ def test_reconciler_and_sweeper_run_every_minute(fanout: dict[str, Any]) -> None
 
 def test_swarm_async_failures_land_in_an_encrypted_queue(fanout: dict[str, Any]) -> None:
     swarm = function_id(fanout, "fanout-swarm")
-    (config,) = by_type(fanout, "AWS::Lambda::EventInvokeConfig").values()
+    (config,) = [
+        c
+        for c in by_type(fanout, "AWS::Lambda::EventInvokeConfig").values()
+        if c["Properties"]["FunctionName"] == {"Ref": swarm}
+    ]
     p = config["Properties"]
     assert p["FunctionName"] == {"Ref": swarm} and p["Qualifier"] == "$LATEST"
     assert p["MaximumRetryAttempts"] == 2
@@ -561,7 +574,8 @@ def test_post_to_connection_only_on_this_apis_connections(fanout: dict[str, Any]
     api_id = logical_id_of(fanout, "AWS::ApiGatewayV2::Api", "ProtocolType", "WEBSOCKET")
     for name in FUNCTIONS:
         actions = _role_actions(fanout, name)
-        if name != "fanout-post":
+        # the post stage, and recovery posting a reconnected connection's missed messages
+        if name not in ("fanout-post", "fanout-recovery"):
             assert "execute-api:ManageConnections" not in actions, name
             continue
         (arn,) = actions["execute-api:ManageConnections"]
@@ -575,7 +589,10 @@ def test_operator_api_and_sweeper_may_invoke_the_swarm_function_only(fanout: dic
     for name in invokers:
         (target,) = _role_actions(fanout, name)["lambda:InvokeFunction"]
         assert refs(target) == {function_id(fanout, "fanout-swarm")}, name
-    for name in set(FUNCTIONS) - invokers:
+    # $connect hands a ?recover= to the recovery function, and invokes nothing else
+    (target,) = _role_actions(fanout, "fanout-connect")["lambda:InvokeFunction"]
+    assert refs(target) == {function_id(fanout, "fanout-recovery")}
+    for name in set(FUNCTIONS) - invokers - {"fanout-connect"}:
         assert "lambda:InvokeFunction" not in _role_actions(fanout, name), name
 
 
@@ -643,8 +660,9 @@ def test_alarms_are_wired_to_the_topic(fanout: dict[str, Any]) -> None:
     for alarm in alarms:
         assert alarm["Properties"]["AlarmActions"] == [{"Ref": topic_id}]
     names = [a["Properties"].get("MetricName") for a in alarms]
-    dlqs = 2 * SHARDS + 3  # per-shard DLQs, both streams' failures, swarm async failures
-    assert names.count("ApproximateNumberOfMessagesVisible") == dlqs
+    dlqs = 2 * SHARDS + 4  # per-shard DLQs, both streams' failures, swarm and recovery async failures
+    # and the recovery failures once more, as failed recoveries
+    assert names.count("ApproximateNumberOfMessagesVisible") == dlqs + 1
     assert names.count("ApproximateAgeOfOldestMessage") == 2 * SHARDS
     assert names.count("Throttled") == 1
     # Errors of every function but the authorizer, whose alarm is net of its token refusals

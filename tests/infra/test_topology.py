@@ -323,7 +323,11 @@ def test_the_printed_cdk_command_deploys_the_plan(planned: tuple[dict[str, str],
     for caller in ("fanout-operator-api", "fanout-sweeper"):
         name = fns[caller][1]["Environment"]["Variables"][env_name("swarm_function_name")]
         assert name == {"Ref": swarm_alias}, caller
-    (invoke,) = by_type(t, "AWS::Lambda::EventInvokeConfig").values()
+    (invoke,) = [
+        c
+        for c in by_type(t, "AWS::Lambda::EventInvokeConfig").values()
+        if _function_of(t, c["Properties"]["FunctionName"]) == "fanout-swarm"
+    ]
     assert f'"{swarm_alias}"' in json.dumps(invoke["Properties"]["Qualifier"])
     assert context == cdk_context(plan(300_000, 10_000, share=0.8))
 

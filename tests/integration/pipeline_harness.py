@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -154,10 +155,17 @@ class Pipeline:
         if path.startswith("/broadcasts/"):
             params = {"broadcast_id": path.rsplit("/", 1)[1]}
             route = "GET /broadcasts/{broadcast_id}"
+        path, _, query = path.partition("?")
+        if path.startswith("/channels/") and path.endswith("/history"):
+            params = {"name": path.split("/")[2]}
+            route = "GET /channels/{name}/history"
         elif path.startswith("/channels/"):
             params = {"name": path.rsplit("/", 1)[1]}
             route = "GET /channels/{name}"
         event = http_api_event(method, path, path_parameters=params, route_key=route, **kwargs)
+        if query:
+            event["rawQueryString"] = query
+            event["queryStringParameters"] = dict(urllib.parse.parse_qsl(query))
         out = handlers.operator_api.handler(event, LambdaContextStub("fanout-operator-api"))
         body = json.loads(out["body"]) if out.get("body") else {}
         return out["statusCode"], body, out.get("headers", {})
@@ -262,7 +270,9 @@ def pipeline(
             "FANOUT_SUBSCRIPTIONS_TABLE": f"{prefix}-subscriptions",
             "FANOUT_CHANNELS_TABLE": f"{prefix}-channels",
             "FANOUT_RATE_LIMITS_TABLE": f"{prefix}-rate-limits",
+            "FANOUT_HISTORY_TABLE": f"{prefix}-history",
             "FANOUT_SWARM_FUNCTION_NAME": "fanout-swarm",
+            "FANOUT_RECOVERY_FUNCTION_NAME": "fanout-recovery",
             "FANOUT_CONNECTIONS_ENDPOINT": connections.endpoint,
             # Paced as deployed: the local budget over this process's one post worker.
             "FANOUT_POST_RATE_PER_WORKER": str(post_rate_per_worker(LOCAL_POST_RATE_BUDGET, 1)),

@@ -68,11 +68,14 @@ def test_a_channel_broadcast_reaches_each_member_once_per_channel_and_counts_per
         want.update((c, name) for c in members if c not in gone)
     assert frames_by(pipe) == want
     frame = json.loads(pipe.connections.frames[small[-1]][0])
+    # a channel message carries its place in the channel's history: the first of "small"
+    assert isinstance(frame.pop("epoch"), str)
     assert frame == {
         "type": "broadcast",
         "broadcastId": view["broadcastId"],
         "sentAt": view["createdAt"],
         "channel": "small",
+        "offset": 1,
         "data": {"text": "hi"},
     }
     # the counts are exact, for the broadcast and per channel, and "to" is echoed

@@ -185,6 +185,7 @@ def test_the_openapi_description_covers_every_route() -> None:
     assert sorted(_operations()) == [
         ("GET", "/broadcasts/{broadcast_id}"),
         ("GET", "/channels/{name}"),
+        ("GET", "/channels/{name}/history"),
         ("POST", "/broadcasts"),
     ]
 

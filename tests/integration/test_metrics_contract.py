@@ -414,6 +414,54 @@ def _subscription_record(sequence: int, image: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def run_history_paths(pipe: Pipeline) -> None:
+    """$connect with ?recover=, the history action, and a recovery that cannot recover."""
+    import handlers.authorizer
+    import handlers.connect
+    import handlers.default
+    import handlers.recovery
+
+    for module in (handlers.connect, handlers.default, handlers.recovery):
+        module.deps.cache_clear()
+    event = {
+        "type": "REQUEST",
+        "methodArn": f"arn:aws:execute-api:us-east-1:123456789012:{API}/{STAGE}/$connect",
+        "queryStringParameters": {"token": issue_token(SECRET, "bob", 60, channels=["room:*"])},
+        "requestContext": _ws_context("conn-r=", "$connect", "CONNECT"),
+    }
+    context = dict(handlers.authorizer.handler(event, LambdaContextStub("fanout-authorizer")))["context"]
+    auth = {**context, "principalId": "bob"}
+    connect = {
+        "headers": {"Host": HOST, "Sec-WebSocket-Version": "13"},
+        "multiValueHeaders": {"Host": [HOST]},
+        "queryStringParameters": {"recover": "room:m:0:stale"},
+        "requestContext": _ws_context("conn-r=", "$connect", "CONNECT", authorizer=auth),
+        "isBase64Encoded": False,
+    }
+    assert handlers.connect.handler(connect, LambdaContextStub("fanout-connect"))["statusCode"] == 200
+    (recovery,) = [p for name, _, p in pipe.lambdas.invocations if name == "fanout-recovery"]
+    pipe.lambdas.invocations.clear()
+    pipe.broadcast("m", to={"channels": ["room:m"]})
+    history = {
+        "requestContext": _ws_context("conn-r=", "$default", "MESSAGE", messageId="h", authorizer=auth),
+        "body": '{"action":"history","channel":"room:m","since":0}',
+        "isBase64Encoded": False,
+    }
+    reply = json.loads(handlers.default.handler(history, LambdaContextStub("fanout-default"))["body"])
+    assert reply["type"] == "history" and len(reply["messages"]) == 1
+    pipe.connections.live.update({"conn-r=", "conn-s="})
+    handlers.recovery.handler(recovery, LambdaContextStub("fanout-recovery"))
+    assert json.loads(pipe.connections.frames["conn-r="][0])["code"] == "recovery_impossible"
+    # and one that recovers the message it missed
+    connect["queryStringParameters"] = {"recover": f"room:m:0:{reply['epoch']}"}
+    connect["requestContext"] = _ws_context("conn-s=", "$connect", "CONNECT", authorizer=auth)
+    assert handlers.connect.handler(connect, LambdaContextStub("fanout-connect"))["statusCode"] == 200
+    (recovery,) = [p for name, _, p in pipe.lambdas.invocations if name == "fanout-recovery"]
+    pipe.lambdas.invocations.clear()
+    handlers.recovery.handler(recovery, LambdaContextStub("fanout-recovery"))
+    assert json.loads(pipe.connections.frames["conn-s="][0])["data"] == "m"
+
+
 def run_channel_paths(pipe: Pipeline, monkeypatch: pytest.MonkeyPatch) -> None:
     """The channel counter (counted, an unreadable record, a failed add) and the channel reconciler
     (a drifted counter, an expired subscription row)."""
@@ -479,6 +527,7 @@ def test_every_dashboard_and_alarm_metric_is_emitted_by_its_code_path(
     run_sweeper_paths(pipe)
     run_reconciler()
     run_channel_paths(pipe, monkeypatch)
+    run_history_paths(pipe)
     seen = emitted(capsys.readouterr().out)
 
     # Then each of them was emitted, with the same namespace and dimensions

@@ -148,6 +148,24 @@ def sends() -> FakeSends:
     return FakeSends()
 
 
+class FakeHistory:
+    """A channel history in memory: every channel has offsets 1..12 of epoch "ep1"."""
+
+    def head(self, channel: str) -> Any:
+        from fanout.history import Head
+
+        return Head(12, "ep1")
+
+    def rows(self, channel: str, after: int, limit: int = 100) -> list[Any]:
+        from fanout.channels import with_channel
+        from fanout.history import Stored
+
+        frame = '{"type":"broadcast","broadcastId":"b","sentAt":1,"data":1}'
+        return [Stored(n, "ep1", with_channel(frame, channel, n, "ep1")) for n in range(after + 1, 13)][
+            :limit
+        ]
+
+
 @pytest.fixture(autouse=True)
 def subscriptions(monkeypatch: pytest.MonkeyPatch, sends: FakeSends) -> FakeSubscriptions:
     from aws_lambda_powertools.utilities.idempotency import IdempotencyConfig
@@ -155,7 +173,7 @@ def subscriptions(monkeypatch: pytest.MonkeyPatch, sends: FakeSends) -> FakeSubs
     import handlers.default
 
     fake = FakeSubscriptions()
-    deps = handlers.default.Deps(fake, 8100, fake.limit, IdempotencyConfig(), sends)  # type: ignore[arg-type]
+    deps = handlers.default.Deps(fake, 8100, fake.limit, IdempotencyConfig(), sends, FakeHistory(), 100, 5)  # type: ignore[arg-type]
     monkeypatch.setattr(handlers.default, "deps", lambda: deps)
     return fake
 
@@ -368,10 +386,67 @@ def test_any_frame_of_a_connection_with_rights_gets_a_well_formed_answer(
     body: str, authorizer: dict[str, Any] | None
 ) -> None:
     frame = default(message_event(body, authorizer=authorizer))
-    if frame["type"] == "error":
+    if frame["type"] == "error" and frame["code"] != "recovery_impossible":
         assert_error(frame)
+    elif frame["type"] != "error":
+        assert frame["type"] in {"pong", "subscribed", "unsubscribed", "history"}, frame
+
+
+@FUZZ
+@given(
+    channel=channel_names | json_values,
+    since=st.integers(-3, 20) | json_values,
+    epoch=st.sampled_from(["ep1", "other", "a:b", ""]) | json_values,
+    extra=st.dictionaries(st.sampled_from(["connectionId", "userId", "limit"]), json_values, max_size=2),
+    authorizer=authorizer_contexts,
+)
+def test_any_history_frame_gets_a_page_or_a_well_formed_error(
+    channel: Any, since: Any, epoch: Any, extra: dict[str, Any], authorizer: dict[str, Any] | None
+) -> None:
+    from fanout.channels import allows
+    from fanout.protocol import grants_of
+
+    message = {**extra, "action": "history", "channel": channel, "since": since, "epoch": epoch}
+    frame = default(message_event(json.dumps(message), authorizer=authorizer))
+    grants = grants_of(authorizer)
+    if frame["type"] == "history":
+        # only for a channel the token may subscribe to, only the messages after `since`, a page at most
+        assert isinstance(channel, str) and grants is not None and allows(grants.channels, channel)
+        offsets = [m["offset"] for m in frame["messages"]]
+        start = since if epoch is not None else 0
+        assert offsets == list(range(start + 1, start + 1 + len(offsets))) and len(offsets) <= 5
+        assert frame["more"] == (offsets[-1] < 12 if offsets else False)
+        assert all(m["channel"] == channel and m["epoch"] == "ep1" for m in frame["messages"])
+    elif frame["code"] == "recovery_impossible":
+        assert frame["action"] == "history" and frame["channel"] == channel and frame["epoch"] == "ep1"
+        assert epoch != "ep1" or since > 12
     else:
-        assert frame["type"] in {"pong", "subscribed", "unsubscribed"}, frame
+        assert_error(frame, action="history")
+        assert frame["code"] in {"invalid", "invalid_channel", "forbidden"}
+
+
+@FUZZ
+@given(value=st.text(max_size=200) | st.lists(st.sampled_from(["room:1", "a", "3", "ep", "", "x:y", "-1"]),
+                                              max_size=8).map(":".join),
+       authorizer=authorizer_contexts)  # fmt: skip
+def test_any_recover_parameter_is_refused_with_a_reason_or_names_allowed_channels(
+    value: str, authorizer: dict[str, Any] | None
+) -> None:
+    from fanout.channels import allows, channel_problem
+    from fanout.errors import Refused
+    from fanout.history import epoch_problem
+    from fanout.protocol import connect_recovery, grants_of
+
+    grants = grants_of(authorizer)
+    try:
+        items = connect_recovery(grants, value, [], limit=5)
+    except Refused as exc:
+        assert exc.status in (400, 403) and str(exc).strip()
+        return
+    assert len(items) <= 5
+    for item in items:
+        assert channel_problem(item.channel) is None and epoch_problem(item.epoch) is None
+        assert item.since >= 0 and grants is not None and allows(grants.channels, item.channel)
 
 
 def test_a_failing_subscription_store_is_an_internal_error_frame(

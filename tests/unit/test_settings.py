@@ -26,6 +26,7 @@ from fanout.settings import (
     PostSettings,
     QuerySettings,
     ReconcilerSettings,
+    RecoverySettings,
     Settings,
     SwarmSettings,
     SweeperSettings,
@@ -47,6 +48,7 @@ POST_QUEUES = "FANOUT_POST_QUEUE_URLS"
 ENDPOINT = "FANOUT_CONNECTIONS_ENDPOINT"
 SWARM_FUNCTION = "FANOUT_SWARM_FUNCTION_NAME"
 TOKEN_SECRET = "FANOUT_TOKEN_SECRET_ARN"
+HISTORY = "FANOUT_HISTORY_TABLE"
 
 # What each function cannot run without: written out here, not read from the models, so that a
 # model losing a requirement fails these tests.
@@ -59,11 +61,12 @@ REQUIRED: dict[type[FunctionSettings], set[str]] = {
     ChannelReconcilerSettings: {CHANNELS, SUBSCRIPTIONS},
     PartitionCounterSettings: {PARTITIONS},
     ReconcilerSettings: {CONNECTIONS, PARTITIONS},
-    OperatorApiSettings: {BROADCASTS, IDEMPOTENCY, SWARM_FUNCTION, CHANNELS},
+    OperatorApiSettings: {BROADCASTS, IDEMPOTENCY, SWARM_FUNCTION, CHANNELS, HISTORY},
     SweeperSettings: {BROADCASTS, IDEMPOTENCY, SWARM_FUNCTION},
     SwarmSettings: TABLES | {PARTITION_QUEUES, POST_QUEUES},
     QuerySettings: TABLES | {POST_QUEUES},
     PostSettings: TABLES | {POST_QUEUES, ENDPOINT},
+    RecoverySettings: {SUBSCRIPTIONS, HISTORY, ENDPOINT},
 }
 
 SHARDS = 4  # the default FANOUT_SHARD_COUNT
@@ -79,6 +82,7 @@ VALUES = {
     POST_QUEUES: json.dumps([f"https://sqs.test/post-{i}" for i in range(SHARDS)]),
     ENDPOINT: "https://abc123.execute-api.us-east-1.amazonaws.com/prod",
     SWARM_FUNCTION: "t-swarm",
+    HISTORY: "t-history",
     TOKEN_SECRET: "arn:aws:secretsmanager:us-east-1:123456789012:secret:t-token",
 }
 EMPTY = {PARTITION_QUEUES: "[]", POST_QUEUES: "[]"}  # otherwise ""

@@ -13,6 +13,7 @@ from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from fanout.topology import OPERATOR_ROUTES
 from infra.cdk.config import FanoutConfig
 from infra.cdk.nag import acknowledge
 
@@ -152,11 +153,9 @@ class OperatorApi(Construct):
         integration = integrations.HttpLambdaIntegration(
             "OperatorApi", handler, payload_format_version=apigw.PayloadFormatVersion.VERSION_2_0
         )
-        for method, path in (
-            (apigw.HttpMethod.POST, "/broadcasts"),
-            (apigw.HttpMethod.GET, "/broadcasts/{broadcastId}"),
-        ):
-            self.api.add_routes(path=path, methods=[method], integration=integration)
+        for route in OPERATOR_ROUTES:
+            method, path = route.split(" ", 1)
+            self.api.add_routes(path=path, methods=[apigw.HttpMethod(method)], integration=integration)
         self.stage = apigw.HttpStage(
             self,
             "Stage",
@@ -171,13 +170,13 @@ class OperatorApi(Construct):
         self.url = self.api.api_endpoint
 
     def grant_invoke(self, grantee: iam.IGrantable) -> iam.Grant:
-        """execute-api:Invoke on the two routes, for an operator role or user."""
+        """execute-api:Invoke on the operator routes, for an operator role or user."""
+        stack = Stack.of(self)
         return iam.Grant.add_to_principal(
             grantee=grantee,
             actions=["execute-api:Invoke"],
             resource_arns=[
-                Stack.of(self).format_arn(
-                    service="execute-api", resource=self.api.api_id, resource_name="$default/*/broadcasts*"
-                )
+                stack.format_arn(service="execute-api", resource=self.api.api_id, resource_name=name)
+                for name in ("$default/*/broadcasts*", "$default/GET/channels/*")
             ],
         )

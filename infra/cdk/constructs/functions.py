@@ -286,17 +286,29 @@ class Functions(Construct):
         self._allow("post", ["dynamodb:GetItem", "dynamodb:UpdateItem"], [bcast])
         self._allow("post", ledger, [idem])
         self._allow("post", ["sqs:SendMessage", "sqs:GetQueueAttributes"], post_queues + post_dlqs)
+        # History: a channel message's offset (one transaction: the meta row's head, the message row,
+        # the row trimmed), read by the history action, GET /channels/{name}/history and recovery.
+        hist = t.history.table_arn
+        read_history = ["dynamodb:GetItem", "dynamodb:Query"]
+        self._allow("operator-api", [*read_history, "dynamodb:UpdateItem", "dynamodb:PutItem",
+                                     "dynamodb:DeleteItem"], [hist])  # fmt: skip
+        self._allow("default", read_history, [hist])
+        self._allow("connect", ["lambda:InvokeFunction"], [self.targets["recovery"].function_arn])
+        # recovery reads the history, then hands over: a condition on the head, liveFrom on the row
+        self._allow("recovery", [*read_history, "dynamodb:ConditionCheckItem"], [hist])
+        self._allow("recovery", ["dynamodb:UpdateItem"], [subs])
 
     def allow_post_to_connections(self, connections_arn: str) -> None:
         """The post function may call PostToConnection on this API's stage and nothing else."""
-        self._allow("post", ["execute-api:ManageConnections"], [connections_arn])
-        acknowledge(
-            self.roles["post"],
-            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:execute-api:<AWS::Region>:<AWS::AccountId>:"
-            "<WebSocketApi273F6915>/" + self.config.stage_name + "/POST/@connections/*]",
-            "Connection ids are created at run time, so the ARN ends in a wildcard; it is scoped to this "
-            "API, this stage and POST (PostToConnection) only.",
-        )
+        for key in ("post", "recovery"):
+            self._allow(key, ["execute-api:ManageConnections"], [connections_arn])
+            acknowledge(
+                self.roles[key],
+                "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:execute-api:<AWS::Region>:<AWS::AccountId>:"
+                "<WebSocketApi273F6915>/" + self.config.stage_name + "/POST/@connections/*]",
+                "Connection ids are created at run time, so the ARN ends in a wildcard; it is scoped to "
+                "this API, this stage and POST (PostToConnection) only.",
+            )
 
     # -- triggers ------------------------------------------------------------------------------
     def _wire_events(self, q: Queues) -> None:

@@ -252,6 +252,24 @@ class Monitoring(Construct):
                 treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
             ),
         )
+        # A recovery Lambda gave up on (after its retries) left a connection without the messages it
+        # missed and without live messages on that channel: the recovery-failures queue's depth alarm
+        # fires too; this one says it in the words of the clients.
+        self._alarm(
+            "recovery",
+            queues.recovery_failures.metric_approximate_number_of_messages_visible(
+                period=MINUTE, statistic="Maximum"
+            ).create_alarm(
+                self,
+                "RecoveriesFailed",
+                alarm_description="reconnect recoveries failed for good: those connections miss the "
+                "messages of their ?recover= channels (see the recovery-failures queue)",
+                threshold=1,
+                evaluation_periods=1,
+                comparison_operator=cw.ComparisonOperator.GREATER_THAN_OR_EQUAL_TO_THRESHOLD,
+                treat_missing_data=cw.TreatMissingData.NOT_BREACHING,
+            ),
+        )
         for metric, what in (
             ("BroadcastsRedriven", "the sweeper re-invoked the swarm for a broadcast stuck queued"),
             ("BroadcastsFailed", "the sweeper gave up on a broadcast after its attempts"),
@@ -403,7 +421,31 @@ class Monitoring(Construct):
                     fanout_metric("ClientMessagesRefused").with_(label="refused (any reason)"),
                 ],
                 width=wide,
-            )
+            ),
+            cw.GraphWidget(
+                title="History and recovery",
+                left=[
+                    fanout_metric("RecoveriesStarted").with_(label="recoveries started"),
+                    fanout_metric("RecoveredMessages").with_(label="messages recovered"),
+                    fanout_metric("RecoveriesImpossible").with_(label="recovery impossible"),
+                    fanout_metric("HistoryReads").with_(label="history reads"),
+                ],
+                right=[
+                    *(
+                        [
+                            functions["recovery"].metric_errors(
+                                period=MINUTE, statistic="Sum", label="recovery errors"
+                            )
+                        ]
+                        if "recovery" in functions
+                        else []
+                    ),
+                    queues.recovery_failures.metric_approximate_number_of_messages_visible(
+                        period=MINUTE, statistic="Maximum", label="recoveries given up on"
+                    ),
+                ],
+                width=wide,
+            ),
         )
         for title, shards in (("Partition-task", queues.partition_shards), ("Post", queues.post_shards)):
             d.add_widgets(

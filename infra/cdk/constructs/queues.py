@@ -53,12 +53,21 @@ class Queues(Construct):
             "subscriptions stream's event source mapping (cdk-nag only recognizes SQS redrive policies).",
         )
 
+        self.recovery_failures = self._queue(topology.recovery_failures)
+        acknowledge(
+            self.recovery_failures,
+            "AwsSolutions-SQS3",
+            "This queue is itself a dead-letter destination: the on-failure destination of the recovery "
+            "function's asynchronous invocations (cdk-nag only recognizes SQS redrive policies).",
+        )
+
     @property
     def dead_letter_queues(self) -> list[sqs.Queue]:
         return [s.dlq for s in self.partition_shards + self.post_shards] + [
             self.stream_failures,
             self.swarm_failures,
             self.channel_counter_failures,
+            self.recovery_failures,
         ]
 
     def _shard(self, spec: Queue) -> Shard:

@@ -35,6 +35,7 @@ class Tables(Construct):
         self.subscriptions = self.by_key["subscriptions"]
         self.channels = self.by_key["channels"]
         self.rate_limits = self.by_key["rate_limits"]
+        self.history = self.by_key["history"]
 
     @property
     def all(self) -> list[ddb.Table]:
