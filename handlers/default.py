@@ -14,10 +14,11 @@ unknown actions, non-JSON, binary frames, empty or oversized messages, even an u
 `{"action":"sendmessage","to"?:"bob","message":...,"id":"m1"}` → `{"type":"ack","id":"m1",
 "broadcastId":...,"offset":N}` (offset: a channel message's; fanout.chat, docs/chat.md): after the
 token's rights, the rate limits of the connection and of the user (fanout.messaging), a broadcast
-through the pipeline whose envelope names the token's user as `from`. The same id from the same user within the idempotency window answers the
-first ack again and sends nothing: Powertools' idempotency over the idempotency table, as the operator
-API's Idempotency-Key (it fits here: $default is synchronous, and the record guards one call, the
-start of a broadcast, whose own writes need no atomicity with it).
+through the pipeline whose envelope names the token's user as `from`. The same id from the same user
+within the idempotency window answers the first ack again and sends nothing: Powertools' idempotency
+over the idempotency table, as the operator API's Idempotency-Key (it fits here: $default is
+synchronous, and the record guards one call, the start of a broadcast, whose own writes need no
+atomicity with it).
 """
 
 from __future__ import annotations
