@@ -599,10 +599,11 @@ def test_operator_api_and_sweeper_may_invoke_the_swarm_function_only(fanout: dic
 def test_default_function_sends_client_messages_with_least_privilege(fanout: dict[str, Any]) -> None:
     actions = _tables_of(fanout, "fanout-default")
     assert actions == {
-        "dynamodb:GetItem": {"connections", "idempotency", "rate_limits"},
-        "dynamodb:UpdateItem": {"connections", "broadcasts", "idempotency", "rate_limits"},
-        "dynamodb:PutItem": {"subscriptions", "broadcasts", "idempotency"},
-        "dynamodb:DeleteItem": {"subscriptions", "idempotency"},
+        "dynamodb:GetItem": {"connections", "idempotency", "rate_limits", "history"},
+        "dynamodb:Query": {"history"},
+        "dynamodb:UpdateItem": {"connections", "broadcasts", "idempotency", "rate_limits", "history"},
+        "dynamodb:PutItem": {"subscriptions", "broadcasts", "idempotency", "history"},
+        "dynamodb:DeleteItem": {"subscriptions", "idempotency", "history"},
         "dynamodb:BatchWriteItem": {"subscriptions"},
     }
     # no other function touches the buckets

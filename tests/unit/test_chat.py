@@ -214,7 +214,7 @@ class Broadcasts:
         self.created: list[dict[str, Any]] = []
 
     def create(self, broadcast_id: str, created_at: int, frame: str, key: str | None,
-               audience: Audience | None = None, *,
+               audience: Audience | None = None, positions: Any = None, *,
                exclude_connection: str | None = None) -> None:  # fmt: skip
         self.created.append({"frame": json.loads(frame), "audience": audience, "exclude": exclude_connection})
 
@@ -238,7 +238,7 @@ def send(
     return send_client_message(
         command, user_id="alice", connection_id="C1=", buckets=buckets, connection_limit=LIMIT,
         user_limit=LIMIT, broadcasts=broadcasts, swarm=swarm, max_frame_bytes=limit,
-    )  # fmt: skip
+    ).broadcast_id  # fmt: skip
 
 
 def test_a_message_takes_a_token_of_its_connection_and_its_user_then_starts_a_broadcast() -> None:
@@ -304,7 +304,7 @@ def test_the_handler_answers_each_failure_of_a_send_with_its_code(
     def send_once(**_: Any) -> Any:
         raise errors.get(raised, raised)
 
-    deps = handlers.default.Deps(None, 8100, 3, IdempotencyConfig(), send_once)  # type: ignore[arg-type]
+    deps = handlers.default.Deps(None, 8100, 3, IdempotencyConfig(), send_once, None, 100, 50)  # type: ignore[arg-type]
     monkeypatch.setattr(handlers.default, "deps", lambda: deps)
     context = {**authorizer_context("alice", [], ["room:*"]), "principalId": "alice"}
     body = json.dumps({"action": "publish", "channel": "room:1", "message": 1, "id": "m-9"})

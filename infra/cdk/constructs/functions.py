@@ -290,9 +290,10 @@ class Functions(Construct):
         # the row trimmed), read by the history action, GET /channels/{name}/history and recovery.
         hist = t.history.table_arn
         read_history = ["dynamodb:GetItem", "dynamodb:Query"]
-        self._allow("operator-api", [*read_history, "dynamodb:UpdateItem", "dynamodb:PutItem",
-                                     "dynamodb:DeleteItem"], [hist])  # fmt: skip
-        self._allow("default", read_history, [hist])
+        append_history = ["dynamodb:UpdateItem", "dynamodb:PutItem", "dynamodb:DeleteItem"]
+        self._allow("operator-api", [*read_history, *append_history], [hist])
+        # $default appends a client's channel message (publish) and reads for the history action
+        self._allow("default", [*read_history, *append_history], [hist])
         self._allow("connect", ["lambda:InvokeFunction"], [self.targets["recovery"].function_arn])
         # recovery reads the history, then hands over: a condition on the head, liveFrom on the row
         self._allow("recovery", [*read_history, "dynamodb:ConditionCheckItem"], [hist])
