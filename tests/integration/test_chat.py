@@ -115,13 +115,14 @@ def test_publish_reaches_every_member_once_from_the_tokens_user_and_counts_exact
     deliver(pipe)
 
     # Then she gets an ack with the broadcast, and every member (her own connections too) one envelope
-    assert ack == {"type": "ack", "id": "m1", "broadcastId": ack["broadcastId"]}
+    assert ack == {"type": "ack", "id": "m1", "broadcastId": ack["broadcastId"], "offset": 1}
     got = received(pipe)
     assert set(got) == set(ROOM)
     for cid in ROOM:
         (frame,) = got[cid]
         assert frame["from"] == "alice" and frame["channel"] == "room:1" and frame["data"] == {"text": "hi"}
         assert frame["broadcastId"] == ack["broadcastId"]
+        assert frame["offset"] == ack["offset"] and frame["epoch"]  # its place in the room's history
     record = view(pipe, ack["broadcastId"])
     assert (record["status"], record["targeted"], record["delivered"]) == ("completed", 6, 6)
 

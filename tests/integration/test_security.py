@@ -290,6 +290,9 @@ def test_the_websocket_handlers_hold_no_client_for_lambda_sqs_or_connections() -
         assert "apigatewaymanagementapi" not in source
         if name == "default":
             assert source.count('client("lambda"') == 1 and "SwarmLauncher(" in source
+        elif name == "connect":  # ?recover= hands the missed messages to the recovery function
+            assert source.count('client("lambda"') == 1 and "SwarmLauncher(" not in source
+            assert "fanout.messaging" not in imports
         else:
             assert 'client("lambda"' not in source and "fanout.messaging" not in imports
 
