@@ -33,11 +33,13 @@ ROOM_PREFIX = "room:lt-"
 PUBLISH_TYPE = "publish"  # publish → ack time; a failure for an error frame answering a publish
 RECEIVE_TYPE = "receive"  # publish → receive time, once per (lineage, offset) of a load-test message
 RECOVERED_TYPE = "recovered"  # a message received through recovery (sent before its connection opened)
-EXPECTED_TYPE = "chat expected"  # one per offset a lineage should have received
+JUDGED_TYPE = "chat judged"  # one per (lineage, room) judged when the chat user stops
 GAP_TYPE = "chat gap"  # a failure per offset of the span never received
 DUPLICATE_TYPE = "chat duplicate"  # a failure per extra receipt of an offset
 CHAT_TYPE = "chat"  # names: connect, reconnect, disconnected, recovery_impossible, epoch changed, error frame
-CHAT_JUDGED_TYPES = frozenset({EXPECTED_TYPE, GAP_TYPE, DUPLICATE_TYPE, RECOVERED_TYPE})
+CHAT_TYPES = frozenset(
+    {PUBLISH_TYPE, RECEIVE_TYPE, RECOVERED_TYPE, JUDGED_TYPE, GAP_TYPE, DUPLICATE_TYPE, CHAT_TYPE}
+)
 
 # The custom message carrying acknowledged offsets between Locust processes (relayed by the master)
 MSG_CHAT_ACKS = "fanout_chat_acks"
@@ -192,6 +194,27 @@ def room_percentiles(
     return {float(q): percentile(hist, q) for q in qs}
 
 
+@dataclass
+class AckLedger:
+    """The offsets acknowledged to the run's publishers, per room, with when (epoch ms). Each process
+    records its own publishers' acks in `outbox`; they reach every process's `acks` only through the
+    custom message `MSG_CHAT_ACKS` (relayed by the master), so every process judges with the same acks."""
+
+    acks: dict[str, list[tuple[float, int]]] = field(default_factory=dict)
+    outbox: dict[str, list[list[float]]] = field(default_factory=dict)
+
+    def record(self, room: str, offset: int, at_ms: float) -> None:
+        self.outbox.setdefault(room, []).append([at_ms, offset])
+
+    def take_outbox(self) -> dict[str, list[list[float]]]:
+        out, self.outbox = self.outbox, {}
+        return out
+
+    def on_acks(self, data: Mapping[str, Any]) -> None:
+        for room, items in dict(data.get("acks") or {}).items():
+            self.acks.setdefault(str(room), []).extend((float(at), int(offset)) for at, offset in items)
+
+
 # -- the report's chat section ----------------------------------------------------------------------
 class Row(Protocol):
     """What the chat section reads of one Locust stats row (loadtest.report.StatsRow)."""
@@ -210,7 +233,7 @@ class ChatRoomSummary:
     published: int
     publish_failures: int
     received: int
-    expected: int
+    judged: int  # (lineage, room) pairs judged for gaps
     gaps: int
     duplicates: int
     recovered: int
@@ -270,7 +293,7 @@ def summarize_chat(
     publish→receive histogram per room (ms → receipts), else the rows' percentiles are used."""
     by_key = {(r.type, r.name): r for r in rows}
     rooms = sorted(
-        {name for kind, name in by_key if kind in (PUBLISH_TYPE, RECEIVE_TYPE, EXPECTED_TYPE, GAP_TYPE)},
+        {name for kind, name in by_key if kind in (PUBLISH_TYPE, RECEIVE_TYPE, JUDGED_TYPE, GAP_TYPE)},
         key=_room_order,
     )
     chat_rows = {name: r for (kind, name), r in by_key.items() if kind == CHAT_TYPE}
@@ -295,7 +318,7 @@ def summarize_chat(
                 published=(publish.requests - publish.failures) if publish else 0,
                 publish_failures=publish.failures if publish else 0,
                 received=receive.requests if receive else 0,
-                expected=count(EXPECTED_TYPE, room),
+                judged=count(JUDGED_TYPE, room),
                 gaps=count(GAP_TYPE, room),
                 duplicates=count(DUPLICATE_TYPE, room),
                 recovered=count(RECOVERED_TYPE, room),
@@ -342,12 +365,12 @@ def render_chat(s: ChatSummary) -> list[str]:
         f"{s.recovery_impossible} recovery_impossible, {s.epoch_changes} epoch changes, "
         f"{s.error_frames} other error frames",
         "chat per room (gaps and duplicates per (connection lineage, room), across reconnects):",
-        f"{'room':<14} {'published':>9} {'pub fail':>8} {'expected':>9} {'received':>9} {'p50':>6} "
+        f"{'room':<14} {'published':>9} {'pub fail':>8} {'judged':>7} {'received':>9} {'p50':>6} "
         f"{'p95':>6} {'p99':>6} {'ack p50':>7} {'gaps':>5} {'dup':>5} {'recovered':>9}",
     ]
     for r in s.rooms:
         lines.append(
-            f"{r.room:<14} {r.published:>9} {r.publish_failures:>8} {r.expected:>9} {r.received:>9} "
+            f"{r.room:<14} {r.published:>9} {r.publish_failures:>8} {r.judged:>7} {r.received:>9} "
             f"{_ms(r.p50_ms):>6} {_ms(r.p95_ms):>6} {_ms(r.p99_ms):>6} {_ms(r.ack_p50_ms):>7} {r.gaps:>5} "
             f"{r.duplicates:>5} {r.recovered:>9}  {'OK' if r.ok else 'PROBLEMS'}"
         )

@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 from loadtest.chat_report import (
     CHAT_TYPE,
     DUPLICATE_TYPE,
-    EXPECTED_TYPE,
     GAP_TYPE,
+    JUDGED_TYPE,
     PUBLISH_TYPE,
     RECEIVE_TYPE,
     RECOVERED_TYPE,
+    AckLedger,
     RoomTrack,
     contiguous_end,
     expected_span,
@@ -194,7 +195,7 @@ def chat_rows(**over: int) -> list[FakeRow]:
     return [
         FakeRow(PUBLISH_TYPE, room, 20, over.get("publish_failures", 0), {50.0: 4.0, 99.0: 9.0}),
         FakeRow(RECEIVE_TYPE, room, 200, 0, {50.0: 30.0, 95.0: 60.0, 99.0: 80.0}),
-        FakeRow(EXPECTED_TYPE, room, 200),
+        FakeRow(JUDGED_TYPE, room, 10),
         FakeRow(RECOVERED_TYPE, room, 12),
         *([FakeRow(GAP_TYPE, room, over["gaps"], over["gaps"])] if over.get("gaps") else []),
         FakeRow(CHAT_TYPE, "connect", 10),
@@ -207,10 +208,10 @@ def test_the_chat_section_per_room() -> None:
     s = summarize_chat(chat_rows(), latency={"room:lt-0": {25.0: 100, 35.0: 90, 70.0: 10}})
     assert s is not None
     [room] = s.rooms
-    assert (room.published, room.received, room.expected, room.recovered, room.gaps, room.duplicates) == (
+    assert (room.published, room.received, room.judged, room.recovered, room.gaps, room.duplicates) == (
         20,
         200,
-        200,
+        10,
         12,
         0,
         0,
@@ -243,6 +244,18 @@ def test_a_duplicate_or_a_failed_recovery_makes_the_run_a_problem() -> None:
     assert dup is not None and dup.rooms[0].duplicates == 1 and not dup.ok
     lost = summarize_chat([*chat_rows(), FakeRow(CHAT_TYPE, "recovery_impossible", 1, 1)])
     assert lost is not None and lost.recovery_impossible == 1 and not lost.ok
+
+
+def test_acks_reach_the_ledger_only_through_the_message() -> None:
+    mine, other = AckLedger(), AckLedger()
+    mine.record("room:lt-0", 7, 1000.0)
+    mine.record("room:lt-0", 8, 1001.0)
+    assert mine.acks == {}
+    data = {"acks": mine.take_outbox()}
+    assert mine.take_outbox() == {}
+    for ledger in (mine, other):  # the master relays to every process, the sender included
+        ledger.on_acks(data)
+    assert mine.acks == other.acks == {"room:lt-0": [(1000.0, 7), (1001.0, 8)]}
 
 
 def test_no_chat_rows_no_chat_section() -> None:
