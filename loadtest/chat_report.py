@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 ROOM_PREFIX = "room:lt-"
+# What a chat user's token lets it subscribe to and publish to
+ROOM_PATTERN = "room:*"
 
 # Request types (the name is the room), and the type of connection-level events (name: what happened)
 PUBLISH_TYPE = "publish"  # publish → ack time; a failure for an error frame answering a publish
