@@ -782,9 +782,9 @@ class ChatUser(User):
             self._send(frame)
         return True
 
-    def drop(self) -> None:
+    def drop(self, *, reconnect: bool = True) -> None:
         """Lose the connection on purpose, without a close frame (as a network failure would), and
-        connect again at once with `?recover=`."""
+        connect again at once with `?recover=` (or at the next tick)."""
         ws, self.ws = self.ws, None
         if ws is not None:
             with contextlib.suppress(Exception):
@@ -792,7 +792,9 @@ class ChatUser(User):
         if self.receiver is not None:
             self.receiver.kill(block=False)
         self.next_reconnect = self._next_drop(time.monotonic())
-        self.connect()
+        self.retry_at = time.monotonic()
+        if reconnect:
+            self.connect()
 
     def receive(self, ws: websocket.WebSocket) -> None:
         while True:
