@@ -336,6 +336,10 @@ def _on_init(environment: Environment, **_: Any) -> None:
     chat_users = int(getattr(o, "chat_users", 0) or 0) if o is not None else 0
     if chat_users > 0:
         target_of(environment)
+        try:
+            parse_duration(str(getattr(o, "reconnect_every", "3m")))
+        except ValueError as exc:
+            raise SystemExit(f"--reconnect-every: {exc}") from None
         # Locust drops classes of weight 0 when it builds the environment, before this event: the chat
         # user joins the run only when asked for, as many as asked for, on top of -u
         ChatUser.fixed_count = chat_users

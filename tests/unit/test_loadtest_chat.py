@@ -260,3 +260,20 @@ def test_acks_reach_the_ledger_only_through_the_message() -> None:
 
 def test_no_chat_rows_no_chat_section() -> None:
     assert summarize_chat([FakeRow("WS", "connect", 3), FakeRow("deliver", "b1", 3)]) is None
+
+
+def test_run_passes_the_chat_options_to_locust_only_with_chat_users() -> None:
+    from pathlib import Path
+
+    from loadtest import run
+
+    args = run.parse(["--users", "0", "--chat-users", "20", "--rooms", "4", "--reconnect-every", "90s"])
+    cmd = run.locust_command(args, Path("local.json"), Path("results"))
+    at = cmd.index("--chat-users")
+    assert cmd[at : at + 10] == [
+        "--chat-users", "20", "--rooms", "4", "--rooms-per-user", "1", "--publish-rate", "1.0",
+        "--reconnect-every", "90s",
+    ]  # fmt: skip
+    assert "--chat-users" not in run.locust_command(run.parse([]), Path("s"), Path("r"))
+    with pytest.raises(SystemExit):
+        run.parse(["--reconnect-every", "soon"])
