@@ -77,13 +77,17 @@ def contiguous_end(offsets: Collection[int], start: int) -> int:
     return end
 
 
+def encodable_epoch(epoch: str) -> bool:
+    return bool(epoch) and ":" not in epoch and "," not in epoch
+
+
 def recover_param(positions: Mapping[str, tuple[int, str]]) -> str:
     """`room:1:5:e1,room:2:9:e2` from {channel: (offset, epoch)}: the engine reads each item from the right
     (offset and epoch are the last two fields), so a channel name may hold `:`; an epoch may not."""
     items = []
     for channel in sorted(positions):
         offset, epoch = positions[channel]
-        if ":" in epoch or "," in epoch or not epoch:
+        if not encodable_epoch(epoch):
             raise ValueError(f"epoch {epoch!r} of {channel} cannot be put in ?recover=")
         items.append(f"{channel}:{int(offset)}:{epoch}")
     return ",".join(items)
@@ -123,11 +127,12 @@ class RoomTrack:
 
 
 def recover_positions(tracks: Mapping[str, RoomTrack]) -> dict[str, tuple[int, str]]:
-    """The rooms a reconnect can recover, with their positions: those with a run and an epoch."""
+    """The rooms a reconnect can recover, with their positions: those with a run and an epoch that
+    `?recover=` can carry (an engine breaking that rule gets no recovery, and the losses show as gaps)."""
     out = {}
     for channel, track in tracks.items():
         position = track.position()
-        if position is not None and track.epoch is not None:
+        if position is not None and track.epoch is not None and encodable_epoch(track.epoch):
             out[channel] = (position, track.epoch)
     return out
 

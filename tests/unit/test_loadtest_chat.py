@@ -75,7 +75,11 @@ def test_the_position_is_the_end_of_the_run_without_a_hole() -> None:
 def test_rooms_without_a_receipt_are_not_recovered() -> None:
     seen, empty = RoomTrack(), RoomTrack()
     seen.record(3, "e1")
-    assert recover_positions({"room:lt-0": seen, "room:lt-1": empty}) == {"room:lt-0": (3, "e1")}
+    odd = RoomTrack()
+    odd.record(1, "bad:epoch")
+    assert recover_positions({"room:lt-0": seen, "room:lt-1": empty, "room:lt-2": odd}) == {
+        "room:lt-0": (3, "e1")
+    }
 
 
 def test_a_receipt_counts_how_often_its_offset_came() -> None:
