@@ -28,6 +28,13 @@ What each user records, as Locust request events (type / name):
 - `operator` / `start broadcast`, `status`, `complete broadcast`: the operator API's answer time, each
   status poll, and the broadcast's completion time (engine's `completedAt - createdAt`).
 
+With `--chat-users N`, N `ChatUser`s come on top: each joins `--rooms-per-user` of `--rooms` rooms,
+publishes `--publish-rate` messages/s, drops its socket every `--reconnect-every` on average and
+reconnects with `?recover=`. They record `chat` / `connect`, `reconnect`, `disconnected`,
+`recovery_impossible`, `epoch changed`, `error frame`; and per room `publish` (publish → ack),
+`receive` (publish → receive, once per offset), `recovered`, `chat duplicate`, `chat judged` and
+`chat gap` (`loadtest/chat_report.py` judges; the publishers' acks travel in `fanout_chat_acks`).
+
 Distributed runs: the operator user (one, `fixed_count`) announces each broadcast with the Locust
 custom messages `fanout_started` / `fanout_completed`; the master relays them to every worker, so
 every process knows every broadcast and judges the gaps of its own users. Totals only ever come from
