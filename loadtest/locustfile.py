@@ -668,6 +668,7 @@ class NoAck(Exception):
 
 
 CHAT_FLUSH_SECONDS = 0.5
+MAX_RESENDS = 2
 
 
 def chat_ledger_of(environment: Any) -> AckLedger:
@@ -730,6 +731,7 @@ class ChatUser(User):
         self.tracks: dict[str, RoomTrack] = {room: RoomTrack() for room in self.rooms}
         # publishes awaiting their ack: id -> (room, frame, perf_counter when first sent)
         self.pending: dict[str, tuple[str, str, float]] = {}
+        self.resent: Counter[str] = Counter()
         self.seq = 0
         self.turn = itertools.cycle(self.rooms)
         self.ws: websocket.WebSocket | None = None
@@ -788,9 +790,12 @@ class ChatUser(User):
             self.joined_ms = now_ms()
         self.receiver = gevent.spawn(self.receive, ws)
         # publishes whose ack went down with the last connection: the same id again, so the engine
-        # answers with the first ack and sends nothing twice
-        for _room, frame, _t in list(self.pending.values()):
-            self._send(frame)
+        # answers with the first ack and sends nothing twice (a few times at most: an engine that never
+        # answers must not see every reconnect repeat every publish so far)
+        for mid, (_room, frame, _t) in list(self.pending.items()):
+            if self.resent[mid] < MAX_RESENDS:
+                self.resent[mid] += 1
+                self._send(frame)
         return True
 
     def drop(self, *, reconnect: bool = True) -> None:
@@ -888,6 +893,7 @@ class ChatUser(User):
 
     def on_ack(self, frame: dict[str, Any]) -> None:
         sent = self.pending.pop(str(frame.get("id")), None)
+        self.resent.pop(str(frame.get("id")), None)
         offset = frame.get("offset")
         if sent is None:
             return  # the ack of a publish already acknowledged (an idempotent retry)
@@ -899,6 +905,7 @@ class ChatUser(User):
     def on_error(self, frame: dict[str, Any]) -> None:
         code = str(frame.get("code"))
         sent = self.pending.pop(str(frame.get("id")), None) if frame.get("action") == "publish" else None
+        self.resent.pop(str(frame.get("id")), None)
         if sent is not None:
             room, _frame, t0 = sent
             refused = PublishRefused(f"{code}: {frame.get('message')}")
