@@ -28,6 +28,13 @@ What each user records, as Locust request events (type / name):
 - `operator` / `start broadcast`, `status`, `complete broadcast`: the operator API's answer time, each
   status poll, and the broadcast's completion time (engine's `completedAt - createdAt`).
 
+With `--chat-users N`, N `ChatUser`s come on top: each joins `--rooms-per-user` of `--rooms` rooms,
+publishes `--publish-rate` messages/s, drops its socket every `--reconnect-every` on average and
+reconnects with `?recover=`. They record `chat` / `connect`, `reconnect`, `disconnected`,
+`recovery_impossible`, `epoch changed`, `error frame`; and per room `publish` (publish → ack),
+`receive` (publish → receive, once per offset), `recovered`, `chat duplicate`, `chat judged` and
+`chat gap` (`loadtest/chat_report.py` judges; the publishers' acks travel in `fanout_chat_acks`).
+
 Distributed runs: the operator user (one, `fixed_count`) announces each broadcast with the Locust
 custom messages `fanout_started` / `fanout_completed`; the master relays them to every worker, so
 every process knows every broadcast and judges the gaps of its own users. Totals only ever come from
@@ -51,6 +58,7 @@ from typing import Any, ClassVar
 from urllib.parse import urlencode, urlsplit
 
 import gevent
+import gevent.event
 import locust.runners
 import websocket
 from locust import LoadTestShape, User, events, task
@@ -62,6 +70,26 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from fanout.tools.operator_client import OperatorClient  # noqa: E402
+from loadtest.chat_report import (  # noqa: E402
+    CHAT_TYPE,
+    DUPLICATE_TYPE,
+    GAP_TYPE,
+    JUDGED_TYPE,
+    MSG_CHAT_ACKS,
+    PUBLISH_TYPE,
+    RECEIVE_TYPE,
+    RECOVERED_TYPE,
+    ROOM_PATTERN,
+    AckLedger,
+    RoomTrack,
+    expected_span,
+    is_recovered,
+    judge_room,
+    parse_duration,
+    recover_param,
+    recover_positions,
+    room_names,
+)
 from loadtest.shapes import (  # noqa: E402
     AUDIENCES,
     CHANNEL_PREFIX,
@@ -85,7 +113,7 @@ from loadtest.shapes import (  # noqa: E402
     shape_settings,
 )
 
-__all__ = ["FanoutShape", "OperatorUser", "WebSocketUser"]
+__all__ = ["ChatUser", "FanoutShape", "OperatorUser", "WebSocketUser"]
 
 log = logging.getLogger("fanout.loadtest")
 
@@ -188,6 +216,34 @@ def _options(parser: Any) -> None:
         choices=list(AUDIENCES),
         help="what the broadcasts target; mixed cycles everyone, channels, users",
     )
+    g.add_argument(
+        "--chat-users",
+        env_var="FANOUT_CHAT_USERS",
+        type=int,
+        default=0,
+        help="chat users (on top of -u): join rooms, publish, reconnect with recover",
+    )
+    g.add_argument("--rooms", env_var="FANOUT_ROOMS", type=int, default=5, help="rooms room:lt-0..R-1")
+    g.add_argument(
+        "--rooms-per-user",
+        env_var="FANOUT_ROOMS_PER_USER",
+        type=int,
+        default=1,
+        help="rooms each chat user joins",
+    )
+    g.add_argument(
+        "--publish-rate",
+        env_var="FANOUT_PUBLISH_RATE",
+        type=float,
+        default=1.0,
+        help="messages per second each chat user publishes, to its rooms in turn (0: none)",
+    )
+    g.add_argument(
+        "--reconnect-every",
+        env_var="FANOUT_RECONNECT_EVERY",
+        default="3m",
+        help="mean time between a chat user's deliberate drops (90s, 3m, 1h; 0: never)",
+    )
 
 
 class Target:
@@ -204,7 +260,8 @@ class Target:
         self.connect_token: str = o.fanout_connect_token or state.get("connectToken", "")
         self.channels = int(getattr(o, "channels", 0) or 0)
         self.audience = str(getattr(o, "audience", "everyone") or "everyone")
-        self.per_user_tokens = self.channels > 0 or self.audience != "everyone"
+        self.chat_users = int(getattr(o, "chat_users", 0) or 0)
+        self.per_user_tokens = self.channels > 0 or self.audience != "everyone" or self.chat_users > 0
         # Channels and users broadcasts need a token per user (its own `sub`, a `channels` claim): the
         # local stack's secret serves when no other target was given.
         self.token_secret: str = o.fanout_token_secret or (
@@ -223,8 +280,9 @@ class Target:
             )
         if self.per_user_tokens and not self.token_secret:
             raise SystemExit(
-                "--channels / --audience need FANOUT_TOKEN_SECRET (--fanout-token-secret): each user's "
-                "token must carry its own subject and a channels claim, which a shared token cannot"
+                "--channels / --audience / --chat-users need FANOUT_TOKEN_SECRET (--fanout-token-secret): "
+                "each user's token must carry its own subject and channels (and publish) claims, which a "
+                "shared token cannot"
             )
         if self.audience in ("channels", "mixed") and self.channels <= 0:
             raise SystemExit(f"--audience {self.audience} needs --channels > 0")
@@ -236,6 +294,19 @@ class Target:
             claim = [f"{CHANNEL_PREFIX}*"] if with_channels else None
             return issue_token(self.token_secret, user_id, ttl_seconds=24 * 3600, channels=claim)
         return self.connect_token
+
+    def chat_token(self, user_id: str) -> str:
+        from fanout.tokens import issue_token
+
+        rooms = [ROOM_PATTERN]
+        return issue_token(self.token_secret, user_id, ttl_seconds=24 * 3600, channels=rooms, publish=rooms)
+
+    def chat_url(self, user_id: str, rooms: list[str], recover: str = "") -> str:
+        sep = "&" if "?" in self.ws_url else "?"
+        query = {"token": self.chat_token(user_id), "channels": ",".join(rooms)}
+        if recover:
+            query["recover"] = recover
+        return f"{self.ws_url}{sep}{urlencode(query)}"
 
     def url_for(self, user_id: str, channels: list[str] | None = None) -> str:
         sep = "&" if "?" in self.ws_url else "?"
@@ -269,6 +340,18 @@ def _on_init(environment: Environment, **_: Any) -> None:
         int(getattr(o, "channels", 0) or 0) > 0 or getattr(o, "audience", "everyone") != "everyone"
     ):
         target_of(environment)  # fail fast on options the users could not honour
+    chat_users = int(getattr(o, "chat_users", 0) or 0) if o is not None else 0
+    if chat_users > 0:
+        target_of(environment)
+        try:
+            parse_duration(str(getattr(o, "reconnect_every", "3m")))
+        except ValueError as exc:
+            raise SystemExit(f"--reconnect-every: {exc}") from None
+        # Locust drops classes of weight 0 when it builds the environment, before this event: the chat
+        # user joins the run only when asked for, as many as asked for, on top of -u
+        ChatUser.fixed_count = chat_users
+        if ChatUser not in environment.user_classes:
+            environment.user_classes.append(ChatUser)
     if isinstance(runner, MasterRunner) and environment.parsed_options:
         # Locust reads this module constant whenever a worker reports; it has no option of its own.
         # Raise it where the workers share their cores with the system under test: a worker whose
@@ -280,6 +363,7 @@ def _on_init(environment: Environment, **_: Any) -> None:
         MSG_STARTED: ledger.on_started,
         MSG_COMPLETED: ledger.on_completed,
         MSG_USER: ledger.on_user,
+        MSG_CHAT_ACKS: chat_ledger_of(environment).on_acks,
     }
 
     def listener_for(kind: str) -> Any:
@@ -300,10 +384,17 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
     ledger.broadcasts.clear()
     ledger.users.clear()
     ledger.go = None
+    chat = chat_ledger_of(environment)
+    chat.acks.clear()
+    chat.outbox.clear()
 
 
 @events.test_stop.add_listener
 def _on_test_stop(environment: Environment, **_: Any) -> None:
+    flusher = getattr(environment, "fanout_chat_flusher", None)
+    if flusher is not None:
+        flusher.kill(block=False)
+        environment.fanout_chat_flusher = None  # type: ignore[attr-defined]
     o = environment.parsed_options
     if o is None or getattr(o, "worker", False):
         return
@@ -335,6 +426,13 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
             if method == "deliver"
         }
         (out / "latency.json").write_text(json.dumps(latency))
+        chat_latency = {
+            name: {str(ms): n for ms, n in sorted(entry.response_times.items())}
+            for (name, method), entry in environment.stats.entries.items()
+            if method == RECEIVE_TYPE
+        }
+        if chat_latency:
+            (out / "chat_latency.json").write_text(json.dumps(chat_latency))
 
 
 def _fire(
@@ -542,6 +640,345 @@ class WebSocketUser(User):
     def on_stop(self) -> None:
         self.judge()
         self.closing = True
+        ws, self.ws = self.ws, None
+        if self.receiver is not None:
+            self.receiver.kill(block=False)
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                ws.send_close()
+            with contextlib.suppress(Exception):
+                ws.shutdown()
+
+
+# -- the chat user ---------------------------------------------------------------------------------
+class RecoveryImpossible(Exception):
+    """The engine could not recover a room's missed messages (history gone, or another epoch)."""
+
+
+class EpochChanged(Exception):
+    """A room's history was reset during the run: its offsets started again."""
+
+
+class PublishRefused(Exception):
+    """The engine answered a publish with an error frame."""
+
+
+class NoAck(Exception):
+    """A publish was never acknowledged."""
+
+
+CHAT_FLUSH_SECONDS = 0.5
+MAX_RESENDS = 2
+
+
+def chat_ledger_of(environment: Any) -> AckLedger:
+    """The acks of this process (one ledger per process, fed by `fanout_chat_acks` messages)."""
+    ledger = getattr(environment, "fanout_chat_ledger", None)
+    if ledger is None:
+        ledger = AckLedger()
+        environment.fanout_chat_ledger = ledger
+    return ledger
+
+
+def flush_chat_acks(environment: Environment) -> None:
+    """Announce this process's new acks to every process (itself included), through the master."""
+    out = chat_ledger_of(environment).take_outbox()
+    if out and environment.runner is not None:
+        environment.runner.send_message(MSG_CHAT_ACKS, {"acks": out})
+
+
+def _chat_flusher(environment: Environment) -> None:
+    while True:
+        gevent.sleep(CHAT_FLUSH_SECONDS)
+        flush_chat_acks(environment)
+
+
+class ChatUser(User):
+    """A chat client, one *lineage* of connections: joins `--rooms-per-user` of `--rooms` rooms with
+    `?channels=`, publishes `--publish-rate` messages/s to them in turn, and every `--reconnect-every`
+    (on average) drops its socket without a close frame and connects again with `?recover=` built from
+    the end of the run of offsets it received in each room. It keeps every offset received per room
+    across its connections and, when it stops, judges its gaps against the offsets acknowledged to the
+    run's publishers (`loadtest.chat_report`)."""
+
+    weight = 0  # only with --chat-users, which sets fixed_count (see _on_init)
+    fixed_count = 0
+
+    def wait_time(self) -> float:
+        due = min(self.next_publish, self.next_reconnect, self.next_ping, self.next_connect_due())
+        return min(5.0, max(0.01, due - time.monotonic()))
+
+    def on_start(self) -> None:
+        o = self.environment.parsed_options
+        self.target = target_of(self.environment)
+        self.acks = chat_ledger_of(self.environment)
+        if getattr(self.environment, "fanout_chat_flusher", None) is None:
+            self.environment.fanout_chat_flusher = gevent.spawn(_chat_flusher, self.environment)  # type: ignore[attr-defined]
+        self.user_id = f"chat-{uuid.uuid4().hex[:12]}"
+        rooms = room_names(int(getattr(o, "rooms", 5)) if o else 5)
+        if not rooms:
+            raise SystemExit("--chat-users needs --rooms > 0")
+        k = max(1, min(int(getattr(o, "rooms_per_user", 1)) if o else 1, len(rooms)))
+        self.rooms = sorted(random.sample(rooms, k))
+        rate = float(getattr(o, "publish_rate", 1.0)) if o else 1.0
+        self.publish_interval = 1.0 / rate if rate > 0 else float("inf")
+        self.reconnect_every = parse_duration(str(getattr(o, "reconnect_every", "3m"))) if o else 0.0
+        self.ping_interval = float(o.ping_interval) if o else 300.0
+        self.ws_timeout = float(o.ws_timeout) if o else 30.0
+        self.settle_ms = (float(o.settle) if o else 3.0) * 1000
+        self.grace_ms = (float(o.grace) if o else 5.0) * 1000
+        self.pad = "x" * max(0, int(o.payload_bytes) if o else 64)
+        self.tracks: dict[str, RoomTrack] = {room: RoomTrack() for room in self.rooms}
+        # publishes awaiting their ack: id -> (room, frame, perf_counter when first sent)
+        self.pending: dict[str, tuple[str, str, float]] = {}
+        self.resent: Counter[str] = Counter()
+        self.seq = 0
+        self.turn = itertools.cycle(self.rooms)
+        self.ws: websocket.WebSocket | None = None
+        self.receiver: gevent.Greenlet | None = None
+        self.connects = 0
+        self.joined_ms: float | None = None  # when the lineage's first connection was open
+        self.lost_ms: float | None = None  # when the server dropped the current connection
+        self.connection_started_ms = 0.0
+        self.recovering: set[str] = set()
+        self.failures_in_a_row = 0
+        self.retry_at = 0.0
+        self.frame_seen = gevent.event.Event()  # set after every frame handled (tests wait on it)
+        now = time.monotonic()
+        self.next_publish = now + random.uniform(0.0, min(self.publish_interval, 1.0))
+        self.next_reconnect = self._next_drop(now)
+        self.next_ping = now + self.ping_interval
+        self.connect()
+
+    def _next_drop(self, now: float) -> float:
+        # spread over half to one and a half times the mean, so the users do not all drop together
+        if self.reconnect_every <= 0:
+            return float("inf")
+        return now + random.uniform(0.5, 1.5) * self.reconnect_every
+
+    def next_connect_due(self) -> float:
+        return self.retry_at if self.ws is None else float("inf")
+
+    # connection ------------------------------------------------------------------------------------
+    def connect(self) -> bool:
+        """Open the lineage's next connection, recovering every room whose position is known."""
+        first = self.connects == 0
+        positions = {} if first else recover_positions(self.tracks)
+        name = "connect" if first else "reconnect"
+        started_ms = now_ms()
+        t0 = time.perf_counter()
+        try:
+            ws = websocket.create_connection(
+                self.target.chat_url(self.user_id, self.rooms, recover_param(positions)),
+                timeout=self.ws_timeout,
+                skip_utf8_validation=True,
+            )
+        except Exception as exc:
+            self.failures_in_a_row += 1
+            self.retry_at = time.monotonic() + min(30.0, 2.0**self.failures_in_a_row)
+            _fire(self, CHAT_TYPE, name, (time.perf_counter() - t0) * 1000, exception=exc)
+            return False
+        ws.settimeout(None)
+        _fire(self, CHAT_TYPE, name, (time.perf_counter() - t0) * 1000)
+        self.failures_in_a_row = 0
+        self.connects += 1
+        self.ws = ws
+        self.lost_ms = None
+        self.connection_started_ms = started_ms
+        self.recovering = set(positions)
+        if self.joined_ms is None:
+            self.joined_ms = now_ms()
+        self.receiver = gevent.spawn(self.receive, ws)
+        # publishes whose ack went down with the last connection: the same id again, so the engine
+        # answers with the first ack and sends nothing twice (a few times at most: an engine that never
+        # answers must not see every reconnect repeat every publish so far)
+        for mid, (_room, frame, _t) in list(self.pending.items()):
+            if self.resent[mid] < MAX_RESENDS:
+                self.resent[mid] += 1
+                self._send(frame)
+        return True
+
+    def drop(self, *, reconnect: bool = True) -> None:
+        """Lose the connection on purpose, without a close frame (as a network failure would), and
+        connect again at once with `?recover=` (or at the next tick)."""
+        ws, self.ws = self.ws, None
+        if ws is not None:
+            with contextlib.suppress(Exception):
+                ws.shutdown()  # closes the socket; websocket-client sends no close frame here
+        if self.receiver is not None:
+            self.receiver.kill(block=False)
+        self.next_reconnect = self._next_drop(time.monotonic())
+        self.retry_at = time.monotonic()
+        if reconnect:
+            self.connect()
+
+    def receive(self, ws: websocket.WebSocket) -> None:
+        while True:
+            try:
+                raw = ws.recv()
+            except Exception as exc:
+                if self.ws is ws:
+                    _fire(self, CHAT_TYPE, "disconnected", 0, exception=Disconnected(str(exc) or "closed"))
+                    self.ws = None
+                    self.lost_ms = now_ms()
+                    self.retry_at = time.monotonic()
+                    self.frame_seen.set()
+                return
+            if raw:
+                self.on_frame(raw)
+                self.frame_seen.set()
+
+    def _send(self, frame: str) -> None:
+        if self.ws is None:
+            return
+        try:
+            self.ws.send(frame)
+        except Exception as exc:
+            _fire(self, CHAT_TYPE, "send", 0, exception=exc)
+
+    # frames ----------------------------------------------------------------------------------------
+    def on_frame(self, raw: str | bytes) -> None:
+        received_ms = now_ms()
+        try:
+            frame = json.loads(raw)
+        except ValueError:
+            _fire(self, CHAT_TYPE, "frame", 0, exception=ValueError("not JSON"))
+            return
+        if not isinstance(frame, dict):
+            return
+        kind = frame.get("type")
+        if kind == "broadcast":
+            self.on_envelope(frame, received_ms)
+        elif kind == "history":
+            for message in frame.get("messages") or []:
+                if isinstance(message, dict):
+                    envelope = {"channel": frame.get("channel"), "epoch": frame.get("epoch"), **message}
+                    self.on_envelope(envelope, received_ms)
+        elif kind == "ack":
+            self.on_ack(frame)
+        elif kind == "error":
+            self.on_error(frame)
+
+    def on_envelope(self, frame: dict[str, Any], received_ms: float) -> None:
+        channel, offset, epoch = frame.get("channel"), frame.get("offset"), frame.get("epoch")
+        track = self.tracks.get(channel) if isinstance(channel, str) else None
+        if track is None or not isinstance(offset, int) or not isinstance(epoch, str):
+            return  # not one of its rooms' messages (an operator broadcast to everyone, a direct message)
+        assert isinstance(channel, str)
+        changes = track.epoch_changes
+        n = track.record(offset, epoch)
+        if track.epoch_changes != changes:
+            _fire(self, CHAT_TYPE, "epoch changed", 0, exception=EpochChanged(f"{channel}: epoch {epoch}"))
+        data = frame.get("data")
+        sent = data.get("sentMs") if isinstance(data, dict) and data.get("lt") == "chat" else None
+        sent_ms = float(sent) if isinstance(sent, int | float) else None
+        latency = max(0.0, received_ms - sent_ms) if sent_ms is not None else 0.0
+        if n > 1:
+            _fire(
+                self,
+                DUPLICATE_TYPE,
+                channel,
+                latency,
+                exception=DuplicateFrame(f"offset {offset} of {channel} received {n} times"),
+            )
+            return
+        if sent_ms is not None:
+            _fire(self, RECEIVE_TYPE, channel, latency)
+        if is_recovered(
+            sent_ms=sent_ms,
+            connection_started_ms=self.connection_started_ms,
+            recovering=channel in self.recovering,
+        ):
+            _fire(self, RECOVERED_TYPE, channel, latency)
+
+    def on_ack(self, frame: dict[str, Any]) -> None:
+        sent = self.pending.pop(str(frame.get("id")), None)
+        self.resent.pop(str(frame.get("id")), None)
+        offset = frame.get("offset")
+        if sent is None:
+            return  # the ack of a publish already acknowledged (an idempotent retry)
+        room, _frame, t0 = sent
+        _fire(self, PUBLISH_TYPE, room, (time.perf_counter() - t0) * 1000)
+        if isinstance(offset, int):
+            self.acks.record(room, offset, now_ms())
+
+    def on_error(self, frame: dict[str, Any]) -> None:
+        code = str(frame.get("code"))
+        sent = self.pending.pop(str(frame.get("id")), None) if frame.get("action") == "publish" else None
+        self.resent.pop(str(frame.get("id")), None)
+        if sent is not None:
+            room, _frame, t0 = sent
+            refused = PublishRefused(f"{code}: {frame.get('message')}")
+            _fire(self, PUBLISH_TYPE, room, (time.perf_counter() - t0) * 1000, exception=refused)
+        elif code == "recovery_impossible":
+            channel = frame.get("channel")
+            rooms = (
+                [channel] if isinstance(channel, str) and channel in self.tracks else sorted(self.recovering)
+            )
+            for room in rooms:
+                self.tracks[room].forget()
+                self.recovering.discard(room)
+            what = RecoveryImpossible(f"{', '.join(rooms) or 'recover'}: {frame.get('message')}")
+            _fire(self, CHAT_TYPE, "recovery_impossible", 0, exception=what)
+        else:
+            _fire(self, CHAT_TYPE, "error frame", 0, exception=ValueError(f"{code}: {frame.get('message')}"))
+
+    # the schedule ----------------------------------------------------------------------------------
+    @task
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.ws is None:
+            if now >= self.retry_at:
+                self.connect()
+            return
+        if now >= self.next_reconnect:
+            self.drop()
+            return
+        if now >= self.next_publish:
+            self.publish()
+            # at the rate, without a burst to catch up after a slow spell
+            self.next_publish = max(self.next_publish + self.publish_interval, now)
+        if now >= self.next_ping:
+            self._send('{"action":"ping"}')
+            self.next_ping = now + self.ping_interval
+
+    def publish(self, room: str | None = None) -> str:
+        """Publish one message (to the next room in turn); its id."""
+        room = room or next(self.turn)
+        self.seq += 1
+        mid = f"{self.user_id}-{self.seq}"
+        message = {"lt": "chat", "id": mid, "sentMs": now_ms(), "pad": self.pad}
+        frame = json.dumps(
+            {"action": "publish", "channel": room, "message": message, "id": mid}, separators=(",", ":")
+        )
+        self.pending[mid] = (room, frame, time.perf_counter())
+        self._send(frame)
+        return mid
+
+    def judge(self, *, at_ms: float | None = None) -> None:
+        """Per room: one `chat judged` event, and a `chat gap` failure per offset acknowledged to a
+        publisher from `--settle` s after the lineage joined to `--grace` s before it stopped (or lost
+        its connection) that it never received, on any of its connections."""
+        if self.joined_ms is None:
+            return
+        until = (at_ms if at_ms is not None else now_ms()) if self.lost_ms is None else self.lost_ms
+        for room, track in self.tracks.items():
+            span = expected_span(
+                self.acks.acks.get(room, []),
+                since_ms=self.joined_ms + self.settle_ms,
+                until_ms=until - self.grace_ms,
+            )
+            verdict = judge_room(track.counts, span)
+            _fire(self, JUDGED_TYPE, room, 0)
+            for offset in verdict.gaps:
+                _fire(self, GAP_TYPE, room, 0, exception=Gap(f"offset {offset} of {room} never arrived"))
+
+    def on_stop(self) -> None:
+        self.judge()
+        cutoff = time.perf_counter() - self.grace_ms / 1000
+        for room, _frame, t0 in self.pending.values():
+            if t0 < cutoff:
+                _fire(self, PUBLISH_TYPE, room, 0, exception=NoAck(f"{room}: no ack"))
         ws, self.ws = self.ws, None
         if self.receiver is not None:
             self.receiver.kill(block=False)

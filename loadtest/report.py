@@ -11,7 +11,10 @@ Inputs, all under the results directory:
   response-time buckets, all workers merged), also written by the master; without it the chart
   uses the CSV's percentiles;
 - `simulated.json` (optional): the gateway's `GET {adminUrl}/simulated/stats` after the run, fetched
-  with `--admin-url` (or `--state`), for runs with simulated connections (`loadtest/seed.py`).
+  with `--admin-url` (or `--state`), for runs with simulated connections (`loadtest/seed.py`);
+- `chat_latency.json` (optional): the chat users' publish→receive histogram per room, written by the
+  master; the CSV's `publish` / `receive` / `chat gap` / ... rows per room make the chat section
+  (`loadtest/chat_report.py`).
 
 Outputs: `latency.png`, `summary.txt`, `summary.json`.
 
@@ -29,6 +32,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from loadtest.chat_report import CHAT_TYPES, ChatSummary, render_chat, summarize_chat
 
 AUDIENCE_KINDS = ("everyone", "channels", "users")
 
@@ -184,12 +189,15 @@ class Summary:
     other_failures: int
     unexpected: int = 0
     by_audience: dict[str, AudienceExactness] = field(default_factory=dict)
+    chat: ChatSummary | None = None
 
     @property
     def ok(self) -> bool:
+        # a chat run may have no broadcast and no WebSocket user of the broadcast kind
         return (
-            bool(self.broadcasts)
-            and (self.real_connections + self.simulated_connections) > 0
+            (bool(self.broadcasts) or self.chat is not None)
+            and (self.real_connections + self.simulated_connections > 0 or self.chat is not None)
+            and (self.chat is None or self.chat.ok)
             and self.duplicates == 0
             and self.gaps == 0
             and self.unexpected == 0
@@ -202,6 +210,7 @@ class Summary:
         out["ok"] = self.ok
         for kind, e in self.by_audience.items():
             out["by_audience"][kind]["exact"] = e.exact
+        out["chat"] = self.chat.to_json() if self.chat is not None else None
         return out
 
 
@@ -210,7 +219,9 @@ def summarize(
     broadcasts: list[dict[str, Any]],
     simulated: dict[str, Any] | None = None,
     latency: Mapping[str, Mapping[float, int]] | None = None,
+    chat_latency: Mapping[str, Mapping[float, int]] | None = None,
 ) -> Summary:
+    rows = list(rows)
     by_key = {(r.type, r.name): r for r in rows}
 
     def row(kind: str, name: str) -> StatsRow | None:
@@ -298,7 +309,10 @@ def summarize(
     other_failures = sum(
         r.failures
         for r in by_key.values()
-        if r.type not in judged and r.name != "Aggregated" and (r.type, r.name) != ("WS", "connect")
+        if r.type not in judged
+        and r.type not in CHAT_TYPES  # the chat section counts its own
+        and r.name != "Aggregated"
+        and (r.type, r.name) != ("WS", "connect")
     )
     return Summary(
         real_connections=(connect.requests - connect.failures) if connect else 0,
@@ -317,6 +331,7 @@ def summarize(
         other_failures=other_failures,
         unexpected=sum(b.real_unexpected for b in out),
         by_audience=exactness_by_audience(out),
+        chat=summarize_chat(rows, chat_latency),
     )
 
 
@@ -370,6 +385,8 @@ def render_text(s: Summary) -> str:
                 f"{kind:<10} {e.broadcasts:>10} {e.expected:>9} {e.received:>9} {e.duplicates:>5} "
                 f"{e.missing:>8} {e.unexpected:>10}  {'exact' if e.exact else 'NOT EXACT'}"
             )
+    if s.chat is not None:
+        lines += ["", *render_chat(s.chat)]
     lines += ["", "result: " + ("OK" if s.ok else "PROBLEMS (see above)")]
     return "\n".join(lines) + "\n"
 
@@ -464,7 +481,8 @@ def write_reports(
     if simulated is not None and not simulated.get("registered"):
         simulated = None  # no simulated connections in this run
     latency = read_latency(results / "latency.json")
-    summary = summarize(rows, broadcasts, simulated, latency)
+    chat_latency = read_latency(results / "chat_latency.json")
+    summary = summarize(rows, broadcasts, simulated, latency, chat_latency)
     paths = {
         "png": plot(summary, rows, latency, results / "latency.png"),
         "txt": results / "summary.txt",

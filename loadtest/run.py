@@ -13,9 +13,12 @@ Every process it starts is stopped, also on Ctrl-C. Defaults take about a minute
     .venv/bin/python -m loadtest.run --users 5000 --processes 2 --broadcasts 3
     .venv/bin/python -m loadtest.run --users 1000 --simulated 200000 --broadcasts 1 --processes 1
     .venv/bin/python -m loadtest.run --users 200 --channels 4 --audience mixed --broadcasts 3
+    .venv/bin/python -m loadtest.run --users 0 --broadcasts 0 --chat-users 200 --rooms 5 \
+        --publish-rate 1 --reconnect-every 3m --duration 600
 
 Exit status: 0 when every broadcast completed with delivered = targeted and no user saw a duplicate,
-a gap or an unexpected frame, else 1.
+a gap or an unexpected frame, and (with chat users) every room's messages reached every member once
+across reconnects, else 1.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from loadtest.chat_report import parse_duration
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCUSTFILE = ROOT / "loadtest" / "locustfile.py"
@@ -110,6 +115,19 @@ def locust_command(args: argparse.Namespace, state_path: Path, results: Path) ->
             "--audience",
             args.audience,
         ]
+    if args.chat_users > 0:
+        cmd += [
+            "--chat-users",
+            str(args.chat_users),
+            "--rooms",
+            str(args.rooms),
+            "--rooms-per-user",
+            str(args.rooms_per_user),
+            "--publish-rate",
+            str(args.publish_rate),
+            "--reconnect-every",
+            args.reconnect_every,
+        ]
     return cmd
 
 
@@ -177,6 +195,21 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default=os.environ.get("AUDIENCE") or "everyone",
         help="what the broadcasts target (mixed: everyone, channels, users in turn)",
     )
+    c = p.add_argument_group("chat users (on top of --users)")
+    c.add_argument("--chat-users", type=int, default=_env_int("CHAT_USERS", 0), help="chat users (0: none)")
+    c.add_argument("--rooms", type=int, default=_env_int("ROOMS", 5), help="rooms room:lt-0..R-1")
+    c.add_argument("--rooms-per-user", type=int, default=_env_int("ROOMS_PER_USER", 1))
+    c.add_argument(
+        "--publish-rate",
+        type=float,
+        default=_env_float("PUBLISH_RATE", 1.0),
+        help="messages/s per chat user",
+    )
+    c.add_argument(
+        "--reconnect-every",
+        default=os.environ.get("RECONNECT_EVERY") or "3m",
+        help="mean time between a chat user's deliberate drops: 90s, 3m, 1h (0: never)",
+    )
     p.add_argument("--results", type=Path, default=ROOT / "loadtest" / "results")
     p.add_argument("--prefix", default="run")
     p.add_argument("--state", type=Path, default=ROOT / ".fanout" / "local.json")
@@ -187,7 +220,12 @@ def parse(argv: Sequence[str] | None) -> argparse.Namespace:
     g.add_argument("--post-workers", type=int, default=None)
     g.add_argument("--query-workers", type=int, default=None)
     g.add_argument("--connect-workers", type=int, default=None)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    try:
+        parse_duration(args.reconnect_every)
+    except ValueError as exc:
+        p.error(f"--reconnect-every: {exc}")
+    return args
 
 
 def start_stack(args: argparse.Namespace) -> Any:
@@ -214,7 +252,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(argv)
     results: Path = args.results
     results.mkdir(parents=True, exist_ok=True)
-    for stale in ("broadcasts.json", "latency.json", "simulated.json", "seed.json"):
+    for stale in ("broadcasts.json", "latency.json", "chat_latency.json", "simulated.json", "seed.json"):
         (results / stale).unlink(missing_ok=True)
     state_path: Path = args.state.resolve()
     stack = None

@@ -258,6 +258,7 @@ class ShapeSettings:
     grace_seconds: float = 5.0
     connect_timeout_seconds: float = 120.0
     broadcast_timeout_seconds: float = 300.0
+    chat_users: int = 0  # on top of the WebSocket users and the operator
 
 
 def shape_settings(environment: Any) -> ShapeSettings:
@@ -267,8 +268,11 @@ def shape_settings(environment: Any) -> ShapeSettings:
         return ShapeSettings(users=1)
     # Not `-r`: headless Locust sets it to 1 when absent, so the shape could not tell "unset" from 1.
     ramp = float(getattr(o, "ramp_rate", 500.0))
+    chat = int(getattr(o, "chat_users", 0) or 0)
     return ShapeSettings(
-        users=int(o.num_users or 1),
+        # a chat run may have no WebSocket user at all (-u 0)
+        users=int(o.num_users or 0) if chat > 0 else int(o.num_users or 1),
+        chat_users=chat,
         ramp_rate=ramp,
         ramp_down_rate=float(getattr(o, "ramp_down_rate", 1000.0)),
         settle_seconds=float(getattr(o, "settle", 3.0)),
@@ -304,7 +308,7 @@ class ShapePlan:
         ledger: BroadcastLedger,
         send_go: Callable[[dict[str, Any]], None],
     ) -> tuple[int, float] | None:
-        total = s.users + 1  # the operator user
+        total = s.users + 1 + s.chat_users  # the operator user, the chat users
         rate = max(1.0, s.ramp_rate)
         if self.phase == "ramp":
             ramp_seconds = math.ceil(total / rate)

@@ -236,3 +236,72 @@ def test_an_exact_mixed_run_is_ok_and_old_results_read_as_everyone(tmp_path: Pat
     assert [b.audience for b in summary.broadcasts] == ["everyone", "channels"]
     everyone = summary.by_audience["everyone"]
     assert (everyone.expected, everyone.received, everyone.exact) == (0, 10, True)
+
+
+def chat_csv(path: Path, *extra: list[str]) -> None:
+    write_csv(
+        path,
+        [
+            _row("chat", "connect", 20, 0, 30, 60, 90),
+            _row("chat", "reconnect", 8, 0, 30, 60, 90),
+            _row("publish", "room:lt-0", 100, 0, 5, 8, 9),
+            _row("publish", "room:lt-1", 100, 0, 5, 8, 9),
+            _row("receive", "room:lt-0", 1000, 0, 40, 70, 90),
+            _row("receive", "room:lt-1", 1000, 0, 45, 75, 95),
+            _row("recovered", "room:lt-0", 30, 0, 300, 400, 500),
+            _row("chat judged", "room:lt-0", 10, 0, 0, 0, 0),
+            _row("chat judged", "room:lt-1", 10, 0, 0, 0, 0),
+            *extra,
+        ],
+    )
+
+
+def test_a_chat_run_without_broadcasts_reports_each_room_and_is_ok(tmp_path: Path) -> None:
+    # Given a run of chat users only: no broadcast, no WebSocket user, two rooms, nothing lost
+    chat_csv(tmp_path / "run_stats.csv")
+    (tmp_path / "chat_latency.json").write_text(json.dumps({"room:lt-0": {"20": 500, "40": 450, "80": 50}}))
+
+    # When the reports are written
+    summary, paths = write_reports(tmp_path, "run")
+
+    # Then the chat section has each room, the histogram's percentiles where there is one
+    assert summary.ok and summary.chat is not None
+    first, second = summary.chat.rooms
+    assert (first.room, first.published, first.received, first.recovered, first.judged) == (
+        "room:lt-0",
+        100,
+        1000,
+        30,
+        10,
+    )
+    assert (first.p50_ms, first.p95_ms, first.p99_ms) == (20.0, 40.0, 80.0)
+    assert (second.p50_ms, second.p99_ms) == (45.0, 95.0)
+    assert (summary.chat.connects, summary.chat.reconnects) == (20, 8)
+    text = paths["txt"].read_text()
+    assert "chat per room" in text and "chat result: OK" in text and "result: OK" in text
+    saved = json.loads(paths["json"].read_text())
+    assert saved["ok"] is True and saved["chat"]["ok"] is True
+    assert [r["room"] for r in saved["chat"]["rooms"]] == ["room:lt-0", "room:lt-1"]
+
+
+def test_a_chat_gap_or_duplicate_fails_the_run_and_is_not_counted_twice(tmp_path: Path) -> None:
+    chat_csv(
+        tmp_path / "run_stats.csv",
+        _row("chat gap", "room:lt-1", 2, 2, 0, 0, 0),
+        _row("chat duplicate", "room:lt-0", 1, 1, 0, 0, 0),
+    )
+    summary, paths = write_reports(tmp_path, "run")
+    assert summary.chat is not None and not summary.ok
+    assert [(r.gaps, r.duplicates) for r in summary.chat.rooms] == [(0, 1), (2, 0)]
+    assert summary.other_failures == 0  # the chat section's own, not "other" failures
+    assert "PROBLEMS" in paths["txt"].read_text()
+    assert json.loads(paths["json"].read_text())["chat"]["rooms"][1]["ok"] is False
+
+
+def test_a_broadcast_run_has_no_chat_section(tmp_path: Path) -> None:
+    write_csv(
+        tmp_path / "run_stats.csv",
+        [_row("WS", "connect", 5, 0, 1, 2, 3), _row("deliver", "b", 5, 0, 1, 2, 3)],
+    )
+    summary, paths = write_reports(tmp_path, "run")
+    assert summary.chat is None and "chat" not in paths["txt"].read_text()

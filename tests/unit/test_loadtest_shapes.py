@@ -245,3 +245,14 @@ def test_the_ledger_learns_the_users_from_their_messages() -> None:
     ledger.on_user({"userId": "a"})
     ledger.on_user({"userId": "b"})
     assert ledger.users == {"a", "b"}
+
+
+def test_chat_users_come_on_top_and_a_chat_run_may_have_no_websocket_user(wall: list[float]) -> None:
+    options = dict(num_users=0, run_time=0, ramp_rate=50.0, chat_users=30)
+    s = shape_settings(Namespace(parsed_options=Namespace(**options)))
+    assert (s.users, s.chat_users) == (0, 30)
+    assert shape_settings(Namespace(parsed_options=Namespace(**{**options, "chat_users": 0}))).users == 1
+    plan, ledger = ShapePlan(), BroadcastLedger()
+    # 0 WebSocket users + the operator + 30 chat users; nothing to wait for before settling
+    assert plan.tick(0.0, s, connected=0, users_now=0, ledger=ledger, send_go=lambda _: None) == (31, 50.0)
+    assert plan.phase == "settle"
