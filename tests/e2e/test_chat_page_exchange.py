@@ -14,10 +14,7 @@ from playwright.sync_api import Browser, expect
 
 from tests.chat_page import WAIT_MS, ChatUser, Shown
 
-pytestmark = [
-    pytest.mark.e2e,
-    pytest.mark.xfail(reason="needs publish and history", strict=True),
-]
+pytestmark = pytest.mark.e2e
 
 ROOM = "room:exchange"
 
