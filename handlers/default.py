@@ -138,12 +138,10 @@ def deps() -> Deps:
         expires_after_seconds=settings.message_idempotency_seconds,
     )
 
-    history = HistoryTable(
+    history = HistoryTable.of(
         client,
-        settings.history_table,
-        keep=settings.history_keep,
-        ttl_seconds=settings.history_ttl_seconds,
-        meta_ttl_seconds=settings.history_meta_ttl_seconds,
+        settings,
+        on_conflict=lambda: metrics.add_metric(name="HistoryConflicts", unit=MetricUnit.Count, value=1),
     )
 
     @idempotent_function(data_keyword_argument="request", config=config, persistence_store=persistence)

@@ -136,12 +136,9 @@ def deps() -> Deps:
         expires_after_seconds=settings.idempotency_ttl_seconds,
     )
 
-    history = HistoryTable(
+    history = HistoryTable.of(
         client,
-        settings.history_table,
-        keep=settings.history_keep,
-        ttl_seconds=settings.history_ttl_seconds,
-        meta_ttl_seconds=settings.history_meta_ttl_seconds,
+        settings,
         on_conflict=lambda: metrics.add_metric(name="HistoryConflicts", unit=MetricUnit.Count, value=1),
     )
 

@@ -43,14 +43,7 @@ def deps() -> Deps:
     """Built once per container, at the first invocation."""
     s = load(RecoverySettings)
     client = boto3.client("dynamodb", region_name=s.region)
-    history = HistoryTable(
-        client,
-        s.history_table,
-        keep=s.history_keep,
-        ttl_seconds=s.history_ttl_seconds,
-        meta_ttl_seconds=s.history_meta_ttl_seconds,
-        subscriptions_table=s.subscriptions_table,
-    )
+    history = HistoryTable.of(client, s, subscriptions_table=s.subscriptions_table)
     callbacks = boto3.client(
         "apigatewaymanagementapi", endpoint_url=s.connections_endpoint, region_name=s.region
     )

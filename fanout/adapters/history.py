@@ -27,6 +27,8 @@ from fanout.retry import backoff_delay
 if TYPE_CHECKING:
     from mypy_boto3_dynamodb.client import DynamoDBClient
 
+    from fanout.settings import HistoryPart
+
 META = 0
 # Appends to one channel at once each lose a round to one winner; the attempts outnumber the
 # publishers one channel has at once, and the jittered sleeps stay within a function's timeout.
@@ -71,6 +73,26 @@ class HistoryTable:
         self._sleep = sleep
         self._make_epoch = make_epoch
         self._on_conflict = on_conflict
+
+    @classmethod
+    def of(
+        cls,
+        client: DynamoDBClient,
+        settings: HistoryPart,
+        *,
+        subscriptions_table: str = "",
+        on_conflict: Callable[[], None] = lambda: None,
+    ) -> HistoryTable:
+        """The history table as a function's settings configure it (every handler builds it so)."""
+        return cls(
+            client,
+            settings.history_table,
+            keep=settings.history_keep,
+            ttl_seconds=settings.history_ttl_seconds,
+            meta_ttl_seconds=settings.history_meta_ttl_seconds,
+            subscriptions_table=subscriptions_table,
+            on_conflict=on_conflict,
+        )
 
     def _key(self, channel: str, offset: int) -> dict[str, Any]:
         return {"channel": {"S": channel}, "offset": {"N": str(offset)}}
