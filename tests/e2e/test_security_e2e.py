@@ -125,7 +125,7 @@ async def test_a_connection_cannot_broadcast_post_to_or_disconnect_another(
         broadcasts = count(local_stack, "fanout-broadcasts")
         attempts = [
             {"action": "broadcast", "message": "hi all"},
-            {"action": "sendmessage", "data": "hi all"},
+            {"action": "sendmessage", "message": "hi all", "id": "m1"},  # known, but the token lacks $all
             {"action": "postToConnection", "connectionId": other, "data": "psst"},
             {"action": "disconnect", "connectionId": other},
             {"action": "deleteConnection", "connectionId": other},
@@ -140,7 +140,10 @@ async def test_a_connection_cannot_broadcast_post_to_or_disconnect_another(
             await asyncio.sleep(0.05)
         frames = mallory.other_frames
         assert len(frames) == len(attempts) + 1, frames
-        assert all(f["type"] == "error" and "unknown action" in f["error"] for f in frames[:-1]), frames
+        errors = {f["action"]: f for f in frames[:-1] if f["type"] == "error"}
+        assert set(errors) == {a["action"] for a in attempts}, frames
+        assert errors["sendmessage"]["code"] == "forbidden" and errors["sendmessage"]["id"] == "m1"
+        assert all("unknown action" in f["message"] for a, f in errors.items() if a != "sendmessage")
         assert frames[-1] == {"type": "pong"}
         await asyncio.sleep(0.5)
         assert not victim.closed.is_set() and not mallory.closed.is_set()
