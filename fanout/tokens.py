@@ -27,7 +27,8 @@ from fanout.errors import Unauthorized
 ALGORITHM = "HS256"
 # Clock skew tolerated between the issuer and the verifier for `iat` (seconds). `exp` has none.
 IAT_LEEWAY_SECONDS = 60
-# Targets of `publish` that are not channels: the sender's own connections, and everyone.
+# Targets of `publish` that are not channels: $user, a direct message to any user's connections
+# (sendmessage with "to"); $all, every connection (sendmessage without "to").
 PUBLISH_SPECIALS = frozenset({"$user", "$all"})
 
 
