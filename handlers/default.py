@@ -31,7 +31,6 @@ from typing import Any
 import boto3
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
     IdempotencyConfig,
     idempotent_function,
 )
@@ -91,6 +90,7 @@ from fanout.ratelimit import BucketLimit
 from fanout.recovery import RecoveryImpossible, read_page
 from fanout.settings import DefaultSettings, load
 from fanout.store import BroadcastRequests
+from handlers._idempotency import idempotency_store
 from handlers._observability import logger, metrics, tracer
 
 
@@ -129,13 +129,8 @@ def deps() -> Deps:
         rate=settings.connection_message_rate, burst=settings.connection_message_burst
     )
     user_limit = BucketLimit(rate=settings.user_message_rate, burst=settings.user_message_burst)
-    persistence = DynamoDBPersistenceLayer(
-        table_name=settings.idempotency_table, boto3_session=boto3.Session(region_name=settings.region)
-    )
-    config = IdempotencyConfig(
-        event_key_jmespath="key",
-        payload_validation_jmespath="digest",
-        expires_after_seconds=settings.message_idempotency_seconds,
+    persistence, config = idempotency_store(
+        settings.idempotency_table, settings.message_idempotency_seconds, settings.region
     )
 
     history = HistoryTable.of(
@@ -289,7 +284,7 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
         grants = grants_of(ctx.authorizer)
         body = request.body if isinstance(request.body, str) else None
         command = read_message(body, is_base64=request.is_base64_encoded, grants=grants)
-        if isinstance(command, ChatRefusal):
+        if isinstance(command, ChatRefusal | ErrorReply):
             logger.info(
                 "client message refused",
                 connectionId=ctx.connection_id,
@@ -298,18 +293,8 @@ def handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
                 problem=command.message,
             )
             metrics.add_metric(name="ClientMessagesRefused", unit=MetricUnit.Count, value=1)
-            if command.code == CHAT_FORBIDDEN:
+            if isinstance(command, ChatRefusal) and command.code == CHAT_FORBIDDEN:
                 metrics.add_metric(name="ForbiddenSends", unit=MetricUnit.Count, value=1)
-            return _frame(command.frame)
-        if isinstance(command, ErrorReply):
-            logger.info(
-                "client message refused",
-                connectionId=ctx.connection_id,
-                action=command.action,
-                code=command.code,
-                problem=command.message,
-            )
-            metrics.add_metric(name="ClientMessagesRefused", unit=MetricUnit.Count, value=1)
             return _frame(command.frame)
         if isinstance(command, Ping):
             metrics.add_metric(name="Pings", unit=MetricUnit.Count, value=1)

@@ -27,7 +27,6 @@ from aws_lambda_powertools.event_handler.middlewares import NextMiddleware
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.idempotency import (
-    DynamoDBPersistenceLayer,
     IdempotencyConfig,
     idempotent_function,
 )
@@ -50,6 +49,7 @@ from fanout.models import Audience
 from fanout.recovery import RecoveryImpossible, read_page
 from fanout.settings import OperatorApiSettings, load
 from fanout.store import BroadcastRequests
+from handlers._idempotency import idempotency_store
 from handlers._observability import logger, metrics, tracer
 
 app = APIGatewayHttpResolver(enable_validation=True)
@@ -127,14 +127,7 @@ def deps() -> Deps:
     client = boto3.client("dynamodb")
     broadcasts = BroadcastsTable(client, requests)
     swarm = SwarmLauncher(boto3.client("lambda"), settings.swarm_function_name)
-    persistence = DynamoDBPersistenceLayer(
-        table_name=settings.idempotency_table, boto3_session=boto3.Session()
-    )
-    config = IdempotencyConfig(
-        event_key_jmespath="key",
-        payload_validation_jmespath="digest",
-        expires_after_seconds=settings.idempotency_ttl_seconds,
-    )
+    persistence, config = idempotency_store(settings.idempotency_table, settings.idempotency_ttl_seconds)
 
     history = HistoryTable.of(
         client,
